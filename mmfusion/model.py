@@ -1,0 +1,211 @@
+"""The assembled multimodal sentiment model (seed 002 §II-III) and its typed configuration.
+
+Data flow for one ``MMSABatch``::
+
+    text ids/feats ─► TextEncoder ─┐
+    audio (B,La,Da) ─► SequenceEncoder ─┤─► LGT (eq. 1-7) ─► SoftMapping (eq. 8-13) ─► h_sm (B,d)
+    vision (B,Lv,Dv) ─► SequenceEncoder ─┘                     │ pooled u_t,u_a,u_v (B,d)
+                                                               ├─► UFF (eq. 14-15) ─► h_uff (B,d)
+    F_M = [h_sm ; h_uff] (B, 2d) ─► head M;   u_t/u_a/u_v ─► heads T/A/V (eq. 16-17)
+
+Ablation switches: ``use_lgt`` (text-guided cross-attention vs plain self-attention),
+``use_soft_mapping`` (SM vs a learned softmax-weighted average of the pooled streams), ``fusion``
+(low-rank UFF, full UFF, concatenation), ``use_slgm`` (the T/A/V heads), ``modalities``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from mmfusion.data.batch import MODALITIES, MMSABatch
+from mmfusion.fusion import build_fusion
+from mmfusion.heads import MultiTaskHeads
+from mmfusion.lgt import LGT
+from mmfusion.sequence_encoder import SequenceEncoder
+from mmfusion.soft_mapping import SoftMappingFusion, WeightedAverage
+from mmfusion.text_encoder import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+TASK_OF = {"text": "T", "audio": "A", "vision": "V"}
+EncoderKind = Literal["conv", "lstm", "transformer"]
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text branch: a local BERT-family checkpoint (``source="bert"``) or precomputed features."""
+
+    source: Literal["bert", "features"] = "bert"
+    model_path: str | None = None  # None → the bundled all-MiniLM-L6-v2
+    finetune: Literal["all", "none", "top"] = "all"
+    top_layers: int = 2  # trainable top encoder layers when finetune="top"
+    feature_dim: int | None = None  # width of batch.text_feats when source="features" (set from the data)
+
+    def __post_init__(self) -> None:
+        if self.top_layers < 1:
+            raise ValueError(f"text.top_layers={self.top_layers}: must be >= 1")
+        if self.feature_dim is not None and self.feature_dim < 1:
+            raise ValueError(f"text.feature_dim={self.feature_dim}: must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    """Every architectural choice of ``MultimodalSentimentModel``; defaults train fast on CPU."""
+
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 1  # LGT depth
+    ffn_dim: int = 128
+    dropout: float = 0.1
+    audio_encoder: EncoderKind = "conv"
+    vision_encoder: EncoderKind = "conv"
+    encoder_layers: int = 1  # layers of each audio/vision encoder
+    conv_kernel: int = 5
+    use_lgt: bool = True  # False → plain self-attention per modality (no text-guided queries)
+    use_soft_mapping: bool = True  # False → learned softmax-weighted average of the pooled streams
+    sm_slots: int = 4  # K query vectors of the soft mapping (eq. 9)
+    sm_hidden: int | None = None  # width of W_m M (eq. 8); None → 2 * d_model
+    fusion: Literal["uff_lowrank", "uff_full", "concat"] = "uff_lowrank"
+    fusion_dim: int = 16  # per-modality width before the outer product
+    fusion_rank: int = 4  # rank of the low-rank UFF
+    use_slgm: bool = True  # False → only the M task (no T/A/V heads)
+    modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
+    head_hidden: int = 64
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    audio_dim: int | None = None  # set from the data (batch.audio.shape[-1]) before building
+    vision_dim: int | None = None  # set from the data (batch.vision.shape[-1]) before building
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "n_layers", "ffn_dim", "encoder_layers", "sm_slots", "fusion_dim", "fusion_rank", "head_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name}={value!r}: must be a positive integer")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout}: must be in [0, 1)")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"model.conv_kernel={self.conv_kernel}: must be a positive odd integer")
+        if self.sm_hidden is not None and self.sm_hidden < 1:
+            raise ValueError(f"model.sm_hidden={self.sm_hidden}: must be >= 1")
+        if not self.modalities:
+            raise ValueError("model.modalities is empty: expected a non-empty subset of ['text', 'audio', 'vision']")
+        for i, m in enumerate(self.modalities):
+            if m not in MODALITIES:
+                raise ValueError(f"model.modalities[{i}]={m!r}: expected one of {list(MODALITIES)}")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"model.modalities={self.modalities}: contains duplicates")
+        if self.fusion == "uff_full":
+            size = (self.fusion_dim + 1) ** len(self.modalities) * self.d_model
+            if size > 50_000_000:
+                raise ValueError(
+                    f"model.fusion='uff_full' with fusion_dim={self.fusion_dim} needs {size:,} output weights; "
+                    "lower fusion_dim or use fusion='uff_lowrank'"
+                )
+        for name in ("audio_dim", "vision_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{name}={value}: must be >= 1")
+
+    @property
+    def ordered_modalities(self) -> list[str]:
+        """The configured modalities in canonical order (text, audio, vision)."""
+        return [m for m in MODALITIES if m in self.modalities]
+
+
+@dataclass
+class ModelOutput:
+    preds: dict[str, torch.Tensor]  # "M" always; "T"/"A"/"V" when use_slgm: (B,)
+    features: dict[str, torch.Tensor]  # "M": (B, 2*d_model); "T"/"A"/"V": unimodal (B, d_model)
+    attention: dict[str, torch.Tensor] | None = None  # modality -> last LGT layer weights (B, heads, Lq, Lk)
+    modality_weights: torch.Tensor | None = None  # (B, n_mod) soft mapping shares, or (n_mod,) weighted average
+
+
+class MultimodalSentimentModel(nn.Module):
+    """LGT + soft mapping + UFF + multi-task heads over an ``MMSABatch``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.modalities = cfg.ordered_modalities
+        d = cfg.d_model
+        if "text" in self.modalities:
+            t = cfg.text
+            self.text_encoder: TextEncoder | None = TextEncoder(t.source, d, t.model_path, t.finetune, t.top_layers, t.feature_dim)
+        else:
+            self.text_encoder = None
+        self.encoders = nn.ModuleDict()
+        for m, in_dim, kind in (("audio", cfg.audio_dim, cfg.audio_encoder), ("vision", cfg.vision_dim, cfg.vision_encoder)):
+            if m not in self.modalities:
+                continue
+            if in_dim is None:
+                raise ValueError(f"model.{m}_dim is None: set it from the data (batch.{m}.shape[-1]) before building the model")
+            self.encoders[m] = SequenceEncoder(in_dim, d, kind, cfg.encoder_layers, cfg.conv_kernel, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+        guided = cfg.use_lgt and "text" in self.modalities
+        if cfg.use_lgt and not guided:
+            logger.info("use_lgt=True without the text modality: LGT falls back to self-attention per modality")
+        self.lgt = LGT(self.modalities, d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.n_layers, guided)
+        if cfg.use_soft_mapping:
+            self.aggregate: nn.Module = SoftMappingFusion(self.modalities, d, cfg.sm_hidden or 2 * d, cfg.sm_slots, cfg.dropout)
+        else:
+            self.aggregate = WeightedAverage(self.modalities)
+        self.fusion = build_fusion(cfg.fusion, len(self.modalities), d, cfg.fusion_dim, d, cfg.fusion_rank, cfg.dropout)
+        self.feature_dims = {"M": 2 * d, **{TASK_OF[m]: d for m in self.modalities}}
+        head_tasks = self.feature_dims if cfg.use_slgm else {"M": 2 * d}
+        self.heads = MultiTaskHeads(dict(head_tasks), cfg.head_hidden, cfg.dropout)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks with a prediction head ("M" first)."""
+        return self.heads.tasks
+
+    def forward(self, batch: MMSABatch, return_attention: bool = False) -> ModelOutput:
+        streams: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
+        if self.text_encoder is not None:
+            streams["text"], masks["text"] = self.text_encoder(batch)
+        for m, encoder in self.encoders.items():
+            x, mask = getattr(batch, m), getattr(batch, f"{m}_mask").bool()
+            streams[m], masks[m] = encoder(x.float(), mask), mask
+        streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)
+        agg = self.aggregate(streams, masks)
+        fused_uff = self.fusion([agg.pooled[m] for m in self.modalities])
+        features = {"M": torch.cat([agg.fused, fused_uff], dim=-1)}
+        features.update({TASK_OF[m]: agg.pooled[m] for m in self.modalities})
+        preds = self.heads(features)
+        return ModelOutput(
+            preds=preds,
+            features=features,
+            attention=attention if return_attention else None,
+            modality_weights=agg.weights.detach(),
+        )
+
+    def param_groups(self, lr_text: float, lr_other: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: pretrained text encoder vs the rest, each split into decayed weights and
+        undecayed biases/LayerNorm/1-D parameters. Frozen parameters and empty groups are left out."""
+        text_ids = set()
+        if self.text_encoder is not None and self.text_encoder.pretrained is not None:
+            text_ids = {id(p) for p in self.text_encoder.pretrained.parameters()}
+        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {(t, dec): [] for t in (True, False) for dec in (True, False)}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            decay = p.ndim >= 2
+            buckets[(id(p) in text_ids, decay)].append(p)
+        groups = []
+        for (is_text, decay), params in buckets.items():
+            if params:
+                groups.append(
+                    {
+                        "params": params,
+                        "lr": lr_text if is_text else lr_other,
+                        "weight_decay": weight_decay if decay else 0.0,
+                        "name": f"{'text' if is_text else 'other'}_{'decay' if decay else 'no_decay'}",
+                    }
+                )
+        return groups

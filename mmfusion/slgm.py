@@ -1,0 +1,163 @@
+"""Self-supervised unimodal Label Generation Module (SLGM), seed 002 eq. 18-22 / GUIDE §2 (Self-MM).
+
+For every training sample the module keeps (as buffers, so they checkpoint and resume) its latest
+fused ("M") and unimodal ("T", "A", "V") representations and its current label per task. The M
+label is the dataset label and never changes; every unimodal label starts equal to it.
+
+Per task, from the stored representations and that task's current labels:
+
+* centres (eq. 19-20): ``C_p`` = mean representation of samples with label > 0, ``C_n`` of < 0
+  (a zero vector when a class is empty);
+* distances: ``d_p = ||F - C_p||_2``, ``d_n = ||F - C_n||_2`` and
+  ``alpha = (d_n - d_p) / (d_p + eps)``;
+* new unimodal label (the average of the ratio and difference relations of eq. 18):
+  ``y_s = y_m + (alpha_s - alpha_m)(y_m + alpha_m) / (2 alpha_m)``, clipped to [-3, 3]
+  (``alpha_m`` with ``|alpha_m| < eps`` is replaced by ``±eps`` to avoid dividing by zero);
+* momentum across epochs: ``y_s <- (n-1)/(n+1) y_s_old + 2/(n+1) y_s_new`` at epoch n (n >= 1;
+  n = 1 takes the new label as is). Self-MM starts updating labels at epoch 2, once one epoch has
+  filled the feature maps.
+
+Typical training step: forward → ``multitask_loss(out, slgm.labels(idx), slgm.loss_weights(idx))``
+→ backward → ``slgm.update_features(idx, out.features)`` → ``slgm.update_labels(idx, epoch)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+UNIMODAL_TASKS = ("T", "A", "V")
+
+
+class SLGM(nn.Module):
+    """Feature and label maps over the N training samples, keyed by the sample's row index."""
+
+    def __init__(
+        self, n_samples: int, feature_dims: dict[str, int], train_labels: torch.Tensor, eps: float = 1e-8, clip: float = 3.0
+    ):
+        super().__init__()
+        if "M" not in feature_dims:
+            raise ValueError(f"SLGM feature_dims must include the multimodal task 'M', got {sorted(feature_dims)}")
+        unknown = sorted(set(feature_dims) - {"M", *UNIMODAL_TASKS})
+        if unknown:
+            raise ValueError(f"SLGM feature_dims: unknown task {unknown[0]!r} (expected 'M', 'T', 'A', 'V')")
+        train_labels = torch.as_tensor(train_labels, dtype=torch.float32).reshape(-1)
+        if train_labels.shape[0] != n_samples:
+            raise ValueError(f"SLGM: train_labels has {train_labels.shape[0]} values, expected n_samples={n_samples}")
+        self.tasks = ["M", *[t for t in UNIMODAL_TASKS if t in feature_dims]]
+        self.eps = eps
+        self.clip = clip
+        for task in self.tasks:
+            self.register_buffer(f"features_{task}", torch.zeros(n_samples, feature_dims[task]))
+            self.register_buffer(f"labels_{task}", train_labels.clone())
+
+    @property
+    def unimodal_tasks(self) -> list[str]:
+        return [t for t in self.tasks if t != "M"]
+
+    def feature_map(self, task: str) -> torch.Tensor:
+        return getattr(self, f"features_{task}")
+
+    def label_map(self, task: str) -> torch.Tensor:
+        return getattr(self, f"labels_{task}")
+
+    @torch.no_grad()
+    def update_features(self, index: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
+        """Store the (detached) representations of the samples ``index`` for every SLGM task."""
+        index = index.to(self.labels_M.device)
+        for task in self.tasks:
+            if task not in features:
+                raise KeyError(f"SLGM.update_features: features has no task {task!r} (got {sorted(features)})")
+            value = features[task].detach()
+            expected = (index.shape[0], self.feature_map(task).shape[1])
+            if tuple(value.shape) != expected:
+                raise ValueError(f"SLGM.update_features: features[{task!r}] has shape {tuple(value.shape)}, expected {expected}")
+            self.feature_map(task)[index] = value.to(self.feature_map(task))
+
+    @torch.no_grad()
+    def centres(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per task (positive centre, negative centre), each (D,), from that task's current labels (eq. 19-20)."""
+        out = {}
+        for task in self.tasks:
+            feats, labels = self.feature_map(task), self.label_map(task)
+            pos, neg = (labels > 0).to(feats.dtype), (labels < 0).to(feats.dtype)
+            c_pos = (pos.unsqueeze(1) * feats).sum(0) / pos.sum().clamp(min=1.0)
+            c_neg = (neg.unsqueeze(1) * feats).sum(0) / neg.sum().clamp(min=1.0)
+            out[task] = (c_pos, c_neg)
+        return out
+
+    @torch.no_grad()
+    def alphas(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``alpha = (d_n - d_p) / (d_p + eps)`` per task for the samples ``index`` → (B,) each."""
+        index = index.to(self.labels_M.device)
+        out = {}
+        for task, (c_pos, c_neg) in self.centres().items():
+            feats = self.feature_map(task)[index]
+            d_p = (feats - c_pos).norm(dim=-1)
+            d_n = (feats - c_neg).norm(dim=-1)
+            out[task] = (d_n - d_p) / (d_p + self.eps)
+        return out
+
+    @torch.no_grad()
+    def update_labels(self, index: torch.Tensor, epoch: int) -> None:
+        """Regenerate the unimodal labels of ``index`` from the stored features, with momentum at epoch ``epoch`` (>= 1)."""
+        if epoch < 1:
+            raise ValueError(f"SLGM.update_labels: epoch={epoch}, expected >= 1 (first epoch is 1)")
+        index = index.to(self.labels_M.device)
+        alphas = self.alphas(index)
+        y_m = self.labels_M[index]
+        a_m = alphas["M"]
+        sign = torch.where(a_m < 0, -1.0, 1.0).to(a_m)
+        a_m_safe = torch.where(a_m.abs() < self.eps, sign * self.eps, a_m)
+        n = float(epoch)
+        for task in self.unimodal_tasks:
+            new = y_m + (alphas[task] - a_m) * (y_m + a_m) / (2.0 * a_m_safe)
+            new = new.clamp(-self.clip, self.clip)
+            old = self.label_map(task)[index]
+            self.label_map(task)[index] = (n - 1.0) / (n + 1.0) * old + 2.0 / (n + 1.0) * new
+
+    def labels(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Current label per task for the samples ``index`` → {task: (B,)}."""
+        index = index.to(self.labels_M.device)
+        return {task: self.label_map(task)[index].clone() for task in self.tasks}
+
+    def loss_weights(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample loss weight: 1 for M, ``tanh(|y_s - y_m|)`` for the unimodal tasks."""
+        index = index.to(self.labels_M.device)
+        y_m = self.labels_M[index]
+        weights = {"M": torch.ones_like(y_m)}
+        for task in self.unimodal_tasks:
+            weights[task] = torch.tanh((self.label_map(task)[index] - y_m).abs())
+        return weights
+
+    @torch.no_grad()
+    def label_stats(self) -> dict[str, float]:
+        """Per unimodal task: mean |y_s - y_m| and the share of samples whose sign agrees with y_m."""
+        y_m = self.labels_M
+        stats = {}
+        for task in self.unimodal_tasks:
+            y_s = self.label_map(task)
+            stats[f"{task}_mean_abs_diff"] = float((y_s - y_m).abs().mean())
+            stats[f"{task}_sign_agreement"] = float((torch.sign(y_s) == torch.sign(y_m)).float().mean())
+        return stats
+
+
+def multitask_loss(
+    output, labels: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sum over the predicted tasks of ``mean(w * |y_pred - y|)`` (Self-MM's L1); M is unweighted.
+
+    ``output`` is a ``ModelOutput`` (uses ``output.preds``); tasks missing from ``weights`` get weight 1.
+    """
+    weights = weights or {}
+    per_task: dict[str, torch.Tensor] = {}
+    for task, pred in output.preds.items():
+        if task not in labels:
+            raise KeyError(f"multitask_loss: no label for task {task!r} (labels has {sorted(labels)})")
+        target = labels[task].to(pred)
+        err = (pred - target).abs()
+        if task != "M" and task in weights:
+            err = weights[task].to(pred) * err
+        per_task[task] = err.mean()
+    total = torch.stack(list(per_task.values())).sum()
+    return total, per_task

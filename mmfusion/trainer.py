@@ -1,0 +1,274 @@
+"""The one training loop for every mmfusion variant (full model, ablations, unimodal baselines).
+
+Per step: forward, multi-task loss against the current labels (the multimodal label for M, the
+SLGM-generated labels for T/A/V), backward, AdamW step; then SLGM stores the step's detached
+representations and, from ``slgm_start_epoch`` on, regenerates the unimodal labels of the batch
+(eq. 18-22). After each epoch: validation metrics, early stopping on ``early_stop_key``, the best
+checkpoint (``model.pt``) and a resume checkpoint (``last.pt``), both written atomically.
+
+Determinism: the shuffling order of epoch ``e`` comes from a generator seeded with
+``(seed, e)`` and the global torch RNG state is saved with every resume checkpoint, so a run
+interrupted after any epoch and resumed reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from mmfusion.checkpoint import load_checkpoint, save_checkpoint, write_json
+from mmfusion.config import ConfigError, to_dict
+from mmfusion.data.mmsa import MMSAData, NormStats, load_mmsa, make_loader
+from mmfusion.evaluate import predict
+from mmfusion.metrics import format_metrics, is_better, mmsa_metrics, pearson
+from mmfusion.model import ModelConfig, MultimodalSentimentModel
+from mmfusion.slgm import SLGM, multitask_loss
+from mmfusion import tensorboard as tb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyntheticData:
+    """Generate the data file with SynthMOSI when it does not exist yet."""
+
+    size: Literal["tiny", "mosi", "mosei"] = "mosi"
+    seed: int = 0
+    aligned: bool = False
+
+
+@dataclass
+class DataConfig:
+    path: str
+    synthetic: SyntheticData | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    normalize: bool = True  # standardise audio/vision (and text features) with train statistics
+    nonfinite: Literal["error", "zero"] = "error"  # real MOSI audio holds -inf: "zero" replaces it
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    lr: float = 1e-3  # everything but the text encoder
+    lr_text: float = 5e-5  # the BERT-family text encoder when fine-tuned
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 1.0
+    early_stop_key: str = "MAE"  # any key of the MMSA metric set, on the valid split
+    patience: int = 6
+    seed: int = 0
+    slgm_start_epoch: int = 2  # unimodal labels stay = multimodal label during the first epoch
+    attention_clips: int = 4  # validation clips whose LGT attention maps go to TensorBoard
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+
+@dataclass
+class SentimentConfig:
+    """A whole sentiment experiment: what ``configs/*.yaml`` with ``task: sentiment`` holds."""
+
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: Literal["sentiment"] = "sentiment"
+
+    def __post_init__(self) -> None:
+        from mmfusion.metrics import METRIC_KEYS
+
+        if self.train.early_stop_key not in METRIC_KEYS:
+            raise ConfigError(f"train.early_stop_key: {self.train.early_stop_key!r} is not one of {list(METRIC_KEYS)}")
+
+
+def data_dims(data: MMSAData) -> dict[str, int | None]:
+    return {"audio_dim": data.audio_dim, "vision_dim": data.vision_dim, "text_dim": data.text_dim}
+
+
+def build_model_config(model: ModelConfig, dims: dict[str, int | None]) -> ModelConfig:
+    """The model config completed with the feature widths of the data."""
+    text = model.text
+    if text.source == "features":
+        if dims.get("text_dim") is None:
+            raise ConfigError("model.text.source is 'features' but the data has no `text` features")
+        text = dataclasses.replace(text, feature_dim=dims["text_dim"])
+    return dataclasses.replace(model, audio_dim=dims["audio_dim"], vision_dim=dims["vision_dim"], text=text)
+
+
+def prepare_data(cfg: DataConfig) -> MMSAData:
+    """Load the MMSA pickle, generating it first with SynthMOSI when configured and missing."""
+    path = Path(cfg.path)
+    if not path.exists() and cfg.synthetic is not None:
+        from mmfusion.data.synthetic import generate, write_pickle
+
+        log.info("generating SynthMOSI (%s, seed %d) into %s", cfg.synthetic.size, cfg.synthetic.seed, path)
+        write_pickle(generate(cfg.synthetic.size, cfg.synthetic.seed, aligned=cfg.synthetic.aligned), path)
+    return load_mmsa(path, nonfinite=cfg.nonfinite)
+
+
+@dataclass
+class EarlyStopping:
+    """Best validation value so far and how many epochs have passed without improvement."""
+
+    key: str
+    patience: int
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def step(self, value: float | None, epoch: int) -> bool:
+        """Record an epoch; True when it is the new best."""
+        if is_better(self.key, value, self.best):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+def _slgm_truth_correlations(slgm: SLGM, truth: dict[str, np.ndarray] | None) -> dict[str, float | None]:
+    """Correlation of generated (and of copied multimodal) labels with hidden unimodal truth."""
+    if truth is None:
+        return {}
+    labels = {task: slgm.label_map(task).numpy() for task in ("M", "T", "A", "V")}
+    result = {}
+    for task in ("T", "A", "V"):
+        result[f"{task}/corr_generated"] = pearson(labels[task].astype(np.float64), truth[task].astype(np.float64))
+        result[f"{task}/corr_copied_M"] = pearson(labels["M"].astype(np.float64), truth[task].astype(np.float64))
+    return result
+
+
+def train(
+    cfg: SentimentConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> dict:
+    """Train, early-stop, evaluate the best checkpoint on test; returns the summary written to metrics.json.
+
+    ``stop_after`` ends this invocation after that many epochs (leaving ``last.pt``), for time-sliced
+    jobs; ``resume`` continues from ``last.pt`` in ``out_dir``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    data = prepare_data(cfg.data)
+    train_split, valid_split = data.splits["train"], data.splits["valid"]
+    norm = NormStats.fit(train_split) if cfg.data.normalize else None
+    dims = data_dims(data)
+    model = MultimodalSentimentModel(build_model_config(cfg.model, dims))
+    optimizer = torch.optim.AdamW(model.param_groups(cfg.train.lr_text, cfg.train.lr, cfg.train.weight_decay))
+    slgm = (
+        SLGM(len(train_split.labels), model.feature_dims, torch.as_tensor(train_split.labels, dtype=torch.float32))
+        if model.cfg.use_slgm
+        else None
+    )
+    stopper = EarlyStopping(cfg.train.early_stop_key, cfg.train.patience)
+    start_epoch, step = 1, 0
+    if resume:
+        state = load_checkpoint(out / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if slgm is not None:
+            slgm.load_state_dict(state["slgm"])
+        stopper = EarlyStopping(**state["early_stopping"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        log.info("resuming %s after epoch %d", out, state["epoch"])
+
+    base_state = {"config": to_dict(cfg), "data_dims": dims, "norm": norm.to_dict() if norm else None}
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step if resume else None)
+    attention_batch = tb.fixed_batch(valid_split, norm, cfg.train.attention_clips)
+    log.info("training %s on %s (%d train clips); TensorBoard: %s", out, cfg.data.path, len(train_split.labels), out / "tensorboard")
+
+    epochs_run = 0
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        if stopper.should_stop:
+            break
+        model.train()
+        loader = make_loader(train_split, norm, cfg.data.batch_size, shuffle=True, seed=cfg.train.seed * 100_003 + epoch)
+        started, seen = time.perf_counter(), 0
+        for batch in tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True):
+            output = model(batch)
+            if slgm is not None:
+                labels, weights = slgm.labels(batch.index), slgm.loss_weights(batch.index)
+            else:
+                labels, weights = {"M": batch.label}, {"M": torch.ones_like(batch.label)}
+            loss, per_task = multitask_loss(output, labels, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            if slgm is not None:
+                slgm.update_features(batch.index, output.features)
+                if epoch >= cfg.train.slgm_start_epoch:
+                    slgm.update_labels(batch.index, epoch)
+            step += 1
+            seen += len(batch)
+            writer.add_scalar("train/loss", loss.item(), step)
+            for task, value in per_task.items():
+                writer.add_scalar(f"train/loss_{task}", float(value), step)
+        throughput = seen / (time.perf_counter() - started)
+        epochs_run += 1
+
+        valid = predict(model, valid_split, norm, cfg.data.eval_batch_size)
+        metrics = mmsa_metrics(valid.outputs["M"], valid.label)
+        improved = stopper.step(metrics[stopper.key], epoch)
+        log.info("epoch %d  %.1f clips/s  valid %s%s", epoch, throughput, format_metrics(metrics), "  *best*" if improved else "")
+        tb.log_epoch(writer, epoch, step, metrics, optimizer, throughput)
+        tb.log_attention(writer, model, attention_batch, epoch)
+        if slgm is not None:
+            tb.log_slgm(writer, slgm, epoch, _slgm_truth_correlations(slgm, train_split.unimodal_labels))
+
+        if improved:
+            save_checkpoint({**base_state, "model": model.state_dict(), "epoch": epoch, "valid_metrics": metrics}, out / "model.pt")
+        save_checkpoint(
+            {
+                **base_state,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "slgm": slgm.state_dict() if slgm is not None else None,
+                "early_stopping": dataclasses.asdict(stopper),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "step": step,
+            },
+            out / "last.pt",
+        )
+        if stop_after is not None and epochs_run >= stop_after and epoch < cfg.train.epochs:
+            writer.close()
+            log.info("stopped after %d epoch(s) as asked; continue with --resume", epochs_run)
+            return {"stopped_after_epoch": epoch}
+
+    best = load_checkpoint(out / "model.pt")
+    model.load_state_dict(best["model"])
+    summary = {
+        "best_epoch": stopper.best_epoch,
+        "valid": best["valid_metrics"],
+        "test": mmsa_metrics(*_m_and_label(predict(model, data.splits["test"], norm, cfg.data.eval_batch_size))),
+    }
+    if slgm is not None:
+        summary["slgm"] = _slgm_truth_correlations(slgm, train_split.unimodal_labels)
+    log.info("best epoch %d  test %s", stopper.best_epoch, format_metrics(summary["test"]))
+    tb.log_hparams(writer, cfg, summary["test"])
+    writer.close()
+    write_json(summary, out / "metrics.json")
+    return summary
+
+
+def _m_and_label(pred) -> tuple[np.ndarray, np.ndarray]:
+    return pred.outputs["M"], pred.label

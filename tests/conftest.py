@@ -1,0 +1,42 @@
+"""Shared pytest fixtures: small valid MMSA data (see ``tests/mmsa_factory.py``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+# Make ``from tests.mmsa_factory import ...`` work under a bare ``pytest`` too (``python -m pytest``
+# already puts the repo root on sys.path).
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from tests.mmsa_factory import make_mmsa_dict, write_mmsa_pickle  # noqa: E402
+
+
+@pytest.fixture
+def mmsa_dict_factory() -> Callable[..., dict[str, dict[str, Any]]]:
+    """``make_mmsa_dict`` itself: call it with keyword options (aligned, text, sizes, ...)."""
+    return make_mmsa_dict
+
+
+@pytest.fixture
+def mmsa_pickle_factory(tmp_path: Path) -> Callable[..., Path]:
+    """Write ``make_mmsa_dict(**options)`` (or the ``data`` given) to a pickle under tmp_path."""
+    counter = iter(range(1_000_000))
+
+    def write(data: Any = None, name: str | None = None, **options: Any) -> Path:
+        if data is None:
+            data = make_mmsa_dict(**options)
+        return write_mmsa_pickle(data, tmp_path / (name or f"mmsa_{next(counter)}.pkl"))
+
+    return write
+
+
+@pytest.fixture
+def mmsa_pickle(mmsa_pickle_factory: Callable[..., Path]) -> Path:
+    """A default unaligned MMSA pickle (text_bert, audio/vision lengths) in tmp_path."""
+    return mmsa_pickle_factory(name="mmsa_unaligned.pkl")

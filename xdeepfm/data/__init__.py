@@ -1,0 +1,1 @@
+"""Datasets for the ranking model (``xdeepfm.data.movielens``: MovieLens-100K)."""

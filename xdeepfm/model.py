@@ -1,0 +1,185 @@
+"""BERT-enhanced xDeepFM (seed paper II.C, Fig. 2; Lian et al. KDD 2018) on deepctr-torch blocks.
+
+    logit(x) = b + linear(x) + w_cin^T p^+ + w_dnn^T DNN(e)
+
+- linear(x): deepctr ``Linear``: a 1-d weight per categorical value (mean over multi-valued
+  tokens) plus a weight vector on every dense input (numeric values, text and vector fields).
+- fields e = [e_1; ...; e_m] in R^{m x D}: an embedding per categorical field, the masked mean
+  of the token embeddings per multi-valued field, and for every text/vector field v in R^d a
+  learned projection ``W v + c`` in R^{kD} reshaped into k fields (``fields_per_vector``), so
+  the CIN crosses text semantics with the id fields.
+- CIN (Lian et al. eq. 6): X^k_{h,*} = sum_{i,j} W^{k,h}_{ij} (X^{k-1}_{i,*} o X^0_{j,*}),
+  sum-pooled over the embedding dimension into p^+ (deepctr ``CIN``).
+- DNN: deepctr ``DNN`` on [flatten(e); numeric values].
+
+The model consumes the flat float matrix deepctr uses (``stack_inputs``), whose column slices
+are given by ``build_input_features(feature_columns)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from xdeepfm._deepctr import (
+    CIN,
+    DNN,
+    DenseFeat,
+    Linear,
+    SparseFeat,
+    VarLenSparseFeat,
+    build_input_features,
+    create_embedding_matrix,
+    get_varlen_pooling_list,
+    varlen_embedding_lookup,
+)
+from xdeepfm.features import FittedField
+
+VECTOR_KINDS = ("text", "vector")
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and regularisation of the ranking model."""
+
+    implementation: str = "ours"  # "ours" (this module) or "deepctr" (stock xDeepFM, xdeepfm.baseline)
+    embedding_dim: int = 16
+    fields_per_vector: int = 1
+    cin_layer_sizes: list[int] = field(default_factory=lambda: [128, 128])
+    cin_split_half: bool = True
+    cin_activation: str = "relu"
+    dnn_hidden_units: list[int] = field(default_factory=lambda: [256, 128])
+    dnn_activation: str = "relu"
+    dnn_dropout: float = 0.0
+    dnn_use_bn: bool = False
+    l2_linear: float = 1e-5
+    l2_embedding: float = 1e-5
+    l2_dnn: float = 0.0
+    l2_cin: float = 0.0
+    init_std: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.implementation not in ("ours", "deepctr"):
+            raise ValueError(f"implementation {self.implementation!r}: expected 'ours' or 'deepctr'")
+        if self.embedding_dim < 1 or self.fields_per_vector < 1:
+            raise ValueError("embedding_dim and fields_per_vector must be >= 1")
+        if not 0.0 <= self.dnn_dropout < 1.0:
+            raise ValueError(f"dnn_dropout {self.dnn_dropout}: expected a value in [0, 1)")
+        if self.cin_split_half and any(s % 2 for s in self.cin_layer_sizes[:-1]):
+            raise ValueError(f"cin_layer_sizes {self.cin_layer_sizes}: all but the last must be even with cin_split_half")
+
+
+def feature_columns(fields: list[FittedField], embedding_dim: int, kinds: tuple[str, ...] | None = None) -> list:
+    """deepctr feature columns for the fitted fields (optionally only those of ``kinds``)."""
+    columns = []
+    for fit in fields:
+        spec = fit.spec
+        if kinds is not None and spec.kind not in kinds:
+            continue
+        if spec.kind == "categorical":
+            columns.append(SparseFeat(spec.name, fit.vocabulary_size, embedding_dim))
+        elif spec.kind == "multi_valued":
+            columns.append(VarLenSparseFeat(SparseFeat(spec.name, fit.vocabulary_size, embedding_dim), spec.max_len, "mean"))
+        elif spec.kind == "numeric":
+            columns.append(DenseFeat(spec.name, 1))
+        else:
+            columns.append(DenseFeat(spec.name, fit.dim))
+    return columns
+
+
+def stack_inputs(encoded: dict[str, np.ndarray], columns: list) -> np.ndarray:
+    """The flat float32 matrix (N, sum of column widths) in ``build_input_features`` order."""
+    index = build_input_features(columns)
+    n = len(next(iter(encoded.values())))
+    matrix = np.empty((n, max(end for _, end in index.values())), np.float32)
+    for name, (start, end) in index.items():
+        matrix[:, start:end] = encoded[name].reshape(n, end - start)
+    return matrix
+
+
+def cin_output_size(layer_sizes: list[int], split_half: bool) -> int:
+    """Length of the pooled CIN output p^+ (deepctr convention)."""
+    if not layer_sizes:
+        return 0
+    return sum(layer_sizes[:-1]) // 2 + layer_sizes[-1] if split_half else sum(layer_sizes)
+
+
+class XDeepFMRanker(nn.Module):
+    """Linear + CIN + DNN over id, multi-valued, numeric and projected text/vector fields."""
+
+    def __init__(self, fields: list[FittedField], config: ModelConfig, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.config = config
+        E, k = config.embedding_dim, config.fields_per_vector
+        self.columns = feature_columns(fields, E)
+        self.feature_index = build_input_features(self.columns)
+        self.sparse = [c for c in self.columns if isinstance(c, SparseFeat)]
+        self.varlen = [c for c in self.columns if isinstance(c, VarLenSparseFeat)]
+        kind_of = {f.spec.name: f.spec.kind for f in fields}
+        self.numeric = [c for c in self.columns if isinstance(c, DenseFeat) and kind_of[c.name] == "numeric"]
+        self.vectors = [c for c in self.columns if isinstance(c, DenseFeat) and kind_of[c.name] in VECTOR_KINDS]
+        self.n_fields = len(self.sparse) + len(self.varlen) + k * len(self.vectors)
+        if self.n_fields == 0:
+            raise ValueError("the model needs at least one categorical, multi-valued, text or vector field")
+
+        self.linear = Linear(self.columns, self.feature_index, init_std=config.init_std)
+        self.embedding_dict = create_embedding_matrix(self.sparse + self.varlen, init_std=config.init_std)
+        self.projections = nn.ModuleDict({c.name: nn.Linear(c.dimension, k * E) for c in self.vectors})
+        self.bias = nn.Parameter(torch.zeros(1))
+
+        self.cin = None
+        if config.cin_layer_sizes:
+            self.cin = CIN(self.n_fields, list(config.cin_layer_sizes), config.cin_activation, config.cin_split_half,
+                           config.l2_cin, seed)
+            self.cin_linear = nn.Linear(cin_output_size(config.cin_layer_sizes, config.cin_split_half), 1, bias=False)
+        self.dnn = None
+        if config.dnn_hidden_units:
+            self.dnn = DNN(self.n_fields * E + len(self.numeric), list(config.dnn_hidden_units), config.dnn_activation,
+                           config.l2_dnn, config.dnn_dropout, config.dnn_use_bn, init_std=config.init_std, seed=seed)
+            self.dnn_linear = nn.Linear(config.dnn_hidden_units[-1], 1, bias=False)
+
+    def _slice(self, X: torch.Tensor, name: str) -> torch.Tensor:
+        start, end = self.feature_index[name]
+        return X[:, start:end]
+
+    def field_embeddings(self, X: torch.Tensor) -> torch.Tensor:
+        """The stacked fields e: (B, n_fields, D)."""
+        B, E, k = X.shape[0], self.config.embedding_dim, self.config.fields_per_vector
+        fields = [self.embedding_dict[c.embedding_name](self._slice(X, c.name).long()) for c in self.sparse]
+        if self.varlen:
+            looked_up = varlen_embedding_lookup(X, self.embedding_dict, self.feature_index, self.varlen)
+            fields += get_varlen_pooling_list(looked_up, X, self.feature_index, self.varlen, X.device)
+        fields += [self.projections[c.name](self._slice(X, c.name)).view(B, k, E) for c in self.vectors]
+        return torch.cat(fields, dim=1)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) for the flat input matrix X (B, width)."""
+        logit = self.linear(X) + self.bias
+        fields = self.field_embeddings(X)
+        if self.cin is not None:
+            logit = logit + self.cin_linear(self.cin(fields))
+        if self.dnn is not None:
+            numeric = [self._slice(X, c.name) for c in self.numeric]
+            dnn_input = torch.cat([fields.flatten(1), *numeric], dim=1)
+            logit = logit + self.dnn_linear(self.dnn(dnn_input))
+        return logit.squeeze(1)
+
+    def regularization_loss(self) -> torch.Tensor:
+        """sum of l2 * ||w||^2 over the linear weights, embeddings (+ projections), DNN and CIN."""
+        c = self.config
+        total = self.bias.new_zeros(())
+        groups = [
+            (c.l2_linear, [p for n, p in self.linear.named_parameters()]),
+            (c.l2_embedding, [*self.embedding_dict.parameters(), *(m.weight for m in self.projections.values())]),
+            (c.l2_dnn, [p for n, p in self.dnn.named_parameters() if "weight" in n and "bn" not in n] + [self.dnn_linear.weight]
+             if self.dnn is not None else []),
+            (c.l2_cin, [p for n, p in self.cin.named_parameters() if "weight" in n] if self.cin is not None else []),
+        ]
+        for l2, params in groups:
+            if l2 > 0 and params:
+                total = total + l2 * sum((p * p).sum() for p in params)
+        return total
