@@ -45,7 +45,7 @@ def predict(
     model.eval()
     ids: list[str] = []
     labels, outputs = [], {}
-    for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False):
+    for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=model.cfg.text.source):
         out = model(batch)
         ids.extend(batch.ids)
         labels.append(batch.label)

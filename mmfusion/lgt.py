@@ -4,13 +4,16 @@ Per layer, text is the primary modality:
 
 * text:   ``F_l = MHA(Q_l, K_l, V_l)`` (self-attention, eq. 1-3);
 * audio:  ``F_a = MHA(Q_l, K_a, V_a)`` and vision ``F_v = MHA(Q_l, K_v, V_v)`` (eq. 6-7): the
-  query comes from the text stream entering the layer, keys/values from that modality's stream
-  (padded keys masked).
+  query is the text stream entering the layer; keys/values are that modality's encoded
+  sequence (its own length, padded frames masked) at every layer, so every layer's attention
+  map is text positions × audio (vision) frames.
 
-Every sub-layer is ``LayerNorm(x + Sublayer(x))`` (eq. 5) with ``x`` the query stream, followed by
-the ReLU feed-forward ``FFN(x) = ReLU(x W1 + b1) W2 + b2`` (eq. 4) under the same residual
-LayerNorm. Because queries are text positions, the audio/vision outputs have the text length Lt
-and the text mask from the first layer on; layer i+1 uses them as its audio/vision keys/values.
+Every sub-layer is ``LayerNorm(x + Sublayer(x))`` (eq. 5) followed by the ReLU feed-forward
+``FFN(x) = ReLU(x W1 + b1) W2 + b2`` (eq. 4) under the same residual LayerNorm. For text, ``x``
+is the text stream. For a guided branch, ``x`` is that branch's own stream, which starts as the
+text stream (so in layer 1 the residual is the query, as in a Transformer decoder) and then
+accumulates one text-guided update per layer. Hence audio/vision outputs have the text length
+Lt and the text mask.
 
 ``guided=False`` (the "no LGT" ablation, or a model without text) replaces all of this with plain
 self-attention per modality: each stream keeps its own length and mask.
@@ -66,7 +69,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """``x' = LN(x + MHA(x, kv))``, ``out = LN(x' + FFN(x'))`` (eq. 4-5); ``x`` is the query stream."""
+    """``x' = LN(x + MHA(q, kv))``, ``out = LN(x' + FFN(x'))`` (eq. 4-5); ``x`` is ``residual`` (default: the query)."""
 
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float):
         super().__init__()
@@ -77,10 +80,15 @@ class AttentionBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor, need_weights: bool = False
+        self,
+        query: torch.Tensor,
+        key_value: torch.Tensor,
+        key_mask: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attn(query, key_value, key_mask, need_weights)
-        x = self.norm1(query + self.dropout(attended))
+        x = self.norm1((query if residual is None else residual) + self.dropout(attended))
         return self.norm2(x + self.dropout(self.ffn(x))), weights
 
 
@@ -105,16 +113,26 @@ class LGTLayer(nn.Module):
         return f"cross_{modality}" if self.guided and modality != "text" else f"self_{modality}"
 
     def forward(
-        self, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], need_weights: bool = False
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        out, out_masks, weights = {}, {}, {}
+        self,
+        streams: dict[str, torch.Tensor],
+        sources: dict[str, torch.Tensor],
+        source_masks: dict[str, torch.Tensor],
+        need_weights: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``streams``: each branch's current state; ``sources``/``source_masks``: the encoded
+        sequences (keys/values of the guided branches). Returns new streams and attention weights."""
+        out, weights = {}, {}
         for m in self.modalities:
-            query, query_mask = (streams["text"], masks["text"]) if self.guided else (streams[m], masks[m])
-            out[m], w = self.blocks[self.block_name(m)](query, streams[m], masks[m], need_weights)
-            out_masks[m] = query_mask
+            block = self.blocks[self.block_name(m)]
+            if self.guided and m != "text":
+                out[m], w = block(streams["text"], sources[m], source_masks[m], streams[m], need_weights)
+            elif self.guided:
+                out[m], w = block(streams["text"], streams["text"], source_masks["text"], None, need_weights)
+            else:
+                out[m], w = block(streams[m], streams[m], source_masks[m], None, need_weights)
             if w is not None:
                 weights[m] = w
-        return out, out_masks, weights
+        return out, weights
 
 
 class LGT(nn.Module):
@@ -124,15 +142,24 @@ class LGT(nn.Module):
         self, modalities: list[str], d_model: int, n_heads: int, ffn_dim: int, dropout: float, n_layers: int, guided: bool
     ):
         super().__init__()
+        self.guided = guided
         self.layers = nn.ModuleList(
             LGTLayer(modalities, d_model, n_heads, ffn_dim, dropout, guided) for _ in range(n_layers)
         )
 
     def forward(
-        self, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], need_weights: bool = False
+        self, sequences: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], need_weights: bool = False
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``sequences``: encoded modality → (B, L_m, d); returns (streams, stream masks, last-layer attention).
+
+        Guided: every stream has the text length and mask; the audio/vision branches start as the text stream.
+        """
+        if self.guided:
+            streams = {m: sequences["text"] for m in sequences}
+            out_masks = {m: masks["text"] for m in sequences}
+        else:
+            streams, out_masks = dict(sequences), dict(masks)
         weights: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            streams, masks, weights = layer(streams, masks, need_weights and last)
-        return streams, masks, weights
+            streams, weights = layer(streams, sequences, masks, need_weights and i == len(self.layers) - 1)
+        return streams, out_masks, weights

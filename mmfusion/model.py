@@ -81,7 +81,8 @@ class ModelConfig:
     vision_dim: int | None = None  # set from the data (batch.vision.shape[-1]) before building
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_heads", "n_layers", "ffn_dim", "encoder_layers", "sm_slots", "fusion_dim", "fusion_rank", "head_hidden"):
+        positive = ("d_model", "n_heads", "n_layers", "ffn_dim", "encoder_layers", "sm_slots", "fusion_dim", "fusion_rank", "head_hidden")
+        for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name}={value!r}: must be a positive integer")
@@ -136,7 +137,9 @@ class MultimodalSentimentModel(nn.Module):
         d = cfg.d_model
         if "text" in self.modalities:
             t = cfg.text
-            self.text_encoder: TextEncoder | None = TextEncoder(t.source, d, t.model_path, t.finetune, t.top_layers, t.feature_dim)
+            self.text_encoder: TextEncoder | None = TextEncoder(
+                t.source, d, t.model_path, t.finetune, t.top_layers, t.feature_dim
+            )
         else:
             self.text_encoder = None
         self.encoders = nn.ModuleDict()
@@ -145,7 +148,9 @@ class MultimodalSentimentModel(nn.Module):
                 continue
             if in_dim is None:
                 raise ValueError(f"model.{m}_dim is None: set it from the data (batch.{m}.shape[-1]) before building the model")
-            self.encoders[m] = SequenceEncoder(in_dim, d, kind, cfg.encoder_layers, cfg.conv_kernel, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+            self.encoders[m] = SequenceEncoder(
+                in_dim, d, kind, cfg.encoder_layers, cfg.conv_kernel, cfg.n_heads, cfg.ffn_dim, cfg.dropout
+            )
         guided = cfg.use_lgt and "text" in self.modalities
         if cfg.use_lgt and not guided:
             logger.info("use_lgt=True without the text modality: LGT falls back to self-attention per modality")

@@ -137,8 +137,8 @@ class SLGM(nn.Module):
         stats = {}
         for task in self.unimodal_tasks:
             y_s = self.label_map(task)
-            stats[f"{task}_mean_abs_diff"] = float((y_s - y_m).abs().mean())
-            stats[f"{task}_sign_agreement"] = float((torch.sign(y_s) == torch.sign(y_m)).float().mean())
+            stats[f"{task}/mean_abs_diff"] = float((y_s - y_m).abs().mean())
+            stats[f"{task}/sign_agreement"] = float((torch.sign(y_s) == torch.sign(y_m)).float().mean())
         return stats
 
 

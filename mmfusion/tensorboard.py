@@ -17,12 +17,12 @@ from mmfusion.data.batch import MMSABatch
 from mmfusion.data.mmsa import MMSASplit, NormStats, collate_mmsa, MMSADataset
 
 
-def fixed_batch(split: MMSASplit, norm: NormStats | None, n: int) -> MMSABatch | None:
+def fixed_batch(split: MMSASplit, norm: NormStats | None, n: int, text_source: str | None = None) -> MMSABatch | None:
     """The first ``n`` clips of a split, as one batch (the clips whose attention maps are logged)."""
     n = min(n, len(split.labels))
     if n == 0:
         return None
-    dataset = MMSADataset(split, norm)
+    dataset = MMSADataset(split, norm, text_source)
     return collate_mmsa([dataset[i] for i in range(n)])
 
 
@@ -47,7 +47,7 @@ def log_attention(writer: SummaryWriter, model, batch: MMSABatch | None, epoch: 
     model.train(was_training)
     if out.modality_weights is not None:
         weights = out.modality_weights.reshape(-1, out.modality_weights.shape[-1]).mean(0)
-        for name, w in zip(model.cfg.modalities, weights.tolist()):
+        for name, w in zip(model.modalities, weights.tolist()):
             writer.add_scalar(f"soft_mapping/weight_{name}", w, epoch)
     for modality, attn in (out.attention or {}).items():
         query_mask = batch.text_mask if attn.shape[-2] == batch.text_mask.shape[1] else getattr(batch, f"{modality}_mask")
@@ -61,7 +61,7 @@ def log_attention(writer: SummaryWriter, model, batch: MMSABatch | None, epoch: 
 def log_slgm(writer: SummaryWriter, slgm, epoch: int, truth_correlations: dict) -> None:
     for key, value in slgm.label_stats().items():
         writer.add_scalar(f"slgm/{key}", value, epoch)
-    for task in ("T", "A", "V"):
+    for task in slgm.unimodal_tasks:
         writer.add_histogram(f"slgm/{task}/labels", slgm.label_map(task), epoch)
     for key, value in truth_correlations.items():
         if value is not None:

@@ -143,14 +143,21 @@ class TextEncoder(nn.Module):
         if source == "bert":
             path = model_path if model_path is not None else default_model_path()
             self.encoder: nn.Module = BertTextEncoder(path, d_model, finetune, top_layers)
-            self.pretrained: nn.Module | None = self.encoder.bert
         elif source == "features":
             if feature_dim is None:
                 raise ValueError("text.feature_dim is None: set it from the data (batch.text_feats.shape[-1])")
             self.encoder = FeatureTextEncoder(feature_dim, d_model)
-            self.pretrained = None
         else:
             raise ValueError(f"text.source={source!r}: expected 'bert' or 'features'")
+
+    @property
+    def pretrained(self) -> nn.Module | None:
+        """The loaded BERT-family model, or None for precomputed features.
+
+        (A property, not a second registered submodule: registering it twice would let
+        ``train()`` switch the frozen parts back to training mode.)
+        """
+        return self.encoder.bert if isinstance(self.encoder, BertTextEncoder) else None
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         mask = batch.text_mask.bool()

@@ -44,6 +44,7 @@ class SyntheticData:
     size: Literal["tiny", "mosi", "mosei"] = "mosi"
     seed: int = 0
     aligned: bool = False
+    text_features: bool = False  # also write `text` (MiniLM hidden states) for `text.source: features`
 
 
 @dataclass
@@ -108,7 +109,8 @@ def prepare_data(cfg: DataConfig) -> MMSAData:
         from mmfusion.data.synthetic import generate, write_pickle
 
         log.info("generating SynthMOSI (%s, seed %d) into %s", cfg.synthetic.size, cfg.synthetic.seed, path)
-        write_pickle(generate(cfg.synthetic.size, cfg.synthetic.seed, aligned=cfg.synthetic.aligned), path)
+        spec = cfg.synthetic
+        write_pickle(generate(spec.size, spec.seed, aligned=spec.aligned, text_features=spec.text_features), path)
     return load_mmsa(path, nonfinite=cfg.nonfinite)
 
 
@@ -139,9 +141,9 @@ def _slgm_truth_correlations(slgm: SLGM, truth: dict[str, np.ndarray] | None) ->
     """Correlation of generated (and of copied multimodal) labels with hidden unimodal truth."""
     if truth is None:
         return {}
-    labels = {task: slgm.label_map(task).numpy() for task in ("M", "T", "A", "V")}
+    labels = {task: slgm.label_map(task).numpy() for task in slgm.tasks}
     result = {}
-    for task in ("T", "A", "V"):
+    for task in slgm.unimodal_tasks:
         result[f"{task}/corr_generated"] = pearson(labels[task].astype(np.float64), truth[task].astype(np.float64))
         result[f"{task}/corr_copied_M"] = pearson(labels["M"].astype(np.float64), truth[task].astype(np.float64))
     return result
@@ -167,7 +169,8 @@ def train(
 
     data = prepare_data(cfg.data)
     train_split, valid_split = data.splits["train"], data.splits["valid"]
-    norm = NormStats.fit(train_split) if cfg.data.normalize else None
+    text_source = cfg.model.text.source
+    norm = NormStats.fit(train_split, include_text=text_source == "features") if cfg.data.normalize else None
     dims = data_dims(data)
     model = MultimodalSentimentModel(build_model_config(cfg.model, dims))
     optimizer = torch.optim.AdamW(model.param_groups(cfg.train.lr_text, cfg.train.lr, cfg.train.weight_decay))
@@ -191,7 +194,7 @@ def train(
 
     base_state = {"config": to_dict(cfg), "data_dims": dims, "norm": norm.to_dict() if norm else None}
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=step if resume else None)
-    attention_batch = tb.fixed_batch(valid_split, norm, cfg.train.attention_clips)
+    attention_batch = tb.fixed_batch(valid_split, norm, cfg.train.attention_clips, text_source)
     log.info("training %s on %s (%d train clips); TensorBoard: %s", out, cfg.data.path, len(train_split.labels), out / "tensorboard")
 
     epochs_run = 0
@@ -199,7 +202,9 @@ def train(
         if stopper.should_stop:
             break
         model.train()
-        loader = make_loader(train_split, norm, cfg.data.batch_size, shuffle=True, seed=cfg.train.seed * 100_003 + epoch)
+        loader = make_loader(
+            train_split, norm, cfg.data.batch_size, shuffle=True, seed=cfg.train.seed * 100_003 + epoch, text_source=text_source
+        )
         started, seen = time.perf_counter(), 0
         for batch in tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True):
             output = model(batch)
@@ -221,7 +226,7 @@ def train(
             seen += len(batch)
             writer.add_scalar("train/loss", loss.item(), step)
             for task, value in per_task.items():
-                writer.add_scalar(f"train/loss_{task}", float(value), step)
+                writer.add_scalar(f"train/loss_{task}", value.item(), step)
         throughput = seen / (time.perf_counter() - started)
         epochs_run += 1
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-# Make ``from tests.mmsa_factory import ...`` work under a bare ``pytest`` too (``python -m pytest``
-# already puts the repo root on sys.path).
-_REPO_ROOT = str(Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from tests.mmsa_factory import make_mmsa_dict, write_mmsa_pickle  # noqa: E402
+from tests.mmsa_factory import make_mmsa_dict, write_mmsa_pickle
 
 
 @pytest.fixture

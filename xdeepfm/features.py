@@ -76,13 +76,13 @@ class FieldSpec:
     max_tokens: int = 32
     batch_size: int = 128
     normalize: bool = True
-    # vector
+    # vector (``column`` defaults to ``key_column``)
     path: str | None = None
     key_column: str | None = None
 
     def __post_init__(self) -> None:
-        if self.column is None:
-            self.column = self.name
+        if self.column is None:  # vector fields read their key column
+            self.column = self.key_column if self.kind == "vector" and self.key_column else self.name
         if self.kind == "multi_valued" and (self.max_len < 1 or not self.sep):
             raise ValueError(f"field {self.name!r}: multi_valued needs max_len >= 1 and a non-empty sep")
         if self.kind == "text" and (self.max_tokens < 2 or self.batch_size < 1):
@@ -317,8 +317,7 @@ def _split_tokens(series: pd.Series, spec: FieldSpec) -> pd.Series:
 
 def _encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
     """Codes 1..n for vocabulary members, 0 for anything else (OOV/missing)."""
-    codes = pd.Categorical(values, categories=vocabulary).codes.astype(np.int64)
-    return codes + 1
+    return pd.Index(vocabulary, dtype=object).get_indexer(values.astype(object)).astype(np.int64) + 1
 
 
 @dataclass
@@ -377,7 +376,6 @@ class FeaturePipeline:
                 encoder = self.text_encoder(spec)
                 fitted[spec.name] = FittedField(spec, dim=encoder.dim, text_model_key=encoder.model_key)
             elif spec.kind == "vector":
-                _require_column(df, dataclasses.replace(spec, column=spec.key_column), where)
                 ids, vectors = self._read_vector_file(spec)
                 self.vector_tables[spec.name] = (ids, vectors)
                 fitted[spec.name] = FittedField(spec, dim=int(vectors.shape[1]))
@@ -431,9 +429,8 @@ class FeaturePipeline:
                 unique, inverse = np.unique(texts.to_numpy(dtype=str), return_inverse=True)
                 out[spec.name] = encoder.encode(unique.tolist())[inverse.reshape(-1)]
             elif spec.kind == "vector":
-                keys = _as_strings(_require_column(df, dataclasses.replace(spec, column=spec.key_column), where))
                 ids, vectors = self.vector_tables[spec.name]
-                row = pd.Categorical(keys, categories=pd.Index(ids)).codes.astype(np.int64)
+                row = pd.Index(ids, dtype=object).get_indexer(_as_strings(series).astype(object))
                 padded = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
                 if (row < 0).any():
                     log.info("%s: field %r: %d of %d rows have no vector (zeros used)", where, spec.name, int((row < 0).sum()), len(row))

@@ -29,7 +29,7 @@ def _check(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray | None = 
         raise ValueError(f"labels and scores differ in length: {y_true.shape[0]} vs {y_score.shape[0]}")
     if not np.isin(y_true, (0.0, 1.0)).all():
         i = int(np.flatnonzero(~np.isin(y_true, (0.0, 1.0)))[0])
-        raise ValueError(f"labels must be 0/1; row {i} is {y_true[i]!r}")
+        raise ValueError(f"labels must be 0/1; row {i} is {float(y_true[i])!r}")
     if not np.isfinite(y_score).all():
         raise ValueError(f"scores must be finite; row {int(np.flatnonzero(~np.isfinite(y_score))[0])} is not")
     if groups is None:

@@ -94,7 +94,7 @@ class SplitData:
             raise ValueError(f"{where}: the frame needs 'label' and 'user_id' columns")
         encoded = pipeline.transform(frame, where)
         X = torch.from_numpy(stack_inputs(encoded, columns))
-        return cls(X, torch.as_tensor(frame["label"].to_numpy(np.float32)), frame["user_id"].to_numpy())
+        return cls(X, torch.from_numpy(frame["label"].to_numpy(np.float32, copy=True)), frame["user_id"].to_numpy())
 
 
 @torch.inference_mode()

@@ -532,13 +532,28 @@ class MMSASample:
     unimodal_labels: dict[str, float] | None
 
 
-class MMSADataset(Dataset):
-    """Clips of one split; ``norm`` (fit on train) standardises audio, vision (and text features)."""
+TextSource = Literal["bert", "features"]
 
-    def __init__(self, split: MMSASplit, norm: NormStats | None = None) -> None:
+
+class MMSADataset(Dataset):
+    """Clips of one split; ``norm`` (fit on train) standardises audio, vision (and text features).
+
+    ``text_source`` picks what the text branch receives: ``"bert"`` token ids (``text_bert``) or
+    ``"features"`` (``text``); ``None`` takes token ids when the file has them.
+    """
+
+    def __init__(self, split: MMSASplit, norm: NormStats | None = None, text_source: TextSource | None = None) -> None:
         self.split = split
         self.norm = norm
-        self.use_text_feats = split.text_bert is None
+        if text_source is None:
+            text_source = "bert" if split.text_bert is not None else "features"
+        if text_source == "bert" and split.text_bert is None:
+            raise MMSAFormatError(f"split '{split.name}', key 'text_bert': the model reads token ids but the data has none "
+                                  "(use model.text.source: features)")
+        if text_source == "features" and split.text is None:
+            raise MMSAFormatError(f"split '{split.name}', key 'text': the model reads text features but the data has none "
+                                  "(use model.text.source: bert)")
+        self.use_text_feats = text_source == "features"
         if norm is not None and self.use_text_feats and "text" not in norm.mean:
             logger.warning("norm stats have no 'text' entry: text features of split '%s' stay raw", split.name)
 
@@ -559,8 +574,8 @@ class MMSADataset(Dataset):
         return MMSASample(
             index=int(i),
             id=str(s.ids[i]),
-            text_ids=None if s.text_bert is None else s.text_bert[i, 0],
-            text_segment=None if s.text_bert is None else s.text_bert[i, 2],
+            text_ids=None if self.use_text_feats else s.text_bert[i, 0],
+            text_segment=None if self.use_text_feats else s.text_bert[i, 2],
             text_feats=self._normalised("text", s.text[i], text_length) if self.use_text_feats else None,
             text_length=text_length,
             audio=self._normalised("audio", s.audio[i], int(s.audio_lengths[i])),
@@ -627,12 +642,13 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
+    text_source: TextSource | None = None,
 ) -> DataLoader:
     """A DataLoader of ``MMSABatch``es; shuffling is reproducible from ``seed``."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
-        MMSADataset(split, norm),
+        MMSADataset(split, norm, text_source),
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=collate_mmsa,

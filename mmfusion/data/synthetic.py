@@ -75,21 +75,22 @@ class GeneratorParams:
 
     p_neutral: float = 0.14  # text kind probabilities; clear takes the rest
     p_sarcastic: float = 0.16
-    w_text: float = 0.6  # y* = w_text s_t + w_av (s_a + s_v) + w_agree g(s_a, s_v)
-    w_av: float = 0.15
+    p_near_zero: float = 0.15  # share of opinions drawn near 0 (|o| < 0.7)
+    w_text: float = 0.75  # y* = w_text s_t + w_av (s_a + s_v) + w_agree g(s_a, s_v)
+    w_av: float = 0.1
     w_agree: float = 0.45
     annotator_sd: float = 0.35  # per-annotator noise before rounding to an integer rating
     n_annotators: int = 3
     sarcastic_surface: float = 1.0 / 3.0  # s_t of a sarcastic-style line (surface reading)
-    av_gain_clear: float = 0.7  # s_a, s_v ~ gain * o + N(0, sd^2) for clear text ...
-    av_sd_clear: float = 0.8
-    av_gain_open: float = 1.0  # ... and for neutral / sarcastic-style text (voice and face decide)
+    av_gain_clear: float = 0.4  # s_a, s_v ~ gain * o + N(0, sd^2) for clear text ...
+    av_sd_clear: float = 1.0
+    av_gain_open: float = 1.1  # ... and for neutral / sarcastic-style text (voice and face decide)
     av_sd_open: float = 0.45
-    p_flat_clear: float = 0.2  # chance a modality shows nothing (deadpan voice, still face)
+    p_flat_clear: float = 0.3  # chance a modality shows nothing (deadpan voice, still face)
     p_flat_open: float = 0.05
-    valence_shift: float = 0.55  # latent shift per unit of s_m inside the expressive segment
+    valence_shift: float = 1.0  # latent shift per unit of s_m inside the expressive segment
     arousal_gain: float = 0.3  # noise sd multiplier 1 + gain |s_m| inside the segment
-    baseline_sd: float = 0.6  # per-clip (speaker) offset of each latent channel
+    baseline_sd: float = 0.4  # per-clip (speaker) offset of each latent channel
     ar_phi: tuple[float, ...] = (0.9, 0.8, 0.95, 0.7, 0.85, 0.9, 0.6, 0.8)  # AR(1) per latent channel
     white_sd: float = 0.15  # observation noise added after mixing
 
@@ -263,7 +264,7 @@ def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> C
     kind = kind.astype(np.int8)
 
     # Latent opinion: both polarities, a fair amount of mass near 0 (MOSI-like).
-    near_zero = rng.random(n) < 0.25
+    near_zero = rng.random(n) < params.p_near_zero
     magnitude = np.where(near_zero, rng.uniform(0.0, 0.7, n), np.abs(rng.normal(1.6, 0.8, n)))
     opinion = np.clip(np.where(rng.random(n) < 0.5, -1.0, 1.0) * magnitude, -3.0, 3.0)
 

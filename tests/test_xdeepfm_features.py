@@ -1,0 +1,165 @@
+"""xdeepfm.features: label encoding with OOV, normalisation, text cache, round trip, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfusion.config import ConfigError
+from tests.xdeepfm_factory import make_tiny_bert, small_frame
+from xdeepfm.features import FeatureError, FeaturePipeline, TextEncoder, load_spec
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def spec_mapping(cache_dir, model_path=None, extra=()):
+    fields = [
+        {"name": "user_id", "kind": "categorical"},
+        {"name": "sex", "kind": "categorical", "column": "gender"},
+        {"name": "age", "kind": "numeric"},
+        {"name": "genres", "kind": "multi_valued", "sep": "|", "max_len": 2},
+        *extra,
+    ]
+    if model_path is not None:
+        fields.append({"name": "title", "kind": "text", "model_path": str(model_path), "max_tokens": 16, "batch_size": 2})
+    return {"fields": fields, "text_cache_dir": str(cache_dir)}
+
+
+def test_label_encoding_reserves_zero_for_oov_and_missing(tmp_path):
+    pipe = FeaturePipeline(load_spec(spec_mapping(tmp_path))).fit(small_frame())
+    assert pipe.fitted["sex"].vocabulary == ["F", "M"]  # sorted -> F=1, M=2
+    assert pipe.fitted["sex"].vocabulary_size == 3
+    new = small_frame().iloc[:3].copy()
+    new["gender"] = ["M", "X", None]
+    new["user_id"] = [3, 99, 1]
+    new["genres"] = ["War|Unknown|Drama", None, "Comedy|Action|Drama"]
+    out = pipe.transform(new, "test")
+    np.testing.assert_array_equal(out["sex"], [2, 0, 0])
+    np.testing.assert_array_equal(out["user_id"], [3, 0, 1])  # vocabulary "1","2","3" -> 1,2,3
+    # genre vocabulary: Action=1, Comedy=2, Drama=3, War=4; unknown tokens -> 0; truncated at max_len=2
+    np.testing.assert_array_equal(out["genres"], [[4, 0], [0, 0], [2, 1]])
+
+
+def test_numeric_normalisation_uses_train_statistics(tmp_path):
+    pipe = FeaturePipeline(load_spec(spec_mapping(tmp_path))).fit(small_frame())
+    ages = np.array([20.0, 30.0, 40.0, 20.0, 30.0])
+    assert pipe.fitted["age"].mean == pytest.approx(ages.mean())
+    assert pipe.fitted["age"].std == pytest.approx(ages.std())
+    frame = small_frame().iloc[:1].copy()
+    frame["age"] = [50.0]
+    assert pipe.transform(frame)["age"][0] == pytest.approx((50 - ages.mean()) / ages.std())
+
+
+def test_round_trip_through_json_and_safetensors(tmp_path, tiny_bert):
+    ids = np.array([1, 2, 3])
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.savez(tmp_path / "sem.npz", ids=ids, vectors=vectors)
+    vec = {"name": "sem", "kind": "vector", "path": str(tmp_path / "sem.npz"), "key_column": "user_id"}
+    pipe = FeaturePipeline(load_spec(spec_mapping(tmp_path / "cache", tiny_bert, [vec]))).fit(small_frame())
+    before = pipe.transform(small_frame())
+    pipe.save(tmp_path / "fitted")
+    (tmp_path / "sem.npz").unlink()  # the reloaded pipeline must not need the original file
+    assert not list((tmp_path / "fitted").glob("*.pkl"))
+    json.loads((tmp_path / "fitted" / "features.json").read_text())
+    again = FeaturePipeline.load(tmp_path / "fitted")
+    assert again.to_json_dict() == pipe.to_json_dict()
+    after = again.transform(small_frame())
+    assert set(after) == set(before)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    np.testing.assert_array_equal(after["sem"][3], vectors[0])  # row 3 is user 1
+
+
+def test_vector_field_missing_id_gets_zeros(tmp_path):
+    np.savez(tmp_path / "sem.npz", ids=np.array(["1", "2"]), vectors=np.ones((2, 3), np.float32))
+    vec = {"name": "sem", "kind": "vector", "path": str(tmp_path / "sem.npz"), "key_column": "user_id"}
+    pipe = FeaturePipeline(load_spec(spec_mapping(tmp_path, extra=[vec]))).fit(small_frame())
+    out = pipe.transform(small_frame())["sem"]
+    np.testing.assert_array_equal(out[:, 0], [1, 1, 0, 1, 1])  # user 3 is not in the file
+
+
+def test_text_cache_hit_on_second_run_counts_encoder_calls(tmp_path, tiny_bert):
+    spec = load_spec(spec_mapping(tmp_path / "cache", tiny_bert))
+    first = FeaturePipeline(spec).fit(small_frame())
+    vectors = first.transform(small_frame())["title"]
+    encoder = first.text_encoder(spec.fields[-1])
+    assert encoder.encoder_calls == 2  # 4 unique titles, batch_size 2
+    assert vectors.shape == (5, 32)
+    np.testing.assert_array_equal(vectors[0], vectors[3])  # same title, same vector
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+    second = FeaturePipeline(spec).fit(small_frame())  # fresh encoder: everything from disk
+    np.testing.assert_array_equal(second.transform(small_frame())["title"], vectors)
+    assert second.text_encoder(spec.fields[-1]).encoder_calls == 0
+
+    frame = small_frame()
+    frame.loc[0, "title"] = "A brand new title"
+    second.transform(frame)
+    assert second.text_encoder(spec.fields[-1]).encoder_calls == 1  # only the new text
+
+
+def test_mean_pooling_ignores_padding(tmp_path, tiny_bert):
+    encoder = TextEncoder(str(tiny_bert), tmp_path, max_tokens=16, batch_size=8, normalize=False)
+    alone = encoder._encode_batch(["heat"])
+    padded = encoder._encode_batch(["heat", "a much longer title with many more word pieces"])
+    np.testing.assert_allclose(padded[0], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_cache_key_depends_on_model_weights(tmp_path, tiny_bert):
+    other = make_tiny_bert(tmp_path / "other_bert", seed=1)
+    a = TextEncoder(str(tiny_bert), tmp_path / "cache")
+    b = TextEncoder(str(other), tmp_path / "cache")
+    assert a.model_key != b.model_key
+    a.encode(["Heat"])
+    b.encode(["Heat"])
+    assert b.encoder_calls == 1
+
+
+def test_bundled_minilm_gives_384_dim_vectors(tmp_path):
+    encoder = TextEncoder(None, tmp_path, max_tokens=16)
+    out = encoder.encode(["Toy Story", "GoldenEye"])
+    assert out.shape == (2, 384) and out.dtype == np.float32
+    assert float(out[0] @ out[1]) < 0.99
+
+
+def test_missing_column_names_the_column(tmp_path):
+    pipe = FeaturePipeline(load_spec(spec_mapping(tmp_path)))
+    with pytest.raises(FeatureError, match=r"train: column 'age' \(field 'age', numeric\) is missing"):
+        pipe.fit(small_frame().drop(columns=["age"]))
+    pipe.fit(small_frame())
+    with pytest.raises(FeatureError, match=r"valid: column 'gender' \(field 'sex', categorical\) is missing"):
+        pipe.transform(small_frame().drop(columns=["gender"]), "valid")
+
+
+def test_strings_in_numeric_column_name_column_and_row(tmp_path):
+    frame = small_frame().astype({"age": object})
+    frame.loc[2, "age"] = "forty"
+    with pytest.raises(FeatureError, match=r"train: column 'age' \(numeric\): row 2 .* not a number: 'forty'"):
+        FeaturePipeline(load_spec(spec_mapping(tmp_path))).fit(frame)
+
+
+def test_nan_in_numeric_column_name_column_and_row(tmp_path):
+    pipe = FeaturePipeline(load_spec(spec_mapping(tmp_path))).fit(small_frame())
+    frame = small_frame()
+    frame.loc[3, "age"] = np.nan
+    with pytest.raises(FeatureError, match=r"test: column 'age' \(numeric\): row 3 .* NaN/missing"):
+        pipe.transform(frame, "test")
+    frame = small_frame()
+    frame["age"] = frame["age"] > 25
+    with pytest.raises(FeatureError, match=r"column 'age' \(numeric\): expected numbers, got dtype bool"):
+        pipe.transform(frame, "test")
+
+
+def test_spec_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"features.fields\[0\].kind: 'embedding' is not one of"):
+        load_spec({"fields": [{"name": "x", "kind": "embedding"}]})
+    with pytest.raises(ConfigError, match="vector fields need 'path'"):
+        load_spec({"fields": [{"name": "x", "kind": "vector"}]})
+    with pytest.raises(ConfigError, match=r"duplicate field names \['x'\]"):
+        load_spec({"fields": [{"name": "x", "kind": "numeric"}, {"name": "x", "kind": "categorical"}]})
