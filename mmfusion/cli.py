@@ -61,23 +61,28 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="evaluate.py", description="Evaluate a checkpoint on a data file.")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model.pt of a run directory")
-    parser.add_argument("--data", required=True, type=Path, help="an MMSA pickle (sentiment) or the ranking data config")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a sentiment run's model.pt, or a ranking run's best.safetensors")
+    parser.add_argument("--data", type=Path,
+                        help="sentiment: the MMSA pickle to score (required); ranking: a YAML whose data/eval sections "
+                             "replace the checkpoint's (default: the checkpoint's own)")
+    parser.add_argument("--split", default="test", help="sentiment: which split to score")
     parser.add_argument("--out", type=Path, help="where metrics JSON and predictions CSV go (default: beside the checkpoint)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
-        if args.checkpoint.suffix == ".pt" or args.checkpoint.is_dir() is False and args.data.suffix == ".pkl":
-            from mmfusion.evaluate import evaluate_checkpoint
-
-            metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
-        else:
+        if args.checkpoint.suffix == ".safetensors":
             from xdeepfm.evaluate import run as evaluate_ranking
 
-            metrics = evaluate_ranking(args.checkpoint, args.data, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+            metrics = evaluate_ranking(args.checkpoint, config=args.data, out=args.out)
+        else:
+            from mmfusion.evaluate import evaluate_checkpoint
+
+            if args.data is None:
+                parser.error("--data (an MMSA pickle) is required for a sentiment checkpoint")
+            metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
         logging.getLogger("evaluate").error("%s", exc)
         return 2
     print(json.dumps(metrics, indent=2))

@@ -25,10 +25,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from mmfusion.checkpoint import load_checkpoint, save_checkpoint, write_json
+from mmfusion.checkpoint import load_checkpoint, save_checkpoint, write_json, write_text
 from mmfusion.config import ConfigError, to_dict
 from mmfusion.data.mmsa import MMSAData, NormStats, load_mmsa, make_loader
-from mmfusion.evaluate import predict
+from mmfusion.evaluate import predict, predictions_csv
 from mmfusion.metrics import format_metrics, is_better, mmsa_metrics, pearson
 from mmfusion.model import ModelConfig, MultimodalSentimentModel
 from mmfusion.slgm import SLGM, multitask_loss
@@ -261,10 +261,12 @@ def train(
 
     best = load_checkpoint(out / "model.pt")
     model.load_state_dict(best["model"])
+    test = predict(model, data.splits["test"], norm, cfg.data.eval_batch_size)
+    write_text(predictions_csv(test), out / "predictions_test.csv")
     summary = {
         "best_epoch": stopper.best_epoch,
         "valid": best["valid_metrics"],
-        "test": mmsa_metrics(*_m_and_label(predict(model, data.splits["test"], norm, cfg.data.eval_batch_size))),
+        "test": mmsa_metrics(test.outputs["M"], test.label),
     }
     if slgm is not None:
         summary["slgm"] = _slgm_truth_correlations(slgm, train_split.unimodal_labels)
@@ -274,6 +276,3 @@ def train(
     write_json(summary, out / "metrics.json")
     return summary
 
-
-def _m_and_label(pred) -> tuple[np.ndarray, np.ndarray]:
-    return pred.outputs["M"], pred.label

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from xdeepfm._deepctr import CIN
-from xdeepfm.features import FeatureSpec, FieldSpec, FittedField
+from xdeepfm.features import FieldSpec, FittedField
 from xdeepfm.model import ModelConfig, XDeepFMRanker, cin_output_size, stack_inputs
 
 REPO = Path(__file__).resolve().parents[1]

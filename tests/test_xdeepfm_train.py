@@ -11,12 +11,11 @@ from mmfusion.config import ConfigError, build
 from tests.xdeepfm_factory import make_tiny_bert
 from xdeepfm import evaluate
 from xdeepfm.checkpoint import load_checkpoint
-from xdeepfm.data.movielens import MovieLensConfig, load_movielens_100k, split_frame
+from xdeepfm.data.movielens import MovieLensConfig, default_root, load_movielens_100k, split_frame
 from xdeepfm.train import RankingConfig, load_config, run_config
 
-DATA = Path("/work/shared/data/ml-100k")
+DATA = default_root()
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not (DATA / "u.data").is_file(), reason="MovieLens-100K not available")
 
 
 @pytest.fixture(scope="module")

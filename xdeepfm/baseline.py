@@ -68,7 +68,7 @@ def run_baseline(config, out_dir: str | Path) -> dict:
                                  text_cache_dir=config.features.text_cache_dir)
     pipeline = FeaturePipeline(spec).fit(splits["train"], "train")
     x = {name: pipeline.transform(frame, name) for name, frame in splits.items()}
-    y = {name: frame["label"].to_numpy(np.float32) for name, frame in splits.items()}
+    y = {name: frame["label"].to_numpy(np.float32, copy=True) for name, frame in splits.items()}
     users = {name: frame["user_id"].to_numpy() for name, frame in splits.items()}
     model = build_stock_model(pipeline, config.model, seed)
     optim_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam

@@ -59,7 +59,7 @@ class EvalConfig:
 
 @dataclass
 class RankingConfig:
-    """A full ranking run, as written in ``xdeepfm/configs/*.yaml``."""
+    """A full ranking run, as written in ``configs/*.yaml``."""
 
     features: FeatureSpec
     task: Literal["ranking"] = "ranking"
@@ -142,7 +142,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _log_scalars(writer, prefix: str, metrics: dict, step: int) -> None:
     for name, value in metrics.items():
-        if isinstance(value, (int, float)) and value is not None and math.isfinite(value):
+        if isinstance(value, (int, float)) and math.isfinite(value):
             writer.add_scalar(f"{prefix}/{name}", value, step)
 
 

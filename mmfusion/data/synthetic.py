@@ -79,6 +79,7 @@ class GeneratorParams:
     w_text: float = 0.75  # y* = w_text s_t + w_av (s_a + s_v) + w_agree g(s_a, s_v)
     w_av: float = 0.1
     w_agree: float = 0.45
+    text_gate: float = 1.0  # a/v terms are scaled by 1 - text_gate |s_t| / 3: explicit words dominate
     annotator_sd: float = 0.35  # per-annotator noise before rounding to an integer rating
     n_annotators: int = 3
     sarcastic_surface: float = 1.0 / 3.0  # s_t of a sarcastic-style line (surface reading)
@@ -252,10 +253,15 @@ class Clips:
 
 
 def multimodal_target(s_t: np.ndarray, s_a: np.ndarray, s_v: np.ndarray, params: GeneratorParams) -> np.ndarray:
-    """y* = w_t s_t + w_av (s_a + s_v) + w_g g(s_a, s_v), g = sign(s_a) sqrt(s_a s_v) if s_a s_v > 0 else 0."""
+    """y* = w_t s_t + (1 - c |s_t| / 3) [w_av (s_a + s_v) + w_g g(s_a, s_v)].
+
+    g = sign(s_a) sqrt(s_a s_v) when s_a s_v > 0 else 0: voice and face amplify each other only
+    when they agree. The gate (c = ``text_gate``) lets explicit words override the delivery.
+    """
     product = s_a * s_v
     agree = np.where(product > 0, np.sign(s_a) * np.sqrt(np.abs(product)), 0.0)
-    return params.w_text * s_t + params.w_av * (s_a + s_v) + params.w_agree * agree
+    gate = 1.0 - params.text_gate * np.abs(s_t) / 3.0
+    return params.w_text * s_t + gate * (params.w_av * (s_a + s_v) + params.w_agree * agree)
 
 
 def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> Clips:

@@ -42,13 +42,28 @@ AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 class MovieLensConfig:
     """Where ML-100K lives and how it is framed and split."""
 
-    root: str = "/work/shared/data/ml-100k"
+    root: str | None = None  # None → datasets/ml-100k, else the project's shared copy (../shared/data/ml-100k)
     split: Literal["random", "cold_item"] = "random"
     split_seed: int = 2024
     like_threshold: int = 4
     zip_prefix_len: int = 2
     genre_sep: str = "|"
     max_rows: int | None = None  # keep a seeded random subset of ratings (tests, quick runs)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROOT_CANDIDATES = (REPO_ROOT / "datasets" / "ml-100k", REPO_ROOT.parent / "shared" / "data" / "ml-100k")
+
+
+def default_root() -> Path:
+    """``datasets/ml-100k`` when present, else ``../shared/data/ml-100k`` beside the checkout."""
+    for candidate in ROOT_CANDIDATES:
+        if (candidate / "u.data").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"MovieLens-100K not found in {' or '.join(map(str, ROOT_CANDIDATES))}: "
+        "unpack ml-100k.zip from GroupLens into datasets/ml-100k (see datasets/README.md)"
+    )
 
 
 def _read(path: Path, names: list[str], sep: str, **kwargs) -> pd.DataFrame:
@@ -63,7 +78,7 @@ def _read(path: Path, names: list[str], sep: str, **kwargs) -> pd.DataFrame:
 def load_movielens_100k(config: MovieLensConfig | None = None) -> pd.DataFrame:
     """One row per rating with user, item and label columns (see the module docstring)."""
     config = config or MovieLensConfig()
-    root = Path(config.root)
+    root = Path(config.root) if config.root else default_root()
     ratings = _read(root / "u.data", ["user_id", "item_id", "rating", "timestamp"], "\t")
     if ratings[["user_id", "item_id", "rating"]].isna().any().any():
         bad = int(np.flatnonzero(ratings[["user_id", "item_id", "rating"]].isna().any(axis=1))[0])

@@ -1,0 +1,169 @@
+"""The ablation study in one command: every variant × every seed, then a markdown table.
+
+    python -m mmfusion.ablate --config configs/synthmosi_ablation.yaml --seeds 0,1,2,3,4
+
+Variants are the seed paper's switches (section IV.B) plus the baselines: the full model; LGT off;
+soft mapping off; both off; UFF replaced by concatenation; SLGM off (multimodal task only);
+single-modality models; and a late average of the three single-modality models' test predictions.
+Each run lives in ``<out>/<variant>/seed<k>`` and is skipped when its ``metrics.json`` exists, so an
+interrupted study continues where it stopped. Text written below the ``<!-- notes -->`` marker of
+an existing results file is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from mmfusion.checkpoint import write_text
+from mmfusion.cli import setup_logging
+from mmfusion.config import build, load_yaml
+from mmfusion.metrics import mmsa_metrics
+
+log = logging.getLogger(__name__)
+
+# name -> (what it tests, overrides of the `model` section)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "full": ("LGT + soft mapping + low-rank UFF + SLGM", {}),
+    "no_lgt": ("plain self-attention per modality, no text-guided queries", {"use_lgt": False}),
+    "no_sm": ("weighted average of per-modality outputs instead of soft mapping", {"use_soft_mapping": False}),
+    "no_lgt_no_sm": ("both of the above", {"use_lgt": False, "use_soft_mapping": False}),
+    "no_uff": ("concatenation instead of the tensor-fusion product", {"fusion": "concat"}),
+    "no_slgm": ("multimodal task only, no generated unimodal labels", {"use_slgm": False}),
+    "text_only": ("text branch alone", {"modalities": ["text"], "use_slgm": False}),
+    "audio_only": ("audio branch alone", {"modalities": ["audio"], "use_slgm": False}),
+    "vision_only": ("vision branch alone", {"modalities": ["vision"], "use_slgm": False}),
+}
+LATE_AVERAGE = ("late_average", "mean of the text-, audio- and vision-only models' predictions")
+TABLE_KEYS = ("Has0_acc_2", "Non0_acc_2", "Non0_F1", "Acc_7", "MAE", "Corr")
+NOTES_MARKER = "<!-- notes -->"
+
+
+def run_variant(base: dict, variant: str, seed: int, out: Path) -> dict:
+    """Train one variant with one seed (or read its finished result)."""
+    from mmfusion.trainer import SentimentConfig, train
+
+    run_dir = out / variant / f"seed{seed}"
+    if (run_dir / "metrics.json").exists():
+        return json.loads((run_dir / "metrics.json").read_text())
+    raw = copy.deepcopy(base)
+    raw.setdefault("model", {}).update(VARIANTS[variant][1])
+    raw.setdefault("train", {})["seed"] = seed
+    cfg = build(SentimentConfig, raw, where=f"ablation {variant}")
+    log.info("variant %s seed %d -> %s", variant, seed, run_dir)
+    return train(cfg, run_dir)
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [r["id"] for r in rows], np.array([float(r["label"]) for r in rows]), np.array([float(r["M"]) for r in rows])
+
+
+def late_average(out: Path, seed: int) -> dict:
+    """Test metrics of the mean of the three single-modality models' predictions."""
+    parts = [read_predictions(out / v / f"seed{seed}" / "predictions_test.csv") for v in ("text_only", "audio_only", "vision_only")]
+    ids, label, _ = parts[0]
+    for other_ids, _, _ in parts[1:]:
+        if other_ids != ids:
+            raise ValueError(f"{out}: single-modality predictions of seed {seed} cover different clips")
+    return {"test": mmsa_metrics(np.mean([p[2] for p in parts], axis=0), label)}
+
+
+def _mean_std(values: list[float | None]) -> str:
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return "n/a"
+    return f"{np.mean(defined):.4f} ± {np.std(defined):.4f}"
+
+
+def results_table(results: dict[str, list[dict]]) -> str:
+    lines = ["| variant | what it tests | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 2) + "|"]
+    descriptions = {**{k: v[0] for k, v in VARIANTS.items()}, LATE_AVERAGE[0]: LATE_AVERAGE[1]}
+    for variant, runs in results.items():
+        cells = [_mean_std([r["test"][k] for r in runs]) for k in TABLE_KEYS]
+        lines.append(f"| {variant} | {descriptions[variant]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def slgm_table(runs: list[dict]) -> str:
+    lines = ["| modality | corr(generated label, hidden truth) | corr(multimodal label copied, hidden truth) |", "|---|---|---|"]
+    for task, name in (("T", "text"), ("A", "audio"), ("V", "vision")):
+        generated = _mean_std([r.get("slgm", {}).get(f"{task}/corr_generated") for r in runs])
+        copied = _mean_std([r.get("slgm", {}).get(f"{task}/corr_copied_M") for r in runs])
+        lines.append(f"| {name} | {generated} | {copied} |")
+    return "\n".join(lines)
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_doc(path: Path, command: str, config: Path, seeds: list[int], results: dict[str, list[dict]]) -> None:
+    notes = ""
+    if path.exists() and NOTES_MARKER in path.read_text():
+        notes = path.read_text().split(NOTES_MARKER, 1)[1]
+    body = f"""# Ablation on SynthMOSI
+
+Test-split metrics, mean ± std over seeds {seeds}; each run early-stops on the valid split.
+
+- command: `{command}`
+- config: `{config}` (data generated by SynthMOSI as the config says)
+- machine: {platform.machine()} / {platform.processor() or platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}
+- code: git {_git_revision()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC
+
+## Variants
+
+{results_table(results)}
+
+## SLGM against the hidden unimodal truth (full model, train split, final labels)
+
+SynthMOSI stores each clip's hidden unimodal sentiments as `regression_labels_T/A/V`; the model never
+sees them. The columns compare the labels SLGM generated with the multimodal label copied unchanged.
+
+{slgm_table(results.get("full", []))}
+
+{NOTES_MARKER}{notes}"""
+    write_text(body, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.ablate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/results_synthmosi.md"))
+    args = parser.parse_args(argv)
+    setup_logging()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; expected some of {list(VARIANTS)}")
+    base = load_yaml(args.config)
+    results: dict[str, list[dict]] = {v: [run_variant(base, v, seed, args.out) for seed in seeds] for v in variants}
+    if {"text_only", "audio_only", "vision_only"} <= set(variants):
+        results[LATE_AVERAGE[0]] = [late_average(args.out, seed) for seed in seeds]
+    command = "python -m mmfusion.ablate " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_doc(args.doc, command, args.config, seeds, results)
+    print(results_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
