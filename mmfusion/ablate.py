@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; expected some of {list(VARIANTS)}")
     base = load_yaml(args.config)
-    results: dict[str, list[dict]] = {v: [run_variant(base, v, seed, args.out) for seed in seeds] for v in variants}
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for seed in seeds:  # seed-major: a study cut short still has every variant for its first seeds
+        for variant in variants:
+            results[variant].append(run_variant(base, variant, seed, args.out))
     if {"text_only", "audio_only", "vision_only"} <= set(variants):
         results[LATE_AVERAGE[0]] = [late_average(args.out, seed) for seed in seeds]
     command = "python -m mmfusion.ablate " + " ".join(sys.argv[1:] if argv is None else argv)

