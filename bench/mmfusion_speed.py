@@ -363,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.reference_python).exists():
             reference = {"error": f"{args.reference_python} does not exist (create .venv-mmsa, see bench/README.md)"}
         else:
-            reference = {"train": [], "command": f"{Path(args.reference_python).relative_to(REPO) if Path(args.reference_python).is_relative_to(REPO) else args.reference_python} bench/mmsa_reference/selfmm_speed.py"}
+            py = Path(args.reference_python)
+            shown = py.relative_to(REPO) if py.is_relative_to(REPO) else py
+            reference = {"train": [], "command": f"{shown} bench/mmsa_reference/selfmm_speed.py"}
 
     rows = []
     for i, (name, c) in enumerate(configs):
@@ -380,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_reference(Path(args.reference_python), data_path, c.data.batch_size, args.warmup, args.steps, args.threads)
                 except RuntimeError as exc:
                     log.error("%s", exc)
-                    reference["error"] = str(exc).splitlines()[0] + " — " + str(exc).strip().splitlines()[-1]
-                    reference["train"] = []
+                    lines = str(exc).strip().splitlines()
+                    reference = {"error": f"{lines[0]} — {lines[-1]}"}
                 else:
                     log.info("Self-MM round %d: %.1f train clips/s", r + 1, res["clips_per_s"])
                     reference["train"].append(res)

@@ -6,7 +6,11 @@ Data flow for one ``MMSABatch``::
     audio (B,La,Da) ─► SequenceEncoder ─┤─► LGT (eq. 1-7) ─► SoftMapping (eq. 8-13) ─► h_sm (B,d)
     vision (B,Lv,Dv) ─► SequenceEncoder ─┘                     │ pooled u_t,u_a,u_v (B,d)
                                                                ├─► UFF (eq. 14-15) ─► h_uff (B,d)
-    F_M = [h_sm ; h_uff] (B, 2d) ─► head M;   u_t/u_a/u_v ─► heads T/A/V (eq. 16-17)
+    F_M = [h_sm ; h_uff] (B, 2d) ─► head M;   unimodal e_t/e_a/e_v ─► heads T/A/V (eq. 16-17)
+
+The unimodal representations that the T/A/V heads and SLGM use are, by default
+(``unimodal_features="encoder"``), each modality's encoder output pooled over its real positions,
+before the LGT mixes text into the audio and vision streams; ``"lgt"`` uses u_t/u_a/u_v instead.
 
 Ablation switches: ``use_lgt`` (text-guided cross-attention vs plain self-attention),
 ``use_soft_mapping`` (SM vs a learned softmax-weighted average of the pooled streams), ``fusion``
@@ -27,7 +31,7 @@ from mmfusion.fusion import build_fusion
 from mmfusion.heads import MultiTaskHeads
 from mmfusion.lgt import LGT
 from mmfusion.sequence_encoder import SequenceEncoder
-from mmfusion.soft_mapping import SoftMappingFusion, WeightedAverage
+from mmfusion.soft_mapping import SoftMappingFusion, WeightedAverage, masked_mean
 from mmfusion.text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,10 @@ class ModelConfig:
     fusion_dim: int = 16  # per-modality width before the outer product
     fusion_rank: int = 4  # rank of the low-rank UFF
     use_slgm: bool = True  # False → only the M task (no T/A/V heads)
+    # what the T/A/V heads and SLGM see: "encoder" = each modality's own encoded sequence, pooled
+    # before the LGT (modality-pure, as Self-MM's unimodal subnets); "lgt" = the modality's stream
+    # after the LGT and soft mapping (text-guided for audio and vision)
+    unimodal_features: Literal["encoder", "lgt"] = "encoder"
     modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     head_hidden: int = 64
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -177,11 +185,15 @@ class MultimodalSentimentModel(nn.Module):
         for m, encoder in self.encoders.items():
             x, mask = getattr(batch, m), getattr(batch, f"{m}_mask").bool()
             streams[m], masks[m] = encoder(x.float(), mask), mask
+        if self.cfg.unimodal_features == "encoder":
+            unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
         streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)
         agg = self.aggregate(streams, masks)
+        if self.cfg.unimodal_features == "lgt":
+            unimodal = agg.pooled
         fused_uff = self.fusion([agg.pooled[m] for m in self.modalities])
         features = {"M": torch.cat([agg.fused, fused_uff], dim=-1)}
-        features.update({TASK_OF[m]: agg.pooled[m] for m in self.modalities})
+        features.update({TASK_OF[m]: unimodal[m] for m in self.modalities})
         preds = self.heads(features)
         return ModelOutput(
             preds=preds,

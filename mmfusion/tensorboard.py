@@ -50,8 +50,9 @@ def log_attention(writer: SummaryWriter, model, batch: MMSABatch | None, epoch: 
         for name, w in zip(model.modalities, weights.tolist()):
             writer.add_scalar(f"soft_mapping/weight_{name}", w, epoch)
     for modality, attn in (out.attention or {}).items():
-        query_mask = batch.text_mask if attn.shape[-2] == batch.text_mask.shape[1] else getattr(batch, f"{modality}_mask")
-        key_mask = getattr(batch, f"{'text' if modality == 'text' else modality}_mask")
+        # LGT queries come from text; without it (or without text) each modality attends to itself
+        query_mask = batch.text_mask if model.lgt.guided else getattr(batch, f"{modality}_mask")
+        key_mask = getattr(batch, f"{modality}_mask")
         for k in range(attn.shape[0]):
             image = attn[k].mean(0)[: int(query_mask[k].sum()), : int(key_mask[k].sum())]
             image = image / image.max().clamp_min(1e-12)

@@ -447,3 +447,16 @@ def test_bert_finetune_top_and_full_model(minilm_path):
 def test_bert_finetune_top_rejects_too_many_layers(minilm_path):
     with pytest.raises(ValueError, match=r"text.top_layers=7: must be between 1 and the model's 6 layers"):
         BertTextEncoder(minilm_path, 16, finetune="top", top_layers=7)
+
+
+@pytest.mark.parametrize("source, audio_sees_text", [("encoder", False), ("lgt", True)])
+def test_unimodal_features_source(source, audio_sees_text):
+    """"encoder" unimodal features are modality-pure: changing the text leaves A and V untouched."""
+    model = build_model(unimodal_features=source)
+    batch = make_batch()
+    out = model(batch)
+    changed = model(dataclasses.replace(batch, text_feats=batch.text_feats + 1.0))
+    assert not torch.allclose(changed.features["T"], out.features["T"])
+    assert not torch.allclose(changed.preds["M"], out.preds["M"])
+    for task in ("A", "V"):
+        assert torch.allclose(changed.features[task], out.features[task]) is not audio_sees_text

@@ -8,6 +8,7 @@ A feature spec is a list of fields in YAML, each with a ``kind``::
       - {name: genres, kind: multi_valued, sep: "|", max_len: 6}
       - {name: title, kind: text}                       # bundled MiniLM unless model_path is set
       - {name: semantics, kind: vector, path: sem.npz, key_column: item_id}
+      - {name: sentiment, kind: vector, path: sem.npz, key_column: item_id, array: sentiment}
 
 What fitting (on the training split only) learns and how ``transform`` encodes each kind:
 
@@ -24,8 +25,9 @@ What fitting (on the training split only) learns and how ``transform`` encodes e
   unique texts only and cached on disk (see ``TextEncoder``). Missing text is "". Output
   float32 (N, hidden).
 - vector: pre-computed vectors (e.g. video semantics from the multimodal model) read from an
-  ``.npz`` with arrays ``ids`` and ``vectors`` and joined on ``key_column``; ids missing from
-  the file get a zero vector. The table is stored with the fitted pipeline. Output float32 (N, d).
+  ``.npz`` with arrays ``ids`` and ``vectors`` (or the 2-D array named by ``array``, so one file
+  from ``mmfusion.predict`` can feed a ``sentiment`` and an ``embedding`` field) and joined on
+  ``key_column``; ids missing from the file get a zero vector. The table is stored with the fitted pipeline. Output float32 (N, d).
 
 The fitted pipeline saves to ``<dir>/features.json`` (spec, vocabularies, statistics) and
 ``<dir>/features.safetensors`` (vector tables) -- no pickle -- and ``FeaturePipeline.load``
@@ -79,6 +81,7 @@ class FieldSpec:
     # vector (``column`` defaults to ``key_column``)
     path: str | None = None
     key_column: str | None = None
+    array: str = "vectors"  # which array of the .npz holds the (N, d) vectors
 
     def __post_init__(self) -> None:
         if self.column is None:  # vector fields read their key column
@@ -387,15 +390,15 @@ class FeaturePipeline:
         path = Path(spec.path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                if "ids" not in data or "vectors" not in data:
-                    raise FeatureError(f"{path}: vector field {spec.name!r} needs arrays 'ids' and 'vectors', found {sorted(data.files)}")
-                ids, vectors = data["ids"].astype(str), data["vectors"].astype(np.float32)
+                if "ids" not in data or spec.array not in data:
+                    raise FeatureError(f"{path}: vector field {spec.name!r} needs arrays 'ids' and {spec.array!r}, found {sorted(data.files)}")
+                ids, vectors = data["ids"].astype(str), data[spec.array].astype(np.float32)
         except FileNotFoundError:
             raise FeatureError(f"{path}: vector file for field {spec.name!r} not found") from None
         if vectors.ndim != 2 or len(ids) != len(vectors):
-            raise FeatureError(f"{path}: field {spec.name!r}: expected ids (N,) and vectors (N, d), got {ids.shape} and {vectors.shape}")
+            raise FeatureError(f"{path}: field {spec.name!r}: expected ids (N,) and {spec.array} (N, d), got {ids.shape} and {vectors.shape}")
         if not np.isfinite(vectors).all():
-            raise FeatureError(f"{path}: field {spec.name!r}: row {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0])} of 'vectors' is not finite")
+            raise FeatureError(f"{path}: field {spec.name!r}: row {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0])} of {spec.array!r} is not finite")
         return ids, vectors
 
     # -- transform -------------------------------------------------------------------------

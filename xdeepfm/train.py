@@ -27,7 +27,9 @@ from torch import nn
 
 from mmfusion.config import build, load_yaml, to_dict
 from xdeepfm.checkpoint import load_checkpoint, save_checkpoint
-from xdeepfm.data.movielens import MovieLensConfig, load_splits
+from xdeepfm.data import ecommerce, movielens
+from xdeepfm.data.ecommerce import EcommerceConfig
+from xdeepfm.data.movielens import MovieLensConfig
 from xdeepfm.features import FeaturePipeline, FeatureSpec, _atomic_write_bytes
 from xdeepfm.metrics import ranking_metrics
 from xdeepfm.model import ModelConfig, XDeepFMRanker, stack_inputs
@@ -64,7 +66,7 @@ class RankingConfig:
     features: FeatureSpec
     task: Literal["ranking"] = "ranking"
     seed: int = 0
-    data: MovieLensConfig = field(default_factory=MovieLensConfig)
+    data: MovieLensConfig | EcommerceConfig = field(default_factory=MovieLensConfig)  # ecommerce: `kind: ecommerce`
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -73,6 +75,14 @@ class RankingConfig:
 def load_config(path: str | Path) -> RankingConfig:
     """Read and validate a ranking YAML (errors name the file and key)."""
     return build(RankingConfig, load_yaml(path), str(path))
+
+
+def load_data_splits(data: MovieLensConfig | EcommerceConfig) -> dict[str, pd.DataFrame]:
+    """Train/valid/test frames of the configured data set: MovieLens-100K, or the synthetic
+    e-commerce catalogue when the ``data`` section says ``kind: ecommerce``."""
+    if isinstance(data, EcommerceConfig):
+        return ecommerce.load_splits(data)
+    return movielens.load_splits(data)
 
 
 def set_seed(seed: int) -> None:
@@ -159,7 +169,7 @@ def run_config(config: RankingConfig, out_dir: str | Path, resume: bool = False)
     seed, tc = config.seed, config.train
     set_seed(seed)
     t0 = time.perf_counter()
-    splits = load_splits(config.data)
+    splits = load_data_splits(config.data)
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
     resumed = load_checkpoint(last_path) if resume and last_path.is_file() else None
     if resume and resumed is None:

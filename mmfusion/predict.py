@@ -1,0 +1,161 @@
+"""Video semantics from a trained checkpoint: per-clip sentiment outputs and the fused embedding.
+
+For every clip of the chosen splits of an MMSA pickle, ``predict_semantics`` runs the model of a
+checkpoint (rebuilt with ``mmfusion.evaluate.load_model``, the training normalisation applied)
+in eval mode under ``torch.inference_mode`` and keeps
+
+- ``sentiment`` (N, n_tasks): the head outputs, columns in ``tasks`` order -- ``M`` (the
+  multimodal sentiment, eq. 16-17) always, then ``T``, ``A``, ``V`` for multi-task models;
+- ``embedding`` (N, 2 d_model): the fused representation ``F_M = [h_sm ; h_uff]`` that feeds
+  the M head (``ModelOutput.features["M"]``).
+
+``write_semantics`` stores them keyed by clip id, atomically (temp file, then rename):
+
+- ``.npz`` (no pickle): arrays ``ids`` (N,) str, ``split`` (N,) str, ``tasks`` (n_tasks,) str,
+  ``sentiment``, ``embedding``. The ranking model reads it directly as ``vector`` fields
+  (``xdeepfm.features``: ``{kind: vector, path: semantics.npz, key_column: video_id,
+  array: sentiment}``, or ``array: embedding``);
+- ``.csv`` / ``.parquet``: one row per clip, columns ``id, split, M[, T, A, V], emb_0 ...``.
+
+Usage::
+
+    python -m mmfusion.predict --checkpoint runs/synthmosi/model.pt --data clips.pkl \\
+        --splits train,valid,test --out semantics.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmfusion.checkpoint import _atomic
+from mmfusion.data.mmsa import SPLITS, load_mmsa, make_loader
+from mmfusion.evaluate import load_model
+
+log = logging.getLogger(__name__)
+
+FORMATS = (".npz", ".csv", ".parquet")
+
+
+def _check_compatible(data, state: dict, text_source: str, data_path: Path) -> None:
+    """The pickle's feature widths (and text features, when needed) match the checkpoint."""
+    expected = state.get("data_dims", {})
+    for name, value in (("audio_dim", data.audio_dim), ("vision_dim", data.vision_dim)):
+        if expected.get(name) is not None and expected[name] != value:
+            raise ValueError(f"{data_path}: {name} is {value} but the checkpoint was trained with {expected[name]}")
+    if text_source == "features":
+        if data.text_dim is None:
+            raise ValueError(f"{data_path}: key 'text' is missing; the checkpoint's model reads precomputed text "
+                             "features (model.text.source: features)")
+        if expected.get("text_dim") is not None and expected["text_dim"] != data.text_dim:
+            raise ValueError(f"{data_path}: text_dim is {data.text_dim} but the checkpoint was trained with {expected['text_dim']}")
+
+
+def predict_semantics(
+    checkpoint: str | Path,
+    data_path: str | Path,
+    splits: Sequence[str] = SPLITS,
+    batch_size: int = 128,
+) -> dict[str, np.ndarray]:
+    """Sentiment outputs and fused embeddings of every clip of ``splits``, in file order.
+
+    Returns ``{"ids": (N,) str, "split": (N,) str, "tasks": (n_tasks,) str, "sentiment":
+    (N, n_tasks) float32, "embedding": (N, 2 d_model) float32}``.
+    """
+    data_path = Path(data_path)
+    splits = list(splits)
+    bad = [s for s in splits if s not in SPLITS]
+    if not splits or bad:
+        raise ValueError(f"splits {splits}: expected a non-empty subset of {list(SPLITS)}")
+    model, norm, state = load_model(checkpoint)
+    data = load_mmsa(data_path)
+    text_source = model.cfg.text.source
+    _check_compatible(data, state, text_source, data_path)
+    tasks = list(model.tasks)
+    ids, split_names, sentiment, embedding = [], [], [], []
+    with torch.inference_mode():
+        for name in splits:
+            split = data.splits[name]
+            for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=text_source):
+                out = model(batch)
+                ids.extend(batch.ids)
+                sentiment.append(torch.stack([out.preds[t] for t in tasks], dim=1).float())
+                embedding.append(out.features["M"].float())
+            split_names.extend([name] * len(split))
+    log.info("%s: semantics of %d clips (%s) from %s", data_path, len(ids), ", ".join(splits), checkpoint)
+    return {
+        "ids": np.asarray(ids, dtype=str),
+        "split": np.asarray(split_names, dtype=str),
+        "tasks": np.asarray(tasks, dtype=str),
+        "sentiment": torch.cat(sentiment).numpy(),
+        "embedding": torch.cat(embedding).numpy(),
+    }
+
+
+def semantics_frame(semantics: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per clip: ``id, split``, one column per task, then ``emb_0 .. emb_{D-1}``."""
+    frame = pd.DataFrame({"id": semantics["ids"], "split": semantics["split"]})
+    tasks = pd.DataFrame(semantics["sentiment"], columns=[str(t) for t in semantics["tasks"]])
+    emb = semantics["embedding"]
+    embedding = pd.DataFrame(emb, columns=[f"emb_{j}" for j in range(emb.shape[1])])
+    return pd.concat([frame, tasks, embedding], axis=1)
+
+
+def write_semantics(semantics: dict[str, np.ndarray], path: str | Path) -> None:
+    """Write to ``.npz`` (arrays as returned), ``.csv`` or ``.parquet``, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown output format {suffix!r}; expected one of {list(FORMATS)}")
+    if len(np.unique(semantics["ids"])) != len(semantics["ids"]):
+        values, counts = np.unique(semantics["ids"], return_counts=True)
+        raise ValueError(f"{path}: clip id {str(values[counts > 1][0])!r} occurs {counts.max()} times; ids must be unique")
+    if suffix == ".npz":
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
+                np.savez(handle, **semantics)
+    elif suffix == ".csv":
+        def write(tmp: str) -> None:
+            buffer = io.StringIO()
+            semantics_frame(semantics).to_csv(buffer, index=False, float_format="%.7g")
+            Path(tmp).write_text(buffer.getvalue())
+    else:
+        def write(tmp: str) -> None:
+            semantics_frame(semantics).to_parquet(tmp, index=False)  # needs pyarrow or fastparquet
+    _atomic(path, write)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.predict",
+                                     description="Write per-clip video semantics (M/T/A/V outputs, fused embedding).")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="RUN/model.pt")
+    parser.add_argument("--data", required=True, type=Path, help="MMSA pickle of the clips")
+    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: all three)")
+    parser.add_argument("--out", required=True, type=Path, help="semantics.npz | .csv | .parquet")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    from mmfusion.cli import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+        semantics = predict_semantics(args.checkpoint, args.data, splits, args.batch_size)
+        write_semantics(semantics, args.out)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        log.error("%s", exc)
+        return 2
+    n, d = semantics["embedding"].shape
+    print(f"wrote {args.out}: {n} clips, tasks {'/'.join(semantics['tasks'])}, embedding dim {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The synthetic e-commerce catalogue: determinism, the documented click model, files and splits,
+and a tiny end-to-end run (catalogue -> mmfusion checkpoint -> predict -> three ranking configs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mmfusion.config import build
+from mmfusion.data.mmsa import load_mmsa
+from mmfusion.data.synthetic import PRODUCTS
+from tests.xdeepfm_factory import make_tiny_bert
+from xdeepfm.data.ecommerce import (
+    CATEGORIES,
+    PRODUCT_INFO,
+    ClickModel,
+    EcommerceConfig,
+    generate_catalogue,
+    load_splits,
+    write_catalogue,
+)
+from xdeepfm.train import RankingConfig, load_config, run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(n_videos=40, n_users=30, impressions_per_user=10, preset="tiny")
+
+
+@pytest.fixture(scope="module")
+def medium():
+    """Enough impressions (18,000) for the click-model statistics; tiny clips keep it fast."""
+    return generate_catalogue(1, n_videos=200, n_users=600, impressions_per_user=30, preset="tiny")
+
+
+def test_product_info_covers_every_synthmosi_product():
+    assert set(PRODUCT_INFO) == {name for name, _ in PRODUCTS}
+    assert {category for category, _ in PRODUCT_INFO.values()} == set(CATEGORIES)
+
+
+def test_same_seed_same_catalogue():
+    a, b = generate_catalogue(5, **SMALL), generate_catalogue(5, **SMALL)
+    for name in ("videos", "users", "impressions"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    for split in a.mmsa:
+        for key, value in a.mmsa[split].items():
+            np.testing.assert_array_equal(value, b.mmsa[split][key], err_msg=f"{split}/{key}")
+    c = generate_catalogue(6, **SMALL)
+    assert not np.array_equal(a.mmsa["train"]["audio"], c.mmsa["train"]["audio"])
+    assert not a.impressions["video_id"].equals(c.impressions["video_id"])
+
+
+def test_catalogue_columns(medium):
+    videos, users, imp = medium.videos, medium.users, medium.impressions
+    assert len(imp) == 600 * 30 and imp.groupby("user_id").size().eq(30).all()
+    assert videos["video_id"].tolist() == [f"video_{i:06d}" for i in range(200)]
+    # each video's category is that of the product its presenter talks about
+    raw_text = np.concatenate([medium.mmsa[s]["raw_text"] for s in ("train", "valid", "test")])
+    for text, product, category in zip(raw_text[:20], videos["product"], videos["category"]):
+        raw = next(name for name, (_, noun) in PRODUCT_INFO.items() if noun == product)
+        assert raw in text and PRODUCT_INFO[raw][0] == category
+    assert set(videos["price_band"]) <= {"budget", "mid", "premium", "luxury"}
+    assert (videos["title"].str.split().str[0] == videos["brand"]).all()
+    # impressions carry the video's and the user's observable columns
+    merged = imp.merge(videos, on="video_id", suffixes=("", "_v")).merge(users, on="user_id", suffixes=("", "_u"))
+    assert (merged["brand"] == merged["brand_v"]).all() and (merged["user_segment"] == merged["user_segment_u"]).all()
+    # the recall stage favours tastes: a user's favourite category gets more than 1/6 of the impressions
+    assert (imp["category"] == imp["user_fav_category"]).mean() > 0.25
+
+
+def test_click_probability_is_the_documented_logistic(medium):
+    """logit(p) minus the documented deterministic terms leaves eps ~ N(0, noise_sd^2)."""
+    click = ClickModel()
+    m = medium.impressions.merge(medium.videos, on="video_id", suffixes=("", "_v")).merge(medium.users, on="user_id",
+                                                                                         suffixes=("", "_u"))
+    affinity = m[[f"affinity_{c}" for c in CATEGORIES]].to_numpy()[np.arange(len(m)), pd.Index(CATEGORIES).get_indexer(m["category"])]
+    eta = (click.bias + click.w_affinity * affinity + m["brand_quality"]
+           - m["price_sensitivity"] * (m["price_level"] - 1.5) / 1.5
+           + click.w_sentiment * m["sentiment_sensitivity"] * m["true_sentiment"])
+    p = m["hidden_click_prob"].to_numpy()
+    residual = np.log(p / (1 - p)) - eta.to_numpy()
+    assert abs(residual.mean()) < 0.03
+    assert residual.std() == pytest.approx(click.noise_sd, abs=0.03)
+    assert m["click"].mean() == pytest.approx(p.mean(), abs=0.012)  # clicks ~ Bernoulli(p)
+
+
+def test_click_rate_rises_with_true_sentiment_for_sensitive_users(medium):
+    m = medium.impressions.merge(medium.videos[["video_id", "true_sentiment"]], on="video_id").merge(
+        medium.users[["user_id", "sentiment_sensitivity"]], on="user_id")
+
+    def lift(users: pd.Series) -> float:
+        part = m[users]
+        return part.loc[part["true_sentiment"] > 1, "click"].mean() - part.loc[part["true_sentiment"] < -1, "click"].mean()
+
+    sensitive, indifferent = lift(m["sentiment_sensitivity"] > 1.2), lift(m["sentiment_sensitivity"] < 0.4)
+    assert sensitive > 0.3
+    assert indifferent < sensitive / 2
+
+
+def test_write_files_and_load_splits(tmp_path):
+    catalogue = generate_catalogue(2, **SMALL)
+    paths = write_catalogue(catalogue, tmp_path / "ec")
+    assert all(p.is_file() for p in paths.values())
+    assert not [p.name for p in (tmp_path / "ec").iterdir() if p.name.startswith(".")]
+    data = load_mmsa(paths["videos.pkl"])
+    ids = np.concatenate([data.splits[s].ids for s in ("train", "valid", "test")])
+    assert ids.tolist() == catalogue.videos["video_id"].tolist()
+    assert [len(data.splits[s]) for s in ("train", "valid", "test")] == [28, 6, 6]
+    with np.load(paths["oracle_sentiment.npz"], allow_pickle=False) as oracle:
+        assert oracle["ids"].tolist() == ids.tolist()
+        np.testing.assert_allclose(oracle["sentiment"][:, 0], catalogue.videos["true_sentiment"], rtol=1e-6)
+    assert json.loads(paths["catalogue.json"].read_text())["seed"] == 2
+
+    splits = load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec"), split_seed=0))
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [240, 30, 30]
+    joined = pd.concat(splits.values())
+    assert len(joined.drop_duplicates()) == 300
+    assert (joined["label"] == joined["click"]).all() and joined["label"].dtype == np.float32
+    assert joined["user_id"].str.startswith("user_").all()
+
+    with pytest.raises(FileNotFoundError, match=r"nowhere/impressions.csv: e-commerce impressions not found"):
+        load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "nowhere")))
+    frame = pd.read_csv(paths["impressions.csv"])
+    frame.loc[7, "click"] = 2
+    frame.to_csv(paths["impressions.csv"], index=False)
+    with pytest.raises(ValueError, match=r"impressions.csv: column 'click': row 7 is 2; expected 0 or 1"):
+        load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec")))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="n_videos=2: must be >= 3"):
+        generate_catalogue(0, n_videos=2)
+    with pytest.raises(ValueError, match="preset 'huge'"):
+        generate_catalogue(0, preset="huge")
+
+
+def _ranking_config(name: str, data_dir: Path, semantics: Path, bert: Path, cache: Path) -> RankingConfig:
+    """configs/<name>.yaml pointed at the test's files, with a small model and one epoch."""
+    raw = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    raw["data"]["path"] = str(data_dir)
+    raw["features"]["text_cache_dir"] = str(cache)
+    for spec in raw["features"]["fields"]:
+        if spec["kind"] == "text":
+            spec.update(model_path=str(bert), max_tokens=12)
+        if spec["kind"] == "vector":
+            spec["path"] = str(semantics if spec["path"].endswith("semantics.npz") else data_dir / Path(spec["path"]).name)
+    raw["model"].update(embedding_dim=4, cin_layer_sizes=[4, 4], dnn_hidden_units=[8])
+    raw["train"].update(epochs=1, batch_size=128, progress=False)
+    return build(RankingConfig, raw, name)
+
+
+def test_end_to_end_catalogue_to_ranking(tmp_path):
+    """Catalogue -> 1-epoch mmfusion on its clips -> predict -> the three ranking configs."""
+    from mmfusion.predict import predict_semantics, write_semantics
+    from mmfusion.trainer import SentimentConfig, train
+
+    data_dir = tmp_path / "ec"
+    write_catalogue(generate_catalogue(3, n_videos=60, n_users=40, impressions_per_user=15, preset="tiny",
+                                       text_features=True), data_dir)
+    tiny = yaml.safe_load((ROOT / "configs" / "synthmosi_tiny.yaml").read_text())
+    tiny["data"] = {"path": str(data_dir / "videos.pkl"), "batch_size": 16}
+    tiny["model"]["text"] = {"source": "features"}
+    tiny["train"].update(epochs=1, attention_clips=0)
+    train(build(SentimentConfig, tiny, "tiny"), tmp_path / "mm")
+    semantics = tmp_path / "semantics.npz"
+    write_semantics(predict_semantics(tmp_path / "mm" / "model.pt", data_dir / "videos.pkl"), semantics)
+
+    bert = make_tiny_bert(tmp_path / "bert")
+    vector_dims = {}
+    for name in ("ecommerce_xdeepfm", "ecommerce_xdeepfm_nosemantics", "ecommerce_xdeepfm_oracle"):
+        config = _ranking_config(name, data_dir, semantics, bert, tmp_path / "cache")
+        assert isinstance(config.data, EcommerceConfig)
+        result = run_config(config, tmp_path / name)
+        assert 0.0 <= result["test"]["auc"] <= 1.0 and result["test"]["logloss"] > 0
+        from xdeepfm.checkpoint import load_checkpoint
+
+        fitted = load_checkpoint(tmp_path / name / "best.safetensors").features.fitted
+        vector_dims[name] = {n: f.dim for n, f in fitted.items() if f.spec.kind == "vector"}
+    assert vector_dims == {
+        "ecommerce_xdeepfm": {"video_sentiment": 4, "video_embedding": 64},  # M/T/A/V and F_M (2 x d_model 32)
+        "ecommerce_xdeepfm_nosemantics": {},
+        "ecommerce_xdeepfm_oracle": {"true_sentiment": 1},
+    }
+
+
+def test_configs_load():
+    for name in ("ecommerce_xdeepfm", "ecommerce_xdeepfm_nosemantics", "ecommerce_xdeepfm_oracle"):
+        config = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert isinstance(config.data, EcommerceConfig) and config.data.path == "datasets/ecommerce"
+    assert not isinstance(load_config(ROOT / "configs" / "ml100k_xdeepfm.yaml").data, EcommerceConfig)
