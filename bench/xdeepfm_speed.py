@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import logging
@@ -83,12 +84,11 @@ class Timings:
     """Rows/s of every round for one trainer."""
 
     name: str
+    cin_fields: int
+    cin_macs: int
+    parameters: int
     train: list[float] = field(default_factory=list)
     infer: list[float] = field(default_factory=list)
-
-    def summary(self, key: str) -> tuple[float, float]:
-        values = getattr(self, key)
-        return min(values), float(statistics.median(values))
 
 
 class OursTrainer:
@@ -191,8 +191,23 @@ class StockTrainer:
         self._fit({k: v[:BATCH] for k, v in self.X.items()}, self.y[:BATCH])
 
 
-def profile(trainer, steps: int = PROFILE_STEPS, top: int = 12) -> str:
-    """The profiler's top operators (self CPU time) over ``steps`` training batches."""
+def cin_work(model: torch.nn.Module) -> tuple[int, int]:
+    """(fields m entering the CIN, multiply-adds per row per embedding dim in its 1x1 convolutions).
+
+    Layer k maps H_{k-1} * m channels (the outer products z^k) to H_k, so the work is
+    sum_k H_{k-1} * m * H_k (Lian et al. eq. 6), read from the model's own ``conv1ds``.
+    """
+    cin = model.cin
+    m = cin.field_nums[0]
+    return m, sum(conv.in_channels * conv.out_channels for conv in cin.conv1ds)
+
+
+CIN_OPS = ("aten::convolution_backward", "aten::mkldnn_convolution")
+
+
+def profile(trainer, steps: int = PROFILE_STEPS, top: int = 12) -> tuple[str, float]:
+    """The profiler's top operators (self CPU time) over ``steps`` training batches, and the share
+    of self CPU time in the CIN's convolutions (forward and backward)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -200,7 +215,11 @@ def profile(trainer, steps: int = PROFILE_STEPS, top: int = 12) -> str:
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             trainer.profile_step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
+    averages = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in averages)
+    cin = sum(e.self_cpu_time_total for e in averages if e.key in CIN_OPS)
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
+    return table, cin / total if total else 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +287,9 @@ def render(r: dict) -> str:
         "",
         f"- Date: {r['date']}; git revision: {r['git']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']} with {m['threads']} intra-op thread(s); "
-        f"deepctr-torch {m['deepctr']}; Python {m['python']}",
+        f"deepctr-torch {m['deepctr']}; Python {m['python']}"
+        + (" (fewer threads than cores on purpose: on a loaded, shared machine intra-op threads wait on each other "
+           "and every op slows down; `--threads` sets it for all three trainers)" if m["threads"] < m["cores"] else ""),
         f"- Load average (1/5/15 min) at start: **{m['load_before']}**; at the end: {m['load_after']}. The machine is "
         "shared with other jobs, so absolute figures move from run to run; compare rows of the same run.",
         f"- Data: MovieLens-100K (`{r['data_root']}`), `{CONFIG}` random split: {r['train_rows']:,} training rows"
@@ -280,15 +301,16 @@ def render(r: dict) -> str:
         f"cache (or are encoded) while the inputs are built, before any timing, so BERT encoding is *not* in these "
         f"figures (it is not in training either: `train.py` encodes each title once). BERT forward passes during "
         f"setup in this run: {r['text_encoder_calls']}.",
-        f"- Training: one full epoch per round (forward + loss + backward + optimizer step on every batch; ours via "
+        f"- Training: per round, one epoch over these {r['train_rows']:,} rows ({-(-r['train_rows'] // BATCH)} batches: "
+        f"forward + loss + backward + optimizer step on every batch; ours via "
         f"`xdeepfm.train.train_epoch`, stock via its own `model.fit(x, y, batch_size={BATCH}, epochs=1)` with the whole "
         f"`fit` call timed, i.e. its input concatenation and `DataLoader` included), after {r['warmup_batches']} "
         f"untimed warm-up batches each; {r['repeats']} rounds alternating ours (no text), stock, ours (+ title), "
         f"in one process. Inference: the test split at batch {BATCH}, ours in eval mode under `torch.inference_mode`, "
         "stock `model.predict`, alternating the same way.",
         "",
-        "| model | train rows/s, median | min | per round | ours / stock (train) | infer rows/s, median | min | ours / stock (infer) |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| model | train rows/s, median | min | per round | ours / stock (train) | infer rows/s, median | min | ours / stock (infer) | CIN fields m | CIN multiply-adds / row / dim | parameters |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     s_train, s_infer = statistics.median(stock["train"]), statistics.median(stock["infer"])
     for key in ("ours_notext", "ours_text", "stock"):
@@ -298,27 +320,43 @@ def render(r: dict) -> str:
         ratio_t = "—" if key == "stock" else f"**{tr_med / s_train:.2f}x**"
         ratio_i = "—" if key == "stock" else f"{in_med / s_infer:.2f}x"
         rounds = ", ".join(_k(x) for x in t["train"])
-        lines.append(f"| {t['name']} | **{_k(tr_med)}** | {_k(tr_min)} | {rounds} | {ratio_t} | {_k(in_med)} | {_k(in_min)} | {ratio_i} |")
+        lines.append(f"| {t['name']} | **{_k(tr_med)}** | {_k(tr_min)} | {rounds} | {ratio_t} | {_k(in_med)} | {_k(in_min)} "
+                     f"| {ratio_i} | {t['cin_fields']} | {t['cin_macs']:,} | {t['parameters']:,} |")
     lines += ["", r["verdict"]]
     if r.get("profiles"):
+        shares = ", ".join(f"{name}: {p['cin_share']:.0%}" for name, p in r["profiles"].items())
         lines += ["", f"Where the time goes (`--profile`: torch.profiler over {PROFILE_STEPS} training batches of {BATCH}, top "
-                  "operators by self CPU time):", ""]
-        for name, table in r["profiles"].items():
+                  f"operators by self CPU time). Share of self CPU time in the CIN's 1x1 convolutions (forward + backward): "
+                  f"{shares}.", ""]
+        for name, p in r["profiles"].items():
+            table = p["table"]
             lines += [f"<details><summary>{name}</summary>", "", "```", table.rstrip(), "```", "", "</details>", ""]
     return "\n".join(lines) + "\n"
 
 
 def verdict(r: dict) -> str:
-    med = {k: statistics.median(v["train"]) for k, v in r["timings"].items()}
-    inf = {k: statistics.median(v["infer"]) for k, v in r["timings"].items()}
-    parts = []
+    """Markdown bullets: ours / stock in words, and (when slower) where the extra work is."""
+    t = r["timings"]
+    med = {k: statistics.median(v["train"]) for k, v in t.items()}
+    inf = {k: statistics.median(v["infer"]) for k, v in t.items()}
+    lines = ["**Result (medians of this run):**", ""]
     for key, label in (("ours_notext", "Ours without text"), ("ours_text", "Ours with the BERT title vectors")):
         ratio = med[key] / med["stock"]
-        word = "faster than" if ratio >= 1.05 else ("slower than" if ratio <= 0.95 else "about as fast as")
-        parts.append(f"{label} trains {word} stock deepctr-torch ({ratio:.2f}x rows/s)")
-    ratio_i = inf["ours_text"] / inf["stock"]
-    parts.append(f"with the title vectors, inference is {ratio_i:.2f}x stock's `predict` rows/s")
-    return "**Result:** " + "; ".join(parts) + "."
+        word = "faster than" if ratio >= 1.05 else ("slower than" if ratio <= 0.95 else "about as fast as (within 5%)")
+        lines.append(f"- {label} trains **{word}** stock deepctr-torch: {ratio:.2f}x its rows/s.")
+    extra = t["ours_text"]["cin_macs"] / t["stock"]["cin_macs"] - 1
+    share = r.get("profiles", {}).get(t["ours_text"]["name"], {}).get("cin_share")
+    where = f"; the CIN's convolutions take {share:.0%} of its training CPU time in the profile below" if share else ""
+    lines.append(
+        f"- Cost of the title: ours + title trains at {med['ours_text'] / med['ours_notext']:.2f}x the rows/s of ours "
+        f"without text. The title is one more field in the CIN (m = {t['ours_text']['cin_fields']} instead of "
+        f"{t['stock']['cin_fields']}: {extra:+.0%} CIN multiply-adds{where}), plus the {r['text_dim']}-to-"
+        f"{r['embedding_dim']} title projection and the {r['text_dim']}-wide linear term: work the stock model, which "
+        "has no title, does not do. Without the title, ours runs the same deepctr blocks (Linear, CIN, DNN) as stock, "
+        "and its loop indexes pre-built tensors where stock's `fit` goes through a per-row `DataLoader`.")
+    lines.append(f"- Inference rows/s against stock's `predict`: {inf['ours_notext'] / inf['stock']:.2f}x without text, "
+                 f"{inf['ours_text'] / inf['stock']:.2f}x with the title vectors.")
+    return "\n".join(lines)
 
 
 def render_table(r: dict) -> str:
@@ -326,7 +364,7 @@ def render_table(r: dict) -> str:
     for t in r["timings"].values():
         tr, inf = (min(t["train"]), statistics.median(t["train"])), (min(t["infer"]), statistics.median(t["infer"]))
         rows.append(f"{t['name']:<34} {f'{tr[0]:,.0f} / {tr[1]:,.0f}':>26} {f'{inf[0]:,.0f} / {inf[1]:,.0f}':>26}")
-    rows.append(r["verdict"].replace("**", ""))
+    rows += [line.replace("**", "") for line in r["verdict"].splitlines() if line.strip()]
     return "\n".join(rows)
 
 
@@ -383,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("warm-up: %s (%d batches)", t.name, args.warmup_batches)
         t.warm_up(args.warmup_batches)
 
-    timings = {key: Timings(t.name) for key, t in trainers.items()}
+    timings = {key: Timings(t.name, *cin_work(t.model), sum(p.numel() for p in t.model.parameters()))
+               for key, t in trainers.items()}
     order = ["ours_notext", "stock", "ours_text"]
     n_rows, n_test = len(y), len(splits["test"])
     for r in range(args.repeats):
@@ -401,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         for key in order:
             log.info("profiling %s", trainers[key].name)
-            profiles[trainers[key].name] = profile(trainers[key])
+            table, share = profile(trainers[key])
+            profiles[trainers[key].name] = {"table": table, "cin_share": share}
 
     import deepctr_torch
 
@@ -422,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         "text_dim": text_fields[0].dim if text_fields else 0,
         "text_encoder_calls": text_calls,
         "warmup_batches": args.warmup_batches, "repeats": args.repeats,
-        "timings": {k: {"name": t.name, "train": t.train, "infer": t.infer} for k, t in timings.items()},
+        "embedding_dim": config.model.embedding_dim,
+        "timings": {k: dataclasses.asdict(t) for k, t in timings.items()},
         "profiles": profiles,
     }
     results["verdict"] = verdict(results)
@@ -430,8 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         write_section(Path(args.out), render(results))
         log.info("wrote the xdeepfm_speed section of %s", args.out)
     print(render_table(results))
-    for name, table in profiles.items():
-        print(f"\n== {name}\n{table}")
+    for name, prof in profiles.items():
+        print(f"\n== {name} (CIN convolutions: {prof['cin_share']:.0%} of self CPU time)\n{prof['table']}")
     return 0
 
 

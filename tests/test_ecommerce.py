@@ -191,3 +191,38 @@ def test_configs_load():
         config = load_config(ROOT / "configs" / f"{name}.yaml")
         assert isinstance(config.data, EcommerceConfig) and config.data.path == "datasets/ecommerce"
     assert not isinstance(load_config(ROOT / "configs" / "ml100k_xdeepfm.yaml").data, EcommerceConfig)
+
+
+def test_clips_share_the_synthmosi_world(monkeypatch):
+    """The catalogue's audio/vision mixing is that of generate(preset, world_seed), so a checkpoint
+    trained on that SynthMOSI file sees the catalogue's clips as new clips of the same world."""
+    import mmfusion.data.synthetic as synthetic
+    from xdeepfm.data.ecommerce import _world_mixing
+
+    made = []
+    original = synthetic.make_mixing
+    monkeypatch.setattr(synthetic, "make_mixing", lambda *args: made.append(original(*args)) or made[-1])
+    synthetic.generate("tiny", 4)
+    for ours, theirs in zip(_world_mixing(4, "tiny"), made, strict=True):
+        for key in ("matrix", "offset", "scale"):
+            np.testing.assert_array_equal(getattr(ours, key), getattr(theirs, key))
+    assert not np.array_equal(_world_mixing(5, "tiny")[0].matrix, made[0].matrix)
+
+
+def test_vector_fields_read_the_named_array(tmp_path):
+    """features.py ``array:``: one predict file feeds a sentiment and an embedding field."""
+    from xdeepfm.features import FeatureError, FeaturePipeline, load_spec
+
+    np.savez(tmp_path / "sem.npz", ids=np.array(["v1", "v2"]), sentiment=np.array([[1.0, 2.0], [3.0, 4.0]]),
+             embedding=np.arange(6.0).reshape(2, 3))
+    spec = load_spec({"fields": [
+        {"name": "s", "kind": "vector", "path": str(tmp_path / "sem.npz"), "key_column": "video_id", "array": "sentiment"},
+        {"name": "e", "kind": "vector", "path": str(tmp_path / "sem.npz"), "key_column": "video_id", "array": "embedding"},
+    ]})
+    out = FeaturePipeline(spec).fit_transform(pd.DataFrame({"video_id": ["v2", "v9", "v1"]}))
+    np.testing.assert_array_equal(out["s"], [[3.0, 4.0], [0.0, 0.0], [1.0, 2.0]])  # unknown id -> zeros
+    np.testing.assert_array_equal(out["e"], [[3.0, 4.0, 5.0], [0.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    bad = load_spec({"fields": [{"name": "x", "kind": "vector", "path": str(tmp_path / "sem.npz"),
+                                 "key_column": "video_id", "array": "fused"}]})
+    with pytest.raises(FeatureError, match=r"sem.npz: vector field 'x' needs arrays 'ids' and 'fused', found \['embedding', 'ids', 'sentiment'\]"):
+        FeaturePipeline(bad).fit(pd.DataFrame({"video_id": ["v1"]}))

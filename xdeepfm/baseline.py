@@ -21,7 +21,7 @@ import torch
 from mmfusion.config import to_dict
 from xdeepfm._deepctr import xDeepFM
 from xdeepfm.checkpoint import save_checkpoint
-from xdeepfm.data.movielens import load_splits
+from xdeepfm.data import load_splits
 from xdeepfm.features import FeaturePipeline
 from xdeepfm.metrics import ranking_metrics
 from xdeepfm.model import ModelConfig, feature_columns

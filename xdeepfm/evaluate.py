@@ -17,7 +17,7 @@ import torch
 
 from mmfusion.config import build, load_yaml
 from xdeepfm.checkpoint import load_checkpoint
-from xdeepfm.data.movielens import load_splits
+from xdeepfm.data import load_splits
 from xdeepfm.features import _atomic_write_bytes
 from xdeepfm.metrics import ranking_metrics
 from xdeepfm.model import XDeepFMRanker, stack_inputs

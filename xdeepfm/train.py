@@ -27,7 +27,7 @@ from torch import nn
 
 from mmfusion.config import build, load_yaml, to_dict
 from xdeepfm.checkpoint import load_checkpoint, save_checkpoint
-from xdeepfm.data import ecommerce, movielens
+from xdeepfm.data import load_splits
 from xdeepfm.data.ecommerce import EcommerceConfig
 from xdeepfm.data.movielens import MovieLensConfig
 from xdeepfm.features import FeaturePipeline, FeatureSpec, _atomic_write_bytes
@@ -75,14 +75,6 @@ class RankingConfig:
 def load_config(path: str | Path) -> RankingConfig:
     """Read and validate a ranking YAML (errors name the file and key)."""
     return build(RankingConfig, load_yaml(path), str(path))
-
-
-def load_data_splits(data: MovieLensConfig | EcommerceConfig) -> dict[str, pd.DataFrame]:
-    """Train/valid/test frames of the configured data set: MovieLens-100K, or the synthetic
-    e-commerce catalogue when the ``data`` section says ``kind: ecommerce``."""
-    if isinstance(data, EcommerceConfig):
-        return ecommerce.load_splits(data)
-    return movielens.load_splits(data)
 
 
 def set_seed(seed: int) -> None:
@@ -169,7 +161,7 @@ def run_config(config: RankingConfig, out_dir: str | Path, resume: bool = False)
     seed, tc = config.seed, config.train
     set_seed(seed)
     t0 = time.perf_counter()
-    splits = load_data_splits(config.data)
+    splits = load_splits(config.data)
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
     resumed = load_checkpoint(last_path) if resume and last_path.is_file() else None
     if resume and resumed is None:

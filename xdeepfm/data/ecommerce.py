@@ -64,13 +64,13 @@ sentiment term spans about +-5 logits over the [-3, 3] range: video semantics ma
 ``load_splits(EcommerceConfig)`` reads ``impressions.csv`` (``label`` = ``click``) and splits the
 impressions 80/10/10 at random with ``split_seed`` (``movielens.split_frame``).
 
-**The full experiment** (CPU; the catalogue must share the SynthMOSI world of the checkpoint,
-``--world-seed`` = the SynthMOSI seed, ``--preset`` = its size, ``--text-features`` when the model
-reads precomputed text features)::
+**The full experiment** (CPU; the catalogue must share the SynthMOSI world of the checkpoint:
+``--world-seed`` = the SynthMOSI seed and ``--preset`` = its size; add ``--text-features`` only
+for a checkpoint trained with ``model.text.source: features`` -- the default config fine-tunes
+MiniLM on ``text_bert``, which every catalogue has)::
 
-    python -m mmfusion.data.synthetic --size mosi --seed 0 --text-features --out datasets/synthmosi_mosi_s0.pkl
-    python train.py --config configs/synthmosi_default.yaml --out runs/synthmosi_default
-    python -m xdeepfm.data.ecommerce --out datasets/ecommerce --seed 0 --world-seed 0 --preset mosi --text-features
+    python train.py --config configs/synthmosi_default.yaml --out runs/synthmosi_default   # generates SynthMOSI mosi, seed 0
+    python -m xdeepfm.data.ecommerce --out datasets/ecommerce --seed 0 --world-seed 0 --preset mosi
     python -m mmfusion.predict --checkpoint runs/synthmosi_default/model.pt --data datasets/ecommerce/videos.pkl \\
         --out datasets/ecommerce/semantics.npz
     python train.py --config configs/ecommerce_xdeepfm.yaml --out runs/ecommerce/semantics
@@ -98,7 +98,6 @@ import pandas as pd
 from mmfusion.data.synthetic import (
     AUDIO_LATENT,
     PRESETS,
-    PRODUCTS,
     SPLITS,
     VISION_LATENT,
     GeneratorParams,
