@@ -30,7 +30,7 @@ from mmfusion.data.batch import MODALITIES, MMSABatch
 from mmfusion.fusion import build_fusion
 from mmfusion.heads import MultiTaskHeads
 from mmfusion.lgt import LGT
-from mmfusion.sequence_encoder import SequenceEncoder
+from mmfusion.sequence_encoder import SequenceEncoder, temporal_pool
 from mmfusion.soft_mapping import SoftMappingFusion, WeightedAverage, masked_mean
 from mmfusion.text_encoder import TextEncoder
 
@@ -70,6 +70,7 @@ class ModelConfig:
     vision_encoder: EncoderKind = "conv"
     encoder_layers: int = 1  # layers of each audio/vision encoder
     conv_kernel: int = 5
+    frame_stride: int = 1  # average-pool audio/vision encoder outputs over windows of this many frames
     use_lgt: bool = True  # False → plain self-attention per modality (no text-guided queries)
     use_soft_mapping: bool = True  # False → learned softmax-weighted average of the pooled streams
     sm_slots: int = 4  # K query vectors of the soft mapping (eq. 9)
@@ -89,7 +90,7 @@ class ModelConfig:
     vision_dim: int | None = None  # set from the data (batch.vision.shape[-1]) before building
 
     def __post_init__(self) -> None:
-        positive = ("d_model", "n_heads", "n_layers", "ffn_dim", "encoder_layers", "sm_slots", "fusion_dim", "fusion_rank", "head_hidden")
+        positive = ("d_model", "n_heads", "n_layers", "ffn_dim", "encoder_layers", "frame_stride", "sm_slots", "fusion_dim", "fusion_rank", "head_hidden")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -184,7 +185,7 @@ class MultimodalSentimentModel(nn.Module):
             streams["text"], masks["text"] = self.text_encoder(batch)
         for m, encoder in self.encoders.items():
             x, mask = getattr(batch, m), getattr(batch, f"{m}_mask").bool()
-            streams[m], masks[m] = encoder(x.float(), mask), mask
+            streams[m], masks[m] = temporal_pool(encoder(x.float(), mask), mask, self.cfg.frame_stride)
         if self.cfg.unimodal_features == "encoder":
             unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
         streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)

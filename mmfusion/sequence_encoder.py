@@ -95,3 +95,21 @@ class SequenceEncoder(nn.Module):
             key_mask[:, 0] |= ~mask.any(1)  # an empty clip attends to its first (zero) frame, never to nothing
             h = self.transformer(self.dropout(h), src_key_padding_mask=~key_mask)
         return h * keep
+
+
+def temporal_pool(h: torch.Tensor, mask: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked average over non-overlapping windows of ``stride`` frames: (B, L, d) -> (B, ceil(L/stride), d).
+
+    Only real frames enter a window's mean; a window is real when it holds at least one real frame.
+    Appending padding adds only all-padding windows, so it cannot change the real windows.
+    """
+    if stride == 1:
+        return h, mask
+    batch, length, dim = h.shape
+    windows = -(-length // stride)
+    pad = windows * stride - length
+    keep = mask.to(h.dtype)
+    h = nn.functional.pad(h * keep.unsqueeze(-1), (0, 0, 0, pad)).view(batch, windows, stride, dim)
+    counts = nn.functional.pad(keep, (0, pad)).view(batch, windows, stride).sum(-1)
+    pooled = h.sum(2) / counts.clamp(min=1).unsqueeze(-1)
+    return pooled, counts > 0

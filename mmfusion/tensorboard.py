@@ -53,8 +53,12 @@ def log_attention(writer: SummaryWriter, model, batch: MMSABatch | None, epoch: 
         # LGT queries come from text; without it (or without text) each modality attends to itself
         query_mask = batch.text_mask if model.lgt.guided else getattr(batch, f"{modality}_mask")
         key_mask = getattr(batch, f"{modality}_mask")
+        stride = 1 if modality == "text" else model.cfg.frame_stride  # audio/vision keys are pooled frames
         for k in range(attn.shape[0]):
-            image = attn[k].mean(0)[: int(query_mask[k].sum()), : int(key_mask[k].sum())]
+            queries = int(query_mask[k].sum())
+            if not model.lgt.guided:
+                queries = -(-queries // stride)
+            image = attn[k].mean(0)[:queries, : -(-int(key_mask[k].sum()) // stride)]
             image = image / image.max().clamp_min(1e-12)
             writer.add_image(f"attention/{modality}/clip{k}", image.unsqueeze(0), epoch)
 

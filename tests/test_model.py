@@ -13,7 +13,7 @@ from mmfusion.data.batch import MMSABatch
 from mmfusion.fusion import ConcatFusion, FullTensorFusion, LowRankFusion, outer_product
 from mmfusion.lgt import LGT, MultiHeadAttention
 from mmfusion.model import ModelConfig, MultimodalSentimentModel, TextEncoderConfig
-from mmfusion.sequence_encoder import SequenceEncoder
+from mmfusion.sequence_encoder import SequenceEncoder, temporal_pool
 from mmfusion.soft_mapping import SoftMapping, SoftMappingFusion, WeightedAverage, masked_mean
 from mmfusion.text_encoder import BertTextEncoder, default_model_path, load_pretrained_encoder
 
@@ -95,6 +95,7 @@ CONFIGS = {
     "text_only": {"modalities": ["text"]},
     "audio_only": {"modalities": ["audio"]},
     "audio_vision": {"modalities": ["audio", "vision"]},
+    "stride3_no_lgt": {"frame_stride": 3, "use_lgt": False},
 }
 
 
@@ -115,17 +116,18 @@ def test_output_shapes(name):
     assert set(out.features) == {"M", *(tasks[m] for m in mods)}
     assert all(out.features[tasks[m]].shape == (3, 16) for m in mods)
     guided = overrides.get("use_lgt", True) and "text" in mods
-    lt = max(LENGTHS["text"])
+    stride = overrides.get("frame_stride", 1)
+    length = {m: max(LENGTHS[m]) if m == "text" else -(-max(LENGTHS[m]) // stride) for m in mods}  # pooled frames
     for m in mods:
-        lq = lt if guided else max(LENGTHS[m])
-        assert out.attention[m].shape == (3, 2, lq, max(LENGTHS[m]))
+        lq = max(LENGTHS["text"]) if guided else length[m]
+        assert out.attention[m].shape == (3, 2, lq, length[m])
     n = len(mods)
     assert out.modality_weights.shape == ((n,) if overrides.get("use_soft_mapping") is False else (3, n))
     torch.testing.assert_close(out.modality_weights.sum(-1), torch.ones(out.modality_weights.shape[:-1]))
     assert model(make_batch()).attention is None
 
 
-@pytest.mark.parametrize("name", ["default", "neither", "lstm_transformer", "transformer_lstm", "audio_only"])
+@pytest.mark.parametrize("name", ["default", "neither", "lstm_transformer", "transformer_lstm", "audio_only", "stride3_no_lgt"])
 def test_extra_padding_does_not_change_outputs(name):
     model = build_model(**{"encoder_layers": 3, **CONFIGS[name]})
     with torch.no_grad():
@@ -460,3 +462,14 @@ def test_unimodal_features_source(source, audio_sees_text):
     assert not torch.allclose(changed.preds["M"], out.preds["M"])
     for task in ("A", "V"):
         assert torch.allclose(changed.features[task], out.features[task]) is not audio_sees_text
+
+
+def test_temporal_pool_known_values():
+    h = torch.tensor([[[1.0], [3.0], [5.0], [7.0], [100.0]]])  # last frame is padding
+    mask = torch.tensor([[True, True, True, True, False]])
+    pooled, pooled_mask = temporal_pool(h, mask, 2)
+    assert pooled.squeeze(-1).tolist() == [[2.0, 6.0, 0.0]]  # (1+3)/2, (5+7)/2, an all-padding window
+    assert pooled_mask.tolist() == [[True, True, False]]
+    pooled3, mask3 = temporal_pool(h, mask, 3)
+    assert pooled3.squeeze(-1).tolist() == [[3.0, 7.0]]  # (1+3+5)/3, 7 alone (100 is padding)
+    assert mask3.tolist() == [[True, True]]
