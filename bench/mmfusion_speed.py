@@ -244,7 +244,8 @@ def render(results: dict) -> str:
         "",
         f"- Date: {results['date']}; git revision: {results['git']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']} with {m['threads']} intra-op thread(s); Python {m['python']}",
-        f"- Load average (1/5/15 min) before: {m['load_before']}; after: {m['load_after']} "
+        f"- Load average (1/5/15 min) before: {m['load_before']}; after: {m['load_after']}; "
+        f"highest 1-min value sampled after each measurement: {m['load_1min_max']:.2f} on {m['cores']} cores "
         "(the machine is shared with other jobs: figures vary run to run, compare figures from the same run)",
         f"- Data: `{results['data']}` ({results['train_clips']} train / {results['test_clips']} test clips); "
         f"training: batch {results['batch_size']} from the shuffled train loader, {results['warmup']} warm-up steps, then "
@@ -344,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     load_before = loadavg()
+    revision = git_revision()  # at start: the code this process imports is the work tree of now
+    load_samples = [os.getloadavg()[0]]  # 1-min load average before and after every measurement
     cfg = load_config(args.config, args.data)
     data_path = Path(cfg.data.path)
     if not data_path.is_absolute():
@@ -375,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         train = []
         for r in range(rounds):
             t = bench.time_training(args.warmup, args.steps)
+            load_samples.append(os.getloadavg()[0])
             log.info("%s round %d: %.1f train clips/s (median step %.0f ms)", name, r + 1, t.clips_per_s, t.step_ms_median)
             train.append(dataclasses.asdict(t))
             if i == 0 and reference is not None and "error" not in reference:
@@ -387,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     log.info("Self-MM round %d: %.1f train clips/s", r + 1, res["clips_per_s"])
                     reference["train"].append(res)
+                    load_samples.append(os.getloadavg()[0])
         infer = [
             dataclasses.asdict(bench.time_inference(1, args.infer_clips_b1)),
             dataclasses.asdict(bench.time_inference(64, args.infer_clips_b64)),
@@ -412,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "command": shlex.join(["python", "bench/mmfusion_speed.py", *shown_argv]),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": git_revision(),
+        "git": revision,
         "machine": {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
@@ -421,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_before": load_before,
             "load_after": loadavg(),
+            "load_1min_max": max(load_samples),
         },
         "data": str(data_path),
         "train_clips": len(data.splits["train"].labels),

@@ -41,6 +41,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "no_lgt_no_sm": ("both of the above", {"use_lgt": False, "use_soft_mapping": False}),
     "no_uff": ("concatenation instead of the tensor-fusion product", {"fusion": "concat"}),
     "no_slgm": ("multimodal task only, no generated unimodal labels", {"use_slgm": False}),
+    "slgm_encoder": ("T/A/V heads and SLGM on pre-LGT encoder features", {"unimodal_features": "encoder"}),
     "text_only": ("text branch alone", {"modalities": ["text"], "use_slgm": False}),
     "audio_only": ("audio branch alone", {"modalities": ["audio"], "use_slgm": False}),
     "vision_only": ("vision branch alone", {"modalities": ["vision"], "use_slgm": False}),

@@ -8,9 +8,9 @@ Data flow for one ``MMSABatch``::
                                                                ├─► UFF (eq. 14-15) ─► h_uff (B,d)
     F_M = [h_sm ; h_uff] (B, 2d) ─► head M;   unimodal e_t/e_a/e_v ─► heads T/A/V (eq. 16-17)
 
-The unimodal representations that the T/A/V heads and SLGM use are, by default
-(``unimodal_features="encoder"``), each modality's encoder output pooled over its real positions,
-before the LGT mixes text into the audio and vision streams; ``"lgt"`` uses u_t/u_a/u_v instead.
+The T/A/V heads and SLGM read u_t/u_a/u_v by default (``unimodal_features="lgt"``);
+``"encoder"`` gives them each modality's encoder output pooled over its real positions instead,
+before the LGT mixes text into the audio and vision streams.
 
 Ablation switches: ``use_lgt`` (text-guided cross-attention vs plain self-attention),
 ``use_soft_mapping`` (SM vs a learned softmax-weighted average of the pooled streams), ``fusion``
@@ -79,10 +79,10 @@ class ModelConfig:
     fusion_dim: int = 16  # per-modality width before the outer product
     fusion_rank: int = 4  # rank of the low-rank UFF
     use_slgm: bool = True  # False → only the M task (no T/A/V heads)
-    # what the T/A/V heads and SLGM see: "encoder" = each modality's own encoded sequence, pooled
-    # before the LGT (modality-pure, as Self-MM's unimodal subnets); "lgt" = the modality's stream
-    # after the LGT and soft mapping (text-guided for audio and vision)
-    unimodal_features: Literal["encoder", "lgt"] = "encoder"
+    # what the T/A/V heads and SLGM see: "lgt" = the modality's stream after the LGT and soft
+    # mapping (text-guided for audio and vision); "encoder" = each modality's own encoded sequence,
+    # pooled before the LGT (modality-pure, like Self-MM's unimodal subnets)
+    unimodal_features: Literal["lgt", "encoder"] = "lgt"
     modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     head_hidden: int = 64
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)

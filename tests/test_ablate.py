@@ -35,3 +35,8 @@ def test_ablation_table_and_late_average(tmp_path):
     assert ablate.main(args) == 0
     assert (tmp_path / "runs" / "no_uff" / "seed0" / "model.pt").stat().st_mtime == mtime
     assert "Why the variants differ." in doc.read_text()
+
+
+def test_ablation_base_is_the_default_model():
+    load = lambda name: yaml.safe_load((ROOT / "configs" / name).read_text())  # noqa: E731
+    assert load("synthmosi_ablation.yaml") == load("synthmosi_default.yaml")
