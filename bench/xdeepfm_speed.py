@@ -44,9 +44,7 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +53,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import cpu_model, git_revision, loadavg, write_section  # noqa: E402
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the checkout's packages
     sys.path.insert(0, str(REPO))
 
@@ -70,7 +70,6 @@ CONFIG = "configs/ml100k_xdeepfm.yaml"
 BATCH = 1024
 PROFILE_STEPS = 3
 DEFAULT_ROWS = 20 * BATCH  # keeps the default run (3 rounds x 3 trainers) at a few minutes on 2 loaded cores
-START, END = "<!-- xdeepfm_speed:start -->", "<!-- xdeepfm_speed:end -->"
 HEADING = "## xDeepFM ranking: training and inference speed (ours vs stock deepctr-torch)"
 
 
@@ -227,51 +226,12 @@ def profile(trainer, steps: int = PROFILE_STEPS, top: int = 12) -> tuple[str, fl
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def git_revision() -> str:
-    try:
-        run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()  # noqa: E731
-        rev, dirty = run("rev-parse", "--short", "HEAD"), run("status", "--porcelain")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{rev} (with uncommitted changes in the work tree)" if dirty else rev
 
 
-def loadavg() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Replace the text between this bench's markers in ``doc`` (read-modify-write, atomic rename).
-
-    The file is read right before the rename so concurrent edits of other sections are kept; a
-    missing file is created with just this section, a file without the markers gets it appended.
-    """
-    block = f"{HEADING}\n\n{START}\n{section.rstrip()}\n{END}\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=doc.parent, prefix=f".{doc.name}.", suffix=".tmp")
-    try:
-        text = doc.read_text() if doc.exists() else ""
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            text = f"{head}{START}\n{section.rstrip()}\n{END}{rest.split(END, 1)[1]}"
-        else:
-            text = (text.rstrip() + "\n\n" if text.strip() else "") + block
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, doc)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _k(x: float) -> str:
@@ -468,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["verdict"] = verdict(results)
     if args.out:
-        write_section(Path(args.out), render(results))
+        write_section(Path(args.out), HEADING, "xdeepfm_speed", render(results))
         log.info("wrote the xdeepfm_speed section of %s", args.out)
     print(render_table(results))
     for name, prof in profiles.items():

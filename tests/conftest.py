@@ -37,3 +37,13 @@ def mmsa_pickle_factory(tmp_path: Path) -> Callable[..., Path]:
 def mmsa_pickle(mmsa_pickle_factory: Callable[..., Path]) -> Path:
     """A default unaligned MMSA pickle (text_bert, audio/vision lengths) in tmp_path."""
     return mmsa_pickle_factory(name="mmsa_unaligned.pkl")
+
+
+@pytest.fixture(scope="session")
+def tiny_synthmosi(tmp_path_factory) -> Path:
+    """The tiny SynthMOSI preset (seed 0) with precomputed MiniLM text features, written once per session."""
+    from mmfusion.data.synthetic import generate, write_pickle
+
+    path = tmp_path_factory.mktemp("synthmosi") / "synthmosi_tiny_s0.pkl"
+    write_pickle(generate("tiny", 0, text_features=True), path)
+    return path

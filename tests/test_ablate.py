@@ -5,14 +5,12 @@ from pathlib import Path
 import yaml
 
 from mmfusion import ablate
-from mmfusion.data.synthetic import generate, write_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ablation_table_and_late_average(tmp_path):
-    data = tmp_path / "tiny.pkl"
-    write_pickle(generate("tiny", 0, text_features=True), data)
+def test_ablation_table_and_late_average(tmp_path, tiny_synthmosi):
+    data = tiny_synthmosi
     raw = yaml.safe_load((ROOT / "configs" / "synthmosi_tiny.yaml").read_text())
     raw["data"] = {"path": str(data), "batch_size": 32}
     raw["model"]["text"] = {"source": "features"}

@@ -23,12 +23,8 @@ TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from mmfusion.data.synthetic import generate, write_pickle
-
-    path = tmp_path_factory.mktemp("data") / "synthmosi_tiny.pkl"
-    write_pickle(generate("tiny", 0, text_features=True), path)
-    return path
+def tiny_data(tiny_synthmosi) -> Path:
+    return tiny_synthmosi
 
 
 @pytest.fixture(scope="module")
