@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mmfusion.checkpoint import load_checkpoint, write_json, write_text
+from mmfusion.config import build
 from mmfusion.data.mmsa import MMSASplit, NormStats, load_mmsa, make_loader
 from mmfusion.metrics import format_metrics, mmsa_metrics
 from mmfusion.model import MultimodalSentimentModel
@@ -73,9 +74,7 @@ def predictions_csv(pred: Predictions) -> str:
 
 def load_model(checkpoint: str | Path) -> tuple[MultimodalSentimentModel, NormStats | None, dict]:
     """Rebuild the model of a checkpoint with its weights; returns (model, norm stats, state)."""
-    from mmfusion.trainer import SentimentConfig, build_model_config  # avoid an import cycle
-
-    from mmfusion.config import build
+    from mmfusion.trainer import SentimentConfig, build_model_config  # the trainer imports this module
 
     state = load_checkpoint(checkpoint)
     cfg = build(SentimentConfig, state["config"], where=f"{checkpoint}:config")

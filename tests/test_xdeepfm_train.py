@@ -107,3 +107,22 @@ def test_config_error_names_the_key(tmp_path):
     path.write_text("task: ranking\nfeatures: {fields: [{name: a, kind: numeric}]}\ntrain: {epocs: 3}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml.train.epocs: unknown key"):
         load_config(path)
+
+
+def test_train_and_evaluate_command_lines_dispatch_ranking(tmp_path):
+    """train.py / evaluate.py run a `task: ranking` YAML through the xDeepFM trainer."""
+    import yaml
+
+    from mmfusion.cli import evaluate_main, train_main
+    from mmfusion.config import to_dict
+
+    config = tmp_path / "ranking.yaml"
+    config.write_text(yaml.safe_dump(to_dict(tiny_config(tmp_path, None))))
+    out = tmp_path / "run"
+    assert train_main(["--config", str(config), "--out", str(out), "--seed", "3", "--log-level", "WARNING"]) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["seed"] == 3
+    assert evaluate_main(["--checkpoint", str(out / "best.safetensors"), "--out", str(tmp_path / "eval"),
+                          "--log-level", "WARNING"]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert evaluated["test"]["auc"] == pytest.approx(trained["test"]["auc"], abs=1e-6)
