@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from mmfusion.files import write_text  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -37,23 +41,13 @@ def loadavg() -> str:
 def write_section(doc: Path, heading: str, name: str, section: str) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``doc``, atomically.
 
-    The file is read right before the rename so concurrent edits of other sections are kept; a
-    missing file is created with just this section, a file without the markers gets it appended.
+    A missing file is created with just this section; a file without the markers gets it appended.
     """
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{heading}\n\n{start}\n{section.rstrip()}\n{end}\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=doc.parent, prefix=f".{doc.name}.", suffix=".tmp")
-    try:
-        text = doc.read_text() if doc.exists() else ""
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            text = f"{head}{start}\n{section.rstrip()}\n{end}{rest.split(end, 1)[1]}"
-        else:
-            text = (text.rstrip() + "\n\n" if text.strip() else "") + block
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, doc)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = doc.read_text() if doc.exists() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = f"{head}{start}\n{section.rstrip()}\n{end}{rest.split(end, 1)[1]}"
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + f"{heading}\n\n{start}\n{section.rstrip()}\n{end}\n"
+    write_text(doc, text)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfusion.checkpoint import write_text
+from mmfusion.files import write_text
 from mmfusion.cli import setup_logging
 from mmfusion.config import build, load_yaml
 from mmfusion.metrics import mmsa_metrics
@@ -139,7 +139,7 @@ sees them. The columns compare the labels SLGM generated with the multimodal lab
 {slgm_table(results.get("full", []))}
 
 {NOTES_MARKER}{notes}"""
-    write_text(body, path)
+    write_text(path, body)
 
 
 def main(argv: list[str] | None = None) -> int:

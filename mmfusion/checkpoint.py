@@ -7,30 +7,17 @@ optimizer, the SLGM label maps, the RNG state and the early-stopping bookkeeping
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from mmfusion.files import atomic_write
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename over it."""
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -46,13 +33,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {sorted(missing)}")
     return state
-
-
-def write_json(data: Any, path: str | Path) -> None:
-    """Write JSON atomically (indented, keys in insertion order)."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def write_text(text: str, path: str | Path) -> None:
-    """Write a text file atomically."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))

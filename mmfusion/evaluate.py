@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfusion.checkpoint import load_checkpoint, write_json, write_text
+from mmfusion.checkpoint import load_checkpoint
+from mmfusion.files import write_json, write_text
 from mmfusion.config import build
 from mmfusion.data.mmsa import MMSASplit, NormStats, load_mmsa, make_loader
 from mmfusion.metrics import format_metrics, mmsa_metrics
@@ -105,7 +106,7 @@ def evaluate_checkpoint(
     metrics = mmsa_metrics(pred.outputs["M"], pred.label)
     log.info("%s %s: %s", data_path, split, format_metrics(metrics))
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
-    write_json({"checkpoint": str(checkpoint), "data": str(data_path), "split": split, "metrics": metrics},
-               out / f"metrics_{split}.json")
-    write_text(predictions_csv(pred), out / f"predictions_{split}.csv")
+    write_json(out / f"metrics_{split}.json",
+               {"checkpoint": str(checkpoint), "data": str(data_path), "split": split, "metrics": metrics})
+    write_text(out / f"predictions_{split}.csv", predictions_csv(pred))
     return metrics

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmfusion.checkpoint import _atomic
+from mmfusion.files import atomic_write
 from mmfusion.data.mmsa import SPLITS, load_mmsa, make_loader
 from mmfusion.evaluate import load_model
 
@@ -129,7 +129,7 @@ def write_semantics(semantics: dict[str, np.ndarray], path: str | Path) -> None:
     else:
         def write(tmp: str) -> None:
             semantics_frame(semantics).to_parquet(tmp, index=False)  # needs pyarrow or fastparquet
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ import pickle
 import platform
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mmfusion.files import write_text
 from mmfusion.data.mmsa import SPLITS, MMSASplit, load_mmsa
 from mmfusion.metrics import METRIC_KEYS, mmsa_metrics
 
@@ -232,19 +232,6 @@ def render_markdown(results: dict[str, dict], command: str, data_path: str, seed
     return "\n".join(lines)
 
 
-def _write_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmfusion.reference", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="MMSA pickle, e.g. datasets/synthmosi_mosi.pkl")
@@ -256,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run_reference(args.data, seed=args.seed, model_path=args.model_path)
     command = "python -m mmfusion.reference " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     markdown = render_markdown(results, command, args.data, args.seed)
-    _write_atomic(markdown, Path(args.out))
+    write_text(Path(args.out), markdown)
     print(markdown)
 
 

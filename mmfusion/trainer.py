@@ -25,7 +25,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from mmfusion.checkpoint import load_checkpoint, save_checkpoint, write_json, write_text
+from mmfusion.checkpoint import load_checkpoint, save_checkpoint
+from mmfusion.files import write_json, write_text
 from mmfusion.config import ConfigError, to_dict
 from mmfusion.data.mmsa import MMSAData, NormStats, load_mmsa, make_loader
 from mmfusion.evaluate import predict, predictions_csv
@@ -262,7 +263,7 @@ def train(
     best = load_checkpoint(out / "model.pt")
     model.load_state_dict(best["model"])
     test = predict(model, data.splits["test"], norm, cfg.data.eval_batch_size)
-    write_text(predictions_csv(test), out / "predictions_test.csv")
+    write_text(out / "predictions_test.csv", predictions_csv(test))
     summary = {
         "best_epoch": stopper.best_epoch,
         "valid": best["valid_metrics"],
@@ -273,6 +274,6 @@ def train(
     log.info("best epoch %d  test %s", stopper.best_epoch, format_metrics(summary["test"]))
     tb.log_hparams(writer, cfg, summary["test"])
     writer.close()
-    write_json(summary, out / "metrics.json")
+    write_json(out / "metrics.json", summary)
     return summary
 

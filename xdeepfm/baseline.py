@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mmfusion.config import to_dict
+from mmfusion.files import write_json
 from xdeepfm._deepctr import xDeepFM
 from xdeepfm.checkpoint import save_checkpoint
 from xdeepfm.data import load_splits
@@ -55,7 +56,6 @@ def _stdout_to_log():
 
 def run_baseline(config, out_dir: str | Path) -> dict:
     """Fit/evaluate stock xDeepFM for a ``RankingConfig``; writes best.safetensors + metrics.json."""
-    from xdeepfm.train import _write_json  # local: train imports this module lazily too
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +118,6 @@ def run_baseline(config, out_dir: str | Path) -> dict:
     save_checkpoint(out_dir / "best.safetensors", config=config_dict, features=pipeline, model=model,
                     metrics={k: result[k] for k in ("valid", "test", "best_epoch")},
                     state={"best_epoch": best_epoch, "history": history})
-    _write_json(out_dir / "config.json", config_dict)
-    _write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / "config.json", config_dict)
+    write_json(out_dir / "metrics.json", result)
     return result

