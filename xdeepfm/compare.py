@@ -6,6 +6,19 @@
 Every run goes to ``<out>/<split>/<variant>/seed<s>``; a run whose ``metrics.json`` exists is
 reused, so an interrupted comparison resumes. The table (mean +- sample std over seeds, test
 split) is written to ``--doc`` after every finished run.
+
+Configs mode: each config file is one variant (trained as written, on the split it names)::
+
+    python -m xdeepfm.compare --configs configs/ecommerce_xdeepfm_nosemantics.yaml \
+        configs/ecommerce_xdeepfm.yaml configs/ecommerce_xdeepfm_oracle.yaml --seeds 0 1 2 \
+        --out runs/ecommerce --doc docs/results_ranking.md
+
+Runs go to ``<out>/<config stem>/seed<s>`` (seed-major order). The table is the section
+``## E-commerce catalogue: video semantics`` of ``--doc``, between the markers
+``<!-- ecommerce:start -->`` and ``<!-- ecommerce:end -->``; the rest of the file is kept (and
+the MovieLens mode keeps that section). With three or more configs, the first is the baseline
+and the last the upper bound, and each middle one gets the share of the gain it recovers,
+``(AUC_x - AUC_first) / (AUC_last - AUC_first)``.
 """
 
 from __future__ import annotations
@@ -14,12 +27,14 @@ import argparse
 import copy
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from mmfusion.files import write_text
 from xdeepfm.train import RankingConfig, load_config, run_config
 
 log = logging.getLogger(__name__)
@@ -27,6 +42,7 @@ log = logging.getLogger(__name__)
 VARIANTS = ("ours_notext", "ours_text", "deepctr_stock")
 LABELS = {"ours_notext": "ours, no text", "ours_text": "ours + BERT title", "deepctr_stock": "stock deepctr xDeepFM"}
 METRICS = ("auc", "logloss", "gauc", "ndcg@10", "hr@10", "precision@10")
+SECTION_START, SECTION_END = "<!-- ecommerce:start -->", "<!-- ecommerce:end -->"
 
 
 def variant_config(base: RankingConfig, variant: str, split: str, seed: int) -> RankingConfig:
@@ -58,28 +74,163 @@ def write_doc(doc: Path, out: Path, splits: list[str], seeds: list[int], command
         "",
     ]
     for split in splits:
-        lines += [f"## {split} split", "", "| model | runs | " + " | ".join(METRICS) + " | best epoch | train s/run |",
-                  "|---|---|" + "---|" * (len(METRICS) + 2)]
+        lines += [f"## {split} split", "", *_table_header()]
         for variant in VARIANTS:
-            results = []
-            for seed in seeds:
-                path = out / split / variant / f"seed{seed}" / "metrics.json"
-                if path.is_file():
-                    results.append(json.loads(path.read_text()))
-            cells = [_cell([r["test"][m] for r in results if r["test"][m] is not None]) for m in METRICS]
-            epochs = _cell([float(r["best_epoch"]) for r in results]).replace(".0000", "")
-            secs = f"{np.mean([r['seconds']['train'] for r in results]):.0f}" if results else "-"
-            lines.append(f"| {LABELS[variant]} | {len(results)} | " + " | ".join(cells) + f" | {epochs} | {secs} |")
+            lines.append(_row(LABELS[variant], _results(out / split / variant, seeds)))
         lines.append("")
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(doc)
+    section = _marked_section(doc.read_text()) if doc.is_file() else None
+    if section is not None:
+        lines += [section, ""]
+    write_text(doc, "\n".join(lines))
+
+
+def _results(variant_dir: Path, seeds: list[int]) -> list[dict]:
+    """The ``metrics.json`` of ``variant_dir/seed<s>`` for the seeds that have one."""
+    paths = [variant_dir / f"seed{seed}" / "metrics.json" for seed in seeds]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
+
+
+def _row(label: str, results: list[dict]) -> str:
+    """One table row: label, runs, test metrics (mean ± std), best epoch, train seconds per run."""
+    cells = [_cell([r["test"][m] for r in results if r["test"][m] is not None]) for m in METRICS]
+    epochs = _cell([float(r["best_epoch"]) for r in results]).replace(".0000", "")
+    secs = f"{np.mean([r['seconds']['train'] for r in results]):.0f}" if results else "-"
+    return f"| {label} | {len(results)} | " + " | ".join(cells) + f" | {epochs} | {secs} |"
+
+
+def _table_header() -> list[str]:
+    return ["| model | runs | " + " | ".join(METRICS) + " | best epoch | train s/run |",
+            "|---|---|" + "---|" * (len(METRICS) + 2)]
+
+
+def _marked_section(text: str) -> str | None:
+    """The ``<!-- ecommerce:start -->`` ... ``<!-- ecommerce:end -->`` block of ``text`` (markers included)."""
+    start, end = text.find(SECTION_START), text.find(SECTION_END)
+    if start < 0 or end < start:
+        return None
+    return text[start:end + len(SECTION_END)]
+
+
+def replace_marked_section(text: str, section_body: str) -> str:
+    """``text`` with its marked e-commerce block replaced by ``section_body`` (appended if absent)."""
+    block = f"{SECTION_START}\n{section_body.rstrip()}\n{SECTION_END}"
+    old = _marked_section(text)
+    if old is not None:
+        return text.replace(old, block)
+    return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+
+
+def recovered_gain(low: float, x: float, high: float) -> float | None:
+    """Share of the baseline-to-upper-bound gap recovered: (x - low) / (high - low); None if high == low."""
+    return None if high == low else (x - low) / (high - low)
+
+
+def _catalogue_sizes(data_path: str) -> str:
+    """Generation arguments from ``catalogue.json`` and the impression count, for the doc."""
+    meta_path = Path(data_path) / "catalogue.json"
+    if not meta_path.is_file():
+        return f"(no {meta_path})"
+    meta = json.loads(meta_path.read_text())
+    keys = ("seed", "world_seed", "preset", "n_videos", "n_users", "impressions_per_user")
+    args = meta.get("args", meta)
+    parts = [f"{k}={args[k]}" for k in keys if k in args]
+    impressions = Path(data_path) / "impressions.csv"
+    if impressions.is_file():
+        with impressions.open("rb") as f:
+            parts.append(f"impressions={sum(1 for _ in f) - 1}")
+    return ", ".join(parts)
+
+
+def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingConfig], labels: list[str],
+                      seeds: list[int], command: str, note: str = "") -> None:
+    """Write the e-commerce section (one row per config) into ``doc``, keeping the rest of the file."""
+    first = next(iter(configs.values()))
+    lines = [
+        "## E-commerce catalogue: video semantics",
+        "",
+        *([note, ""] if note else []),
+        f"Command: `{command}`",
+        "",
+        f"Data: `{first.data.path}` ({_catalogue_sizes(first.data.path)}); split "
+        f"{sorted({c.data.split for c in configs.values()})}, split_seed {first.data.split_seed}.",
+        f"Test-split metrics, mean ± sample std over seeds {seeds} (model init/shuffle seed; the data split is fixed).",
+        "Early stopping on validation AUC.",
+        "",
+        *_table_header(),
+    ]
+    results = {stem: _results(out / stem, seeds) for stem in configs}
+    for stem, label in zip(configs, labels):
+        lines.append(_row(label, results[stem]))
+    lines.append("")
+    stems = list(configs)
+    if len(stems) >= 3:
+        low, high = stems[0], stems[-1]
+        for stem, label in zip(stems[1:-1], labels[1:-1]):
+            lines.append(_gain_line(results, low, stem, high, labels[0], label, labels[-1], seeds))
+        lines.append("")
+    text = doc.read_text() if doc.is_file() else ""
+    write_text(doc, replace_marked_section(text, "\n".join(lines)))
+
+
+def _gain_line(results: dict[str, list[dict]], low: str, x: str, high: str,
+               low_label: str, x_label: str, high_label: str, seeds: list[int]) -> str:
+    """Recovered gain from the mean test AUCs, and per seed where all three runs exist."""
+    by_seed = {stem: {r["seed"]: r["test"]["auc"] for r in results[stem]} for stem in (low, x, high)}
+    common = [s for s in seeds if all(s in by_seed[stem] for stem in (low, x, high))]
+    head = (f"Gain recovered by *{x_label}*: (AUC[{x_label}] − AUC[{low_label}]) / "
+            f"(AUC[{high_label}] − AUC[{low_label}])")
+    if not common:
+        return head + " = - (no seed with all three runs)."
+    mean = {stem: float(np.mean([by_seed[stem][s] for s in common])) for stem in (low, x, high)}
+    gain = recovered_gain(mean[low], mean[x], mean[high])
+    per_seed = [recovered_gain(by_seed[low][s], by_seed[x][s], by_seed[high][s]) for s in common]
+    per_seed_text = ", ".join(f"seed {s}: {g:.3f}" if g is not None else f"seed {s}: -"
+                              for s, g in zip(common, per_seed))
+    gain_text = f"{gain:.3f}" if gain is not None else "- (equal AUCs)"
+    line = (f"{head} = {gain_text} on the mean AUCs of seeds {common} "
+            f"({mean[x]:.4f} − {mean[low]:.4f}) / ({mean[high]:.4f} − {mean[low]:.4f}); per seed {per_seed_text}.")
+    if len(common) > 1:
+        noise = max(float(np.std([by_seed[stem][s] for s in common], ddof=1)) for stem in (low, high))
+        if abs(mean[high] - mean[low]) <= noise:
+            line += (f" **Not meaningful**: the gap AUC[{high_label}] − AUC[{low_label}] = "
+                     f"{mean[high] - mean[low]:.4f} is within the seed noise (sample std up to {noise:.4f}).")
+    return line
+
+
+def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[int], out: Path, doc: Path,
+                command: str, note: str = "") -> None:
+    """Configs mode: every config file is one variant; runs in seed-major order under ``out/<stem>/seed<s>``."""
+    stems = [Path(p).stem for p in config_paths]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"--configs {config_paths}: config file stems must be distinct (runs go to <out>/<stem>)")
+    if labels is not None and len(labels) != len(config_paths):
+        raise ValueError(f"--labels {labels}: expected {len(config_paths)} labels, one per --configs file")
+    labels = labels if labels is not None else stems
+    configs = {stem: load_config(p) for stem, p in zip(stems, config_paths)}
+    for config in configs.values():
+        config.train.progress = False
+    for seed in seeds:
+        for stem, base in configs.items():
+            run_dir = out / stem / f"seed{seed}"
+            if (run_dir / "metrics.json").is_file():
+                log.info("reusing %s", run_dir)
+                continue
+            config = copy.deepcopy(base)
+            config.seed = seed
+            t0 = time.perf_counter()
+            result = run_config(config, run_dir)
+            log.info("%s seed %d: test auc %.4f (%.0f s)", stem, seed, result["test"]["auc"], time.perf_counter() - t0)
+            write_configs_doc(doc, out, configs, labels, seeds, command, note)
+    write_configs_doc(doc, out, configs, labels, seeds, command, note)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/ml100k_xdeepfm.yaml")
+    parser.add_argument("--configs", nargs="+", help="configs mode: one variant per config file (see above)")
+    parser.add_argument("--labels", nargs="+", help="configs mode: table labels (default: the config stems)")
+    parser.add_argument("--note", default="", help="configs mode: text put under the section heading "
+                        "(e.g. how the data and the semantics were made)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--splits", nargs="+", default=["random", "cold_item"], choices=["random", "cold_item"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -87,10 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", default="docs/results_ranking.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out, doc = Path(args.out), Path(args.doc)
+    command = "python -m xdeepfm.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.configs:
+        run_configs(args.configs, args.labels, args.seeds, out, doc, command, args.note)
+        print(doc.read_text())
+        return 0
     base = load_config(args.config)
     base.train.progress = False
-    out, doc = Path(args.out), Path(args.doc)
-    command = "python -m xdeepfm.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     for split in args.splits:
         for seed in args.seeds:
             for variant in args.variants:
