@@ -98,12 +98,19 @@ def results_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def slgm_table(runs: list[dict]) -> str:
-    lines = ["| modality | corr(generated label, hidden truth) | corr(multimodal label copied, hidden truth) |", "|---|---|---|"]
-    for task, name in (("T", "text"), ("A", "audio"), ("V", "vision")):
-        generated = _mean_std([r.get("slgm", {}).get(f"{task}/corr_generated") for r in runs])
-        copied = _mean_std([r.get("slgm", {}).get(f"{task}/corr_copied_M") for r in runs])
-        lines.append(f"| {name} | {generated} | {copied} |")
+def slgm_table(results: dict[str, list[dict]]) -> str:
+    """Per variant with SLGM: corr(generated label, hidden truth) per modality, and the baseline of
+    copying the multimodal label unchanged."""
+    modalities = (("T", "text"), ("A", "audio"), ("V", "vision"))
+    lines = ["| variant | " + " | ".join(f"{name}: generated" for _, name in modalities)
+             + " | " + " | ".join(f"{name}: M copied" for _, name in modalities) + " |",
+             "|---" * (1 + 2 * len(modalities)) + "|"]
+    for variant, runs in results.items():
+        if not any(r.get("slgm") for r in runs):
+            continue
+        generated = [_mean_std([r["slgm"].get(f"{t}/corr_generated") for r in runs]) for t, _ in modalities]
+        copied = [_mean_std([r["slgm"].get(f"{t}/corr_copied_M") for r in runs]) for t, _ in modalities]
+        lines.append(f"| {variant} | " + " | ".join(generated + copied) + " |")
     return "\n".join(lines)
 
 
@@ -131,12 +138,13 @@ Test-split metrics, mean ± std over seeds {seeds}; each run early-stops on the 
 
 {results_table(results)}
 
-## SLGM against the hidden unimodal truth (full model, train split, final labels)
+## SLGM against the hidden unimodal truth (train split, labels after the last epoch)
 
 SynthMOSI stores each clip's hidden unimodal sentiments as `regression_labels_T/A/V`; the model never
-sees them. The columns compare the labels SLGM generated with the multimodal label copied unchanged.
+sees them. Pearson correlation with that truth of the labels SLGM generated, and of the multimodal
+label copied unchanged (what a model without SLGM would use).
 
-{slgm_table(results.get("full", []))}
+{slgm_table(results)}
 
 {NOTES_MARKER}{notes}"""
     write_text(path, body)
