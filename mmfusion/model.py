@@ -80,9 +80,10 @@ class ModelConfig:
     fusion_rank: int = 4  # rank of the low-rank UFF
     use_slgm: bool = True  # False → only the M task (no T/A/V heads)
     # what the T/A/V heads and SLGM see: "lgt" = the modality's stream after the LGT and soft
-    # mapping (text-guided for audio and vision); "encoder" = each modality's own encoded sequence,
-    # pooled before the LGT (modality-pure, like Self-MM's unimodal subnets)
-    unimodal_features: Literal["lgt", "encoder"] = "lgt"
+    # mapping (text-guided for audio and vision); "lgt_pooled" = the LGT stream averaged over its
+    # positions, before soft mapping; "encoder" = each modality's own encoded sequence, pooled
+    # before the LGT (modality-pure, like Self-MM's unimodal subnets)
+    unimodal_features: Literal["lgt", "lgt_pooled", "encoder"] = "lgt"
     modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     head_hidden: int = 64
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -189,6 +190,8 @@ class MultimodalSentimentModel(nn.Module):
         if self.cfg.unimodal_features == "encoder":
             unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
         streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)
+        if self.cfg.unimodal_features == "lgt_pooled":
+            unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
         agg = self.aggregate(streams, masks)
         if self.cfg.unimodal_features == "lgt":
             unimodal = agg.pooled

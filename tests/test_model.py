@@ -451,7 +451,7 @@ def test_bert_finetune_top_rejects_too_many_layers(minilm_path):
         BertTextEncoder(minilm_path, 16, finetune="top", top_layers=7)
 
 
-@pytest.mark.parametrize("source, audio_sees_text", [("encoder", False), ("lgt", True)])
+@pytest.mark.parametrize("source, audio_sees_text", [("encoder", False), ("lgt", True), ("lgt_pooled", True)])
 def test_unimodal_features_source(source, audio_sees_text):
     """"encoder" unimodal features are modality-pure: changing the text leaves A and V untouched."""
     model = build_model(unimodal_features=source)
