@@ -19,7 +19,7 @@ import torch
 from mmfusion.checkpoint import load_checkpoint
 from mmfusion.files import write_json, write_text
 from mmfusion.config import build
-from mmfusion.data.mmsa import MMSASplit, NormStats, load_mmsa, make_loader
+from mmfusion.data.mmsa import MMSAData, MMSASplit, NormStats, load_mmsa, make_loader
 from mmfusion.metrics import format_metrics, mmsa_metrics
 from mmfusion.model import MultimodalSentimentModel
 
@@ -86,6 +86,20 @@ def load_model(checkpoint: str | Path) -> tuple[MultimodalSentimentModel, NormSt
     return model, norm, state
 
 
+def check_data_matches(data: MMSAData, state: dict, text_source: str, data_path: str | Path) -> None:
+    """The pickle's feature widths (and text features, when the model reads them) match the checkpoint."""
+    expected = state["data_dims"]
+    for name, value in (("audio_dim", data.audio_dim), ("vision_dim", data.vision_dim)):
+        if expected.get(name) != value:
+            raise ValueError(f"{data_path}: {name} is {value} but the checkpoint was trained with {expected.get(name)}")
+    if text_source == "features":
+        if data.text_dim is None:
+            raise ValueError(f"{data_path}: key 'text' is missing; the checkpoint's model reads precomputed text "
+                             "features (model.text.source: features)")
+        if expected.get("text_dim") is not None and expected["text_dim"] != data.text_dim:
+            raise ValueError(f"{data_path}: text_dim is {data.text_dim} but the checkpoint was trained with {expected['text_dim']}")
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data_path: str | Path,
@@ -98,10 +112,7 @@ def evaluate_checkpoint(
     data = load_mmsa(data_path)
     if split not in data.splits:
         raise KeyError(f"{data_path}: no split {split!r} (has {sorted(data.splits)})")
-    expected = state["data_dims"]
-    for name, value in (("audio_dim", data.audio_dim), ("vision_dim", data.vision_dim)):
-        if expected.get(name) != value:
-            raise ValueError(f"{data_path}: {name} is {value} but the checkpoint was trained with {expected.get(name)}")
+    check_data_matches(data, state, model.cfg.text.source, data_path)
     pred = predict(model, data.splits[split], norm, batch_size=batch_size)
     metrics = mmsa_metrics(pred.outputs["M"], pred.label)
     log.info("%s %s: %s", data_path, split, format_metrics(metrics))

@@ -37,25 +37,11 @@ import torch
 
 from mmfusion.files import atomic_write
 from mmfusion.data.mmsa import SPLITS, load_mmsa, make_loader
-from mmfusion.evaluate import load_model
+from mmfusion.evaluate import check_data_matches, load_model
 
 log = logging.getLogger(__name__)
 
 FORMATS = (".npz", ".csv", ".parquet")
-
-
-def _check_compatible(data, state: dict, text_source: str, data_path: Path) -> None:
-    """The pickle's feature widths (and text features, when needed) match the checkpoint."""
-    expected = state.get("data_dims", {})
-    for name, value in (("audio_dim", data.audio_dim), ("vision_dim", data.vision_dim)):
-        if expected.get(name) is not None and expected[name] != value:
-            raise ValueError(f"{data_path}: {name} is {value} but the checkpoint was trained with {expected[name]}")
-    if text_source == "features":
-        if data.text_dim is None:
-            raise ValueError(f"{data_path}: key 'text' is missing; the checkpoint's model reads precomputed text "
-                             "features (model.text.source: features)")
-        if expected.get("text_dim") is not None and expected["text_dim"] != data.text_dim:
-            raise ValueError(f"{data_path}: text_dim is {data.text_dim} but the checkpoint was trained with {expected['text_dim']}")
 
 
 def predict_semantics(
@@ -77,7 +63,7 @@ def predict_semantics(
     model, norm, state = load_model(checkpoint)
     data = load_mmsa(data_path)
     text_source = model.cfg.text.source
-    _check_compatible(data, state, text_source, data_path)
+    check_data_matches(data, state, text_source, data_path)
     tasks = list(model.tasks)
     ids, split_names, sentiment, embedding = [], [], [], []
     with torch.inference_mode():
