@@ -100,6 +100,10 @@ def test_click_rate_rises_with_true_sentiment_for_sensitive_users(medium):
     assert indifferent < sensitive / 2
 
 
+def frame_of(paths) -> pd.DataFrame:
+    return pd.read_csv(paths["impressions.csv"])
+
+
 def test_write_files_and_load_splits(tmp_path):
     catalogue = generate_catalogue(2, **SMALL)
     paths = write_catalogue(catalogue, tmp_path / "ec")
@@ -120,6 +124,13 @@ def test_write_files_and_load_splits(tmp_path):
     assert len(joined.drop_duplicates()) == 300
     assert (joined["label"] == joined["click"]).all() and joined["label"].dtype == np.float32
     assert joined["user_id"].str.startswith("user_").all()
+
+    cold = load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec"), split="cold_video", split_seed=0))
+    test_videos = set(cold["test"]["video_id"])
+    assert len(test_videos) == 4  # 10% of the 40 videos, with every impression of theirs
+    assert not test_videos & set(cold["train"]["video_id"]) and not test_videos & set(cold["valid"]["video_id"])
+    assert sum(len(f) for f in cold.values()) == 300
+    assert len(cold["test"]) == int(frame_of(paths)["video_id"].isin(test_videos).sum())
 
     with pytest.raises(FileNotFoundError, match=r"nowhere/impressions.csv: e-commerce impressions not found"):
         load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "nowhere")))

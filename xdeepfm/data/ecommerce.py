@@ -62,7 +62,10 @@ sentiment term spans about +-5 logits over the [-3, 3] range: video semantics ma
 - ``catalogue.json``: the generation arguments and click-model constants.
 
 ``load_splits(EcommerceConfig)`` reads ``impressions.csv`` (``label`` = ``click``) and splits the
-impressions 80/10/10 at random with ``split_seed`` (``movielens.split_frame``).
+impressions (``movielens.split_frame``, seeded by ``split_seed``): ``random`` 80/10/10, or
+``cold_video``: 10% of the videos and all their impressions are the test split (new videos, the
+case video semantics are for: an unseen ``video_id`` falls into the OOV bucket, so only the
+video's content features can tell a good video from a bad one).
 
 **The full experiment** (CPU; the catalogue must share the SynthMOSI world of the checkpoint:
 ``--world-seed`` = the SynthMOSI seed and ``--preset`` = its size; add ``--text-features`` only
@@ -169,7 +172,7 @@ class EcommerceConfig:
 
     kind: Literal["ecommerce"]  # required: tells this section apart from MovieLensConfig
     path: str = "datasets/ecommerce"  # the folder written by ``write_catalogue``
-    split: Literal["random"] = "random"
+    split: Literal["random", "cold_video"] = "random"  # cold_video: 10% of the videos only in test
     split_seed: int = 2024
     max_rows: int | None = None  # keep a seeded random subset of impressions (tests, quick runs)
 
@@ -358,7 +361,7 @@ def generate_catalogue(
     seed: int = 0,
     n_videos: int = 3000,
     n_users: int = 2000,
-    impressions_per_user: int = 40,
+    impressions_per_user: int = 150,
     *,
     world_seed: int = 0,
     preset: str = "mosi",
@@ -448,8 +451,10 @@ def load_impressions(config: EcommerceConfig) -> pd.DataFrame:
 
 
 def load_splits(config: EcommerceConfig) -> dict[str, pd.DataFrame]:
-    """The impressions split 80/10/10 at random with ``config.split_seed``."""
-    splits = split_frame(load_impressions(config), config.split, config.split_seed)
+    """The impressions split 80/10/10 at random, or ``cold_video``: 10% of the videos (seeded) and
+    all their impressions form the test split, so no test video is seen in training."""
+    kind = "cold_item" if config.split == "cold_video" else config.split
+    splits = split_frame(load_impressions(config), kind, config.split_seed, item_column="video_id")
     log.info("ecommerce %s split: %s", config.split, {k: len(v) for k, v in splits.items()})
     return splits
 
@@ -461,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-videos", type=int, default=3000)
     parser.add_argument("--n-users", type=int, default=2000)
-    parser.add_argument("--impressions-per-user", type=int, default=40)
+    parser.add_argument("--impressions-per-user", type=int, default=150)
     parser.add_argument("--world-seed", type=int, default=0, help="SynthMOSI seed whose world the clips share")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mosi", help="SynthMOSI size of that world")
     parser.add_argument("--text-features", action="store_true", help="write `text` (MiniLM states) into videos.pkl")

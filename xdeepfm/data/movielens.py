@@ -117,8 +117,9 @@ def load_movielens_100k(config: MovieLensConfig | None = None) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def split_frame(frame: pd.DataFrame, split: str, seed: int) -> dict[str, pd.DataFrame]:
-    """``{"train", "valid", "test"}`` frames for the ``random`` or ``cold_item`` split."""
+def split_frame(frame: pd.DataFrame, split: str, seed: int, item_column: str = "item_id") -> dict[str, pd.DataFrame]:
+    """``{"train", "valid", "test"}`` frames for the ``random`` or ``cold_item`` split
+    (``cold_item`` holds out 10% of the values of ``item_column`` with all their rows)."""
     rng = np.random.default_rng(seed)
     n = len(frame)
     if split == "random":
@@ -126,9 +127,11 @@ def split_frame(frame: pd.DataFrame, split: str, seed: int) -> dict[str, pd.Data
         a, b = int(round(0.8 * n)), int(round(0.9 * n))
         parts = {"train": order[:a], "valid": order[a:b], "test": order[b:]}
     elif split == "cold_item":
-        items = np.sort(frame["item_id"].unique())
+        if item_column not in frame.columns:
+            raise ValueError(f"cold_item split: no column {item_column!r} (columns: {list(frame.columns)})")
+        items = np.sort(frame[item_column].unique())
         cold = rng.choice(items, size=max(1, int(round(0.1 * len(items)))), replace=False)
-        is_cold = frame["item_id"].isin(cold).to_numpy()
+        is_cold = frame[item_column].isin(cold).to_numpy()
         warm = rng.permutation(np.flatnonzero(~is_cold))
         n_valid = int(round(len(warm) / 9))
         parts = {"train": np.sort(warm[n_valid:]), "valid": np.sort(warm[:n_valid]), "test": np.flatnonzero(is_cold)}
