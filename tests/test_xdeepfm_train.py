@@ -126,3 +126,34 @@ def test_train_and_evaluate_command_lines_dispatch_ranking(tmp_path):
                           "--log-level", "WARNING"]) == 0
     evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert evaluated["test"]["auc"] == pytest.approx(trained["test"]["auc"], abs=1e-6)
+
+
+def test_oov_dropout_replaces_only_the_named_field(tmp_path):
+    import torch
+
+    from xdeepfm.features import FeaturePipeline
+    from xdeepfm.model import XDeepFMRanker
+    from xdeepfm.train import SplitData, drop_to_oov
+
+    config = tiny_config(tmp_path, None)
+    frame = load_movielens_100k(config.data).iloc[:2000]
+    pipeline = FeaturePipeline(config.features).fit(frame, "train")
+    model = XDeepFMRanker([pipeline.fitted[f.name] for f in pipeline.spec.fields], config.model)
+    X = SplitData.build(frame, pipeline, model.columns, "train").X
+    assert (X[:, model.feature_index["item_id"][0]] > 0).all()  # every training value is in the vocabulary
+
+    dropped = drop_to_oov(model, X, {"item_id": 0.3}, torch.Generator().manual_seed(0))
+    col = model.feature_index["item_id"][0]
+    share = float((dropped[:, col] == 0).float().mean())
+    assert 0.25 < share < 0.35
+    others = [i for i in range(X.shape[1]) if i != col]
+    assert torch.equal(dropped[:, others], X[:, others]) and (X[:, col] > 0).all()  # the input is not modified
+    assert drop_to_oov(model, X, {}, torch.Generator()) is X
+
+    with pytest.raises(KeyError, match="train.oov_dropout: no field 'movie'"):
+        drop_to_oov(model, X, {"movie": 0.1}, torch.Generator())
+    with pytest.raises(ValueError, match="train.oov_dropout.genres: only single categorical fields"):
+        drop_to_oov(model, X, {"genres": 0.1}, torch.Generator())
+    with pytest.raises(ConfigError, match=r"oov_dropout.item_id=1.5: must be in \[0, 1\)"):
+        build(RankingConfig, {"features": {"fields": [{"name": "item_id", "kind": "categorical"}]},
+                              "train": {"oov_dropout": {"item_id": 1.5}}})

@@ -50,6 +50,15 @@ class TrainConfig:
     patience: int = 2
     device: str = "cpu"
     progress: bool = True  # tqdm bars
+    # cold-start training: per categorical field, the share of training rows whose value is
+    # replaced by the out-of-vocabulary bucket (0) in each batch, so the OOV embedding learns what
+    # an unseen item looks like and the model learns to lean on content (text, semantics) for it
+    oov_dropout: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, rate in self.oov_dropout.items():
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"train.oov_dropout.{name}={rate}: must be in [0, 1)")
 
 
 @dataclass
@@ -116,6 +125,22 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def drop_to_oov(model: XDeepFMRanker, X: torch.Tensor, rates: dict[str, float], generator: torch.Generator) -> torch.Tensor:
+    """``X`` with each named categorical column set to the OOV bucket (0) in a ``rate`` share of rows."""
+    if not rates:
+        return X
+    X = X.clone()
+    for name, rate in rates.items():
+        if name not in model.feature_index:
+            raise KeyError(f"train.oov_dropout: no field {name!r} (fields: {list(model.feature_index)})")
+        start, end = model.feature_index[name]
+        if end - start != 1 or name not in {c.name for c in model.sparse}:
+            raise ValueError(f"train.oov_dropout.{name}: only single categorical fields can be dropped to OOV")
+        hit = torch.rand(len(X), generator=generator) < rate
+        X[hit, start] = 0
+    return X
+
+
 def train_epoch(model: XDeepFMRanker, optimizer: torch.optim.Optimizer, data: SplitData, config: TrainConfig,
                 generator: torch.Generator, desc: str = "train") -> float:
     """One pass over shuffled mini-batches; returns the mean BCE (without the L2 term)."""
@@ -127,7 +152,7 @@ def train_epoch(model: XDeepFMRanker, optimizer: torch.optim.Optimizer, data: Sp
     batches = range(0, len(order), config.batch_size)
     for start in tqdm(batches, desc=desc, leave=False, disable=not config.progress):
         idx = order[start : start + config.batch_size]
-        logits = model(data.X[idx])
+        logits = model(drop_to_oov(model, data.X[idx], config.oov_dropout, generator))
         bce = nn.functional.binary_cross_entropy_with_logits(logits, data.y[idx])
         loss = bce + model.regularization_loss()
         optimizer.zero_grad(set_to_none=True)
