@@ -75,9 +75,11 @@ def test_configs_mode_end_to_end(tmp_path):
     mtime = (out / "none" / "seed0" / "metrics.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "none" / "seed0" / "metrics.json").stat().st_mtime_ns == mtime
+    doc.write_text(doc.read_text() + "\n## Reading the tables\n\nhand-written text\n")
     write_doc(doc, tmp_path / "no_runs", ["random"], [0], "movielens command")
     assert doc.read_text().count("<!-- ecommerce:start -->") == 1
     assert section.rstrip() in doc.read_text()
+    assert doc.read_text().rstrip().endswith("## Reading the tables\n\nhand-written text")  # kept too
 
 
 def test_configs_mode_bad_labels(tmp_path):

@@ -78,9 +78,9 @@ def write_doc(doc: Path, out: Path, splits: list[str], seeds: list[int], command
         for variant in VARIANTS:
             lines.append(_row(LABELS[variant], _results(out / split / variant, seeds)))
         lines.append("")
-    section = _marked_section(doc.read_text()) if doc.is_file() else None
-    if section is not None:
-        lines += [section, ""]
+    text = doc.read_text() if doc.is_file() else ""
+    if text.find(SECTION_START) >= 0:  # the e-commerce section and whatever follows it are kept
+        lines += [text[text.find(SECTION_START):].rstrip(), ""]
     write_text(doc, "\n".join(lines))
 
 
