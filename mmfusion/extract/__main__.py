@@ -1,0 +1,77 @@
+"""``python -m mmfusion.extract``: a folder of videos + meta.csv -> an MMSA pickle (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mmfusion.extract.audio import AudioConfig
+from mmfusion.extract.pipeline import ExtractConfig, MetaError, default_workers, extract, format_report, write_pickle
+from mmfusion.extract.visual import BACKBONES, VisualConfig, resolve
+
+log = logging.getLogger("mmfusion.extract")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mmfusion.extract",
+                                description="Turn a folder of videos into an MMSA pickle (text_bert, audio, vision).")
+    p.add_argument("--videos", required=True, type=Path, help="folder of video files")
+    p.add_argument("--meta", required=True, type=Path,
+                   help="CSV with columns video (file name in --videos), id, text; optional transcript, label, split")
+    p.add_argument("--out", required=True, type=Path, help="output pickle, e.g. feats.pkl")
+    p.add_argument("--labels", action="store_true", help="read the 'label' column (in [-3, 3]) as regression_labels")
+    p.add_argument("--split", default="test", help="split of clips whose meta row has no split (default: test)")
+    p.add_argument("--fps", type=float, default=5.0, help="video frames sampled per second (default 5)")
+    p.add_argument("--audio-preset", choices=("covarep74", "mfcc", "fbank"), default="covarep74")
+    p.add_argument("--audio-dim", type=int, default=74, help="audio width for the mfcc / fbank presets")
+    p.add_argument("--visual", choices=("auto", "stats", *BACKBONES), default="auto",
+                   help="visual features (auto: resnet18 when its weights are in the torchvision cache, else stats)")
+    p.add_argument("--vision-weights", default="cache",
+                   help="backbone weights: a state-dict file, 'cache' (torchvision cache) or 'random' (cost only)")
+    p.add_argument("--max-audio-len", type=int, default=500, help="audio rows kept (longer: average-pooled)")
+    p.add_argument("--max-vision-len", type=int, default=375, help="vision rows kept (longer: average-pooled)")
+    p.add_argument("--text-model", type=Path, help="BERT-family tokenizer/model directory (default: bundled MiniLM)")
+    p.add_argument("--text-len", type=int, default=50, help="tokens per clip (default 50, as MMSA)")
+    p.add_argument("--text-features", action="store_true",
+                   help="also write 'text' (encoder hidden states) for models with model.text.source: features")
+    p.add_argument("--workers", type=int, default=default_workers(), help="decoding processes (default: cores, max 4)")
+    p.add_argument("--cache-dir", type=Path, help="per-file feature cache (default: <out>.cache)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the per-file cache")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mmfusion.cli import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        visual = resolve(VisualConfig(backbone=args.visual, weights=args.vision_weights))
+        cfg = ExtractConfig(fps=args.fps, audio=AudioConfig(preset=args.audio_preset, dim=args.audio_dim),
+                            visual=visual, max_audio_len=args.max_audio_len, max_vision_len=args.max_vision_len)
+        log.info("visual features: %s (%d columns%s); audio: %s (%d columns)", visual.backbone, visual.dim,
+                 "" if visual.backbone == "stats" else f", weights {visual.weights}", cfg.audio.preset, cfg.audio.out_dim)
+        cache = None if args.no_cache else (args.cache_dir or args.out.with_name(args.out.name + ".cache"))
+        result = extract(args.videos, args.meta, cfg, labels=args.labels, default_split=args.split,
+                         workers=args.workers, cache_dir=cache, text_model=args.text_model,
+                         text_len=args.text_len, text_features=args.text_features)
+    except (MetaError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(format_report(result.reports))
+    n = sum(len(result.data[s]["id"]) for s in ("train", "valid", "test"))
+    if n == 0:
+        print(f"no clip could be extracted: {args.out} not written", file=sys.stderr)
+        return 2
+    write_pickle(result.data, args.out)
+    sizes = ", ".join(f"{s} {len(result.data[s]['id'])}" for s in ("train", "valid", "test"))
+    print(f"wrote {args.out}: {n} clips ({sizes}); audio {cfg.audio.out_dim}-d {cfg.audio.preset}, "
+          f"vision {visual.dim}-d {visual.backbone}")
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Acoustic features of 16 kHz mono audio, one row per 25 ms frame every 10 ms (100 rows/s).
+
+All features come from one framing of the signal (``frame_ms`` windows every ``hop_ms``, DC
+removed): a Hann-windowed 512-point power spectrum, torchaudio's mel filterbank
+(``melscale_fbanks``, 20 Hz - 8 kHz) and DCT (``create_dct``, orthonormal) for log-mel and MFCC,
+and torchaudio's ``compute_deltas`` (5-frame regression) for deltas. Pitch is a normalised
+autocorrelation (NCCF) over a 40 ms window centred on each frame, 60-500 Hz: the smallest-lag
+local peak within 10% of the best one, refined by a parabola; a frame is voiced when that peak is
+at least 0.45 and the frame's energy is within 50 dB of the clip's loudest frame. F0 is 0 Hz on
+unvoiced frames, as in COVAREP. (torchaudio 2.11 has no Kaldi pitch any more, and its
+``detect_pitch_frequency`` makes no voicing decision and uses a framing of its own.)
+
+Presets (``AudioConfig.preset``), feature names per column from ``feature_names``:
+
+* ``covarep74`` (74 columns, the width of CMU-MOSEI's COVAREP audio and in COVAREP's order of
+  kinds: F0 and voicing, 9 voice-quality-like scalars, 25 + 25 + 13 cepstral columns), so a model
+  built for MOSEI-format audio can be fed. The values are *not* COVAREP's (no glottal-source
+  measures): 0 ``f0_hz``, 1 ``voiced``, 2 ``nccf_peak``, 3 ``log_energy``, 4 ``d_log_energy``,
+  5 ``zcr``, 6 ``spectral_centroid_khz``, 7 ``spectral_spread_khz``, 8 ``spectral_rolloff85_khz``,
+  9 ``spectral_flatness``, 10 ``spectral_tilt`` (log energy below 1 kHz minus above),
+  11-35 ``mfcc_0..24`` (40 mel bands), 36-60 ``d_mfcc_0..24``, 61-73 ``dd_mfcc_0..12``.
+* ``mfcc`` / ``fbank`` with ``dim`` D columns: ``f0_hz, voiced, log_energy``, then k cepstral
+  coefficients ``mfcc_i`` (from 40 mel bands, or from k when k > 40) or k log-mel bands
+  ``logmel_i``, then the deltas ``d_f0_hz, d_log_energy, d_mfcc_i`` / ``d_logmel_i``, with
+  ``k = max(1, ceil((D - 5) / 2))``; the first D of these columns are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from mmfusion.extract.decode import SAMPLE_RATE
+
+N_FFT = 512
+PITCH_WINDOW_MS = 40.0
+F0_RANGE = (60.0, 500.0)
+VOICING_THRESHOLD = 0.45
+SILENCE_DB = 50.0
+EPS = 1e-10
+
+COVAREP74_SCALARS = (
+    "f0_hz", "voiced", "nccf_peak", "log_energy", "d_log_energy", "zcr",
+    "spectral_centroid_khz", "spectral_spread_khz", "spectral_rolloff85_khz", "spectral_flatness", "spectral_tilt",
+)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Which acoustic features: a preset and, for ``mfcc`` / ``fbank``, the output width."""
+
+    preset: Literal["covarep74", "mfcc", "fbank"] = "covarep74"
+    dim: int = 74  # ignored by covarep74 (always 74)
+    frame_ms: float = 25.0
+    hop_ms: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("covarep74", "mfcc", "fbank"):
+            raise ValueError(f"audio preset {self.preset!r}: expected covarep74, mfcc or fbank")
+        if self.dim < 1:
+            raise ValueError(f"audio dim must be at least 1, got {self.dim}")
+
+    @property
+    def out_dim(self) -> int:
+        return 74 if self.preset == "covarep74" else self.dim
+
+    @property
+    def n_coefficients(self) -> int:
+        return 25 if self.preset == "covarep74" else max(1, math.ceil((self.dim - 5) / 2))
+
+
+def feature_names(cfg: AudioConfig) -> list[str]:
+    """The name of every output column, in order."""
+    if cfg.preset == "covarep74":
+        return [*COVAREP74_SCALARS, *(f"mfcc_{i}" for i in range(25)), *(f"d_mfcc_{i}" for i in range(25)),
+                *(f"dd_mfcc_{i}" for i in range(13))]
+    kind = "mfcc" if cfg.preset == "mfcc" else "logmel"
+    k = cfg.n_coefficients
+    names = ["f0_hz", "voiced", "log_energy", *(f"{kind}_{i}" for i in range(k)),
+             "d_f0_hz", "d_log_energy", *(f"d_{kind}_{i}" for i in range(k))]
+    return names[: cfg.dim]
+
+
+def _frames(wave: torch.Tensor, window: int, hop: int, n_frames: int, offset: int = 0) -> torch.Tensor:
+    """(n_frames, window) frames starting at ``offset + i * hop`` (zero-padded at both ends)."""
+    left = max(0, -offset)
+    need = offset + left + (n_frames - 1) * hop + window
+    padded = torch.nn.functional.pad(wave, (left, max(0, need - wave.numel() - left)))
+    start = offset + left
+    return padded[start : start + (n_frames - 1) * hop + window].unfold(0, window, hop)
+
+
+def pitch(wave: torch.Tensor, n_frames: int, frame: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame: F0 in Hz (before the voicing decision) and the NCCF peak value in [0, 1]."""
+    window = int(SAMPLE_RATE * PITCH_WINDOW_MS / 1000)
+    x = _frames(wave, window, hop, n_frames, offset=frame // 2 - window // 2)
+    x = x - x.mean(dim=1, keepdim=True)
+    spectrum = torch.fft.rfft(x, n=2 * window)
+    acf = torch.fft.irfft(spectrum.abs() ** 2, n=2 * window)[:, :window]
+    acf = acf / (window - torch.arange(window, dtype=acf.dtype))  # unbiased: no taper towards long lags
+    nccf = acf / acf[:, :1].clamp_min(EPS)
+    low, high = int(SAMPLE_RATE / F0_RANGE[1]), int(SAMPLE_RATE / F0_RANGE[0])
+    r = nccf[:, low - 1 : high + 2]  # one extra lag each side for the local-peak test
+    inner = r[:, 1:-1]
+    peaks = (inner >= r[:, :-2]) & (inner >= r[:, 2:])
+    best = torch.where(peaks, inner, torch.full_like(inner, -1.0)).amax(dim=1, keepdim=True)
+    good = peaks & (inner >= 0.9 * best) & (best > 0)
+    idx = torch.where(good.any(dim=1), good.float().argmax(dim=1), torch.zeros(len(r), dtype=torch.long))
+    rows = torch.arange(len(r))
+    y0, y1, y2 = r[rows, idx], r[rows, idx + 1], r[rows, idx + 2]
+    denom = y0 - 2 * y1 + y2
+    shift = torch.where(denom.abs() > EPS, 0.5 * (y0 - y2) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+    lag = (low + idx).to(x.dtype) + shift
+    return SAMPLE_RATE / lag, y1.clamp(0.0, 1.0) * good.any(dim=1)
+
+
+def _deltas(x: torch.Tensor) -> torch.Tensor:
+    """(T, D) -> (T, D) regression deltas over 5 frames (torchaudio ``compute_deltas``)."""
+    return AF.compute_deltas(x.T.contiguous(), win_length=5).T
+
+
+def audio_features(audio: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """(S,) float32 16 kHz mono -> (T, cfg.out_dim) float32, T = 1 + (S - frame) // hop (at least 1)."""
+    frame = int(SAMPLE_RATE * cfg.frame_ms / 1000)
+    hop = int(SAMPLE_RATE * cfg.hop_ms / 1000)
+    wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).double()
+    n_frames = 1 + max(0, wave.numel() - frame) // hop
+    x = _frames(wave, frame, hop, n_frames)
+    x = x - x.mean(dim=1, keepdim=True)
+    log_energy = torch.log((x**2).sum(dim=1) + EPS)
+    power = torch.fft.rfft(x * torch.hann_window(frame, periodic=False, dtype=x.dtype), n=N_FFT).abs() ** 2
+    freqs = torch.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE, dtype=x.dtype)
+
+    f0, nccf_peak = pitch(wave, n_frames, frame, hop)
+    loud = log_energy > log_energy.max() - SILENCE_DB * math.log(10) / 10
+    voiced = ((nccf_peak >= VOICING_THRESHOLD) & loud).to(x.dtype)
+    f0 = f0 * voiced
+
+    k = cfg.n_coefficients
+    n_mels = k if cfg.preset == "fbank" else max(40, k)
+    mel = AF.melscale_fbanks(N_FFT // 2 + 1, 20.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE).to(x.dtype)
+    log_mel = torch.log(power @ mel + EPS)
+    coeffs = log_mel if cfg.preset == "fbank" else log_mel @ AF.create_dct(k, n_mels, norm="ortho").to(x.dtype)
+
+    if cfg.preset == "covarep74":
+        total = power.sum(dim=1) + EPS
+        centroid = (power * freqs).sum(dim=1) / total
+        spread = ((power * (freqs - centroid[:, None]) ** 2).sum(dim=1) / total).sqrt()
+        rolloff = freqs[(power.cumsum(dim=1) < 0.85 * total[:, None]).sum(dim=1).clamp(max=len(freqs) - 1)]
+        flatness = torch.exp(torch.log(power + EPS).mean(dim=1)) / (power.mean(dim=1) + EPS)
+        low_band = freqs < 1000
+        tilt = torch.log(power[:, low_band].sum(dim=1) + EPS) - torch.log(power[:, ~low_band].sum(dim=1) + EPS)
+        zcr = (torch.sign(x[:, 1:]) != torch.sign(x[:, :-1])).to(x.dtype).mean(dim=1)
+        scalars = torch.stack([f0, voiced, nccf_peak, log_energy, _deltas(log_energy[:, None])[:, 0], zcr,
+                               centroid / 1000, spread / 1000, rolloff / 1000, flatness, tilt], dim=1)
+        d_coeffs = _deltas(coeffs)
+        out = torch.cat([scalars, coeffs, d_coeffs, _deltas(d_coeffs)[:, :13]], dim=1)
+    else:
+        statics = torch.cat([f0[:, None], voiced[:, None], log_energy[:, None], coeffs], dim=1)
+        dynamics = _deltas(torch.cat([f0[:, None], log_energy[:, None], coeffs], dim=1))
+        out = torch.cat([statics, dynamics], dim=1)[:, : cfg.dim]
+    return out.float().numpy()

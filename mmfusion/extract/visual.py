@@ -1,0 +1,217 @@
+"""Visual features per sampled frame: a torchvision backbone, or cheap frame statistics offline.
+
+``VisualConfig.backbone``:
+
+* a torchvision classifier without its last layer -- ``resnet18`` (512 columns), ``resnet34``
+  (512), ``resnet50`` (2048), ``mobilenet_v2`` (1280), ``mobilenet_v3_small`` (576),
+  ``mobilenet_v3_large`` (960): globally pooled features of the centre 224 x 224 crop of each
+  frame (short side scaled to 224), ImageNet normalisation. Weights come from ``weights``: a local
+  state-dict file (``torch.load(weights_only=True)``), ``"cache"`` for torchvision's own file in
+  the torch hub cache (``~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth``, ...), or
+  ``"random"`` (seeded; the compute cost of the backbone only, the features carry no meaning);
+* ``stats``: 34 frame statistics on frames scaled to a 64-pixel short side, needing no weights
+  (``STATS_NAMES``, in order): 8 hue-histogram bins weighted by saturation ``hue_hist_0..7``,
+  4 saturation and 4 value (HSV) histogram bins ``sat_hist_0..3``, ``val_hist_0..3`` (fractions
+  of pixels), ``mean_r/g/b``, ``std_r/g/b`` (RGB in [0, 1]), ``brightness`` and ``contrast``
+  (mean and std of luma), ``saturation`` (mean), ``colourfulness`` (Hasler and Suesstrunk),
+  ``sharpness`` (mean absolute luma gradient), ``motion_energy`` (mean absolute luma change from
+  the previous sampled frame), ``hist_change`` (total-variation distance between the 8-bin R, G and B
+  histograms, linearly interpolated between bins, of this and the previous sampled frame, averaged
+  over the three channels), ``shot_change`` (1 when ``hist_change``
+  exceeds 0.5), and the mean luma of the four quadrants ``luma_tl, luma_tr, luma_bl, luma_br``.
+  The first frame has motion and change 0;
+* ``auto``: ``resnet18`` when its torchvision weights are in the cache, else ``stats``.
+
+``resolve`` turns ``auto`` / ``cache`` into the concrete choice once, in the main process; the
+choice and its width go into the output pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BACKBONES = {
+    "resnet18": 512, "resnet34": 512, "resnet50": 2048,
+    "mobilenet_v2": 1280, "mobilenet_v3_small": 576, "mobilenet_v3_large": 960,
+}
+STATS_NAMES = (
+    *(f"hue_hist_{i}" for i in range(8)), *(f"sat_hist_{i}" for i in range(4)), *(f"val_hist_{i}" for i in range(4)),
+    "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness", "contrast", "saturation",
+    "colourfulness", "sharpness", "motion_energy", "hist_change", "shot_change",
+    "luma_tl", "luma_tr", "luma_bl", "luma_br",
+)
+STATS_FRAME_SIZE = 64
+BACKBONE_FRAME_SIZE = 224
+SHOT_CHANGE_THRESHOLD = 0.5
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class VisualConfig:
+    """``backbone``: stats | auto | a key of BACKBONES; ``weights``: a file, "cache" or "random"."""
+
+    backbone: str = "auto"
+    weights: str = "cache"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("auto", "stats", *BACKBONES):
+            raise ValueError(f"visual backbone {self.backbone!r}: expected auto, stats or one of {sorted(BACKBONES)}")
+
+    @property
+    def frame_size(self) -> int:
+        return STATS_FRAME_SIZE if self.backbone == "stats" else BACKBONE_FRAME_SIZE
+
+    @property
+    def dim(self) -> int:
+        return len(STATS_NAMES) if self.backbone == "stats" else BACKBONES[self.backbone]
+
+
+def cached_weights(backbone: str) -> Path:
+    """Where torchvision keeps the default ImageNet weights of ``backbone`` (may not exist)."""
+    import torchvision
+
+    url = torchvision.models.get_model_weights(backbone).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def resolve(cfg: VisualConfig) -> VisualConfig:
+    """The concrete choice: ``auto`` becomes resnet18 or stats, ``cache`` becomes a file path."""
+    if cfg.backbone == "auto":
+        found = cached_weights("resnet18").is_file()
+        cfg = dataclasses.replace(cfg, backbone="resnet18" if found else "stats", weights="cache")
+    if cfg.backbone == "stats" or cfg.weights == "random":
+        return cfg
+    path = cached_weights(cfg.backbone) if cfg.weights == "cache" else Path(cfg.weights)
+    if not path.is_file():
+        where = "not in the torchvision cache" if cfg.weights == "cache" else "not found"
+        raise FileNotFoundError(f"{cfg.backbone} weights {path}: {where}; pass a state-dict file, "
+                                "'random' (compute cost only) or use the 'stats' features")
+    return dataclasses.replace(cfg, weights=str(path))
+
+
+def feature_names(cfg: VisualConfig) -> list[str]:
+    return list(STATS_NAMES) if cfg.backbone == "stats" else [f"{cfg.backbone}_{i}" for i in range(cfg.dim)]
+
+
+# --------------------------------------------------------------------------------------------
+# Frame statistics
+# --------------------------------------------------------------------------------------------
+
+
+def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue in [0, 1), saturation and value in [0, 1] of (..., 3) RGB in [0, 1]."""
+    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    chroma = high - low
+    safe = np.where(chroma > 0, chroma, 1.0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    hue = np.where(high == r, ((g - b) / safe) % 6, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    hue = np.where(chroma > 0, hue, 0.0)
+    saturation = np.where(high > 0, chroma / np.where(high > 0, high, 1.0), 0.0)
+    return hue, saturation, high
+
+
+def _hist(values: np.ndarray, bins: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """(T, P) values in [0, 1] -> (T, bins) fractions of the P pixels (weighted when given)."""
+    index = np.minimum((values * bins).astype(np.int64), bins - 1)
+    w = np.ones_like(values) if weights is None else weights
+    out = np.zeros((values.shape[0], bins))
+    np.add.at(out, (np.repeat(np.arange(values.shape[0]), values.shape[1]), index.ravel()), w.ravel())
+    return out / values.shape[1]
+
+
+def _soft_hist(values: np.ndarray, bins: int) -> np.ndarray:
+    """(T, P) values in [0, 1] -> (T, bins) histogram with linear interpolation between bin centres,
+    so that a gradual drift of colour moves mass gradually instead of jumping across a bin edge."""
+    pos = values * (bins - 1)
+    low = np.minimum(pos.astype(np.int64), bins - 2)
+    frac = pos - low
+    out = np.zeros((values.shape[0], bins))
+    rows = np.repeat(np.arange(values.shape[0]), values.shape[1])
+    np.add.at(out, (rows, low.ravel()), (1 - frac).ravel())
+    np.add.at(out, (rows, low.ravel() + 1), frac.ravel())
+    return out / values.shape[1]
+
+
+def frame_statistics(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, 34) float32 in the order of ``STATS_NAMES``."""
+    t, h, w, _ = frames.shape
+    rgb = frames.astype(np.float64) / 255.0
+    flat = rgb.reshape(t, -1, 3)
+    hue, sat, val = _hsv(flat)
+    luma = flat @ np.array([0.299, 0.587, 0.114])
+    rg = flat[..., 0] - flat[..., 1]
+    yb = 0.5 * (flat[..., 0] + flat[..., 1]) - flat[..., 2]
+    colourfulness = np.hypot(rg.std(axis=1), yb.std(axis=1)) + 0.3 * np.hypot(rg.mean(axis=1), yb.mean(axis=1))
+    image = luma.reshape(t, h, w)
+    sharpness = 0.5 * (np.abs(np.diff(image, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(image, axis=2)).mean(axis=(1, 2)))
+    motion = np.concatenate([[0.0], np.abs(np.diff(image, axis=0)).mean(axis=(1, 2))])
+    colour = np.concatenate([_soft_hist(flat[..., c], 8) for c in range(3)], axis=1)  # (T, 24): R, G, B
+    change = np.concatenate([[0.0], np.abs(np.diff(colour, axis=0)).sum(axis=1) / 6])  # mean TV distance
+    quadrants = [image[:, rows, cols].mean(axis=(1, 2))
+                 for rows in (slice(0, h // 2), slice(h // 2, h)) for cols in (slice(0, w // 2), slice(w // 2, w))]
+    columns = [
+        _hist(hue, 8, sat), _hist(sat, 4), _hist(val, 4), flat.mean(axis=1), flat.std(axis=1),
+        np.stack([luma.mean(axis=1), luma.std(axis=1), sat.mean(axis=1), colourfulness, sharpness, motion,
+                  change, (change > SHOT_CHANGE_THRESHOLD).astype(np.float64), *quadrants], axis=1),
+    ]
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Backbones
+# --------------------------------------------------------------------------------------------
+
+_MODELS: dict[tuple[str, str], torch.nn.Module] = {}  # one per worker process and (backbone, weights)
+
+
+def load_backbone(backbone: str, weights: str) -> torch.nn.Module:
+    """The torchvision model with its classifier replaced by the identity, in eval mode."""
+    key = (backbone, weights)
+    if key not in _MODELS:
+        import torchvision
+
+        torch.manual_seed(0)  # "random" weights are the same in every worker and every run
+        model = torchvision.models.get_model(backbone, weights=None)
+        if weights != "random":
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(f"{weights}: not a state dict of torchvision {backbone} ({str(exc)[:200]})") from None
+        if backbone.startswith("resnet"):
+            model.fc = torch.nn.Identity()
+        else:
+            model.classifier = torch.nn.Identity()
+        _MODELS[key] = model.eval()
+    return _MODELS[key]
+
+
+def backbone_features(frames: np.ndarray, cfg: VisualConfig) -> np.ndarray:
+    """(T, H, W, 3) uint8 with short side 224 -> (T, dim) float32 pooled backbone features."""
+    model = load_backbone(cfg.backbone, cfg.weights)
+    t, h, w, _ = frames.shape
+    size = BACKBONE_FRAME_SIZE
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, t, cfg.batch_size):
+            crop = torch.from_numpy(frames[start : start + cfg.batch_size, top : top + size, left : left + size])
+            x = (crop.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            out.append(model(x).flatten(1))
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def visual_features(frames: np.ndarray, cfg: VisualConfig) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames -> (T, cfg.dim) float32 with the (resolved) ``cfg``."""
+    if cfg.backbone == "stats":
+        return frame_statistics(frames)
+    return backbone_features(frames, cfg)
