@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mmfusion.extract.audio import AudioConfig
 from mmfusion.extract.pipeline import ExtractConfig, MetaError, default_workers, extract, format_report, write_pickle
-from mmfusion.extract.visual import BACKBONES, VisualConfig, resolve
+from mmfusion.extract.visual import BACKBONES, VisualConfig, load_backbone, resolve
 
 log = logging.getLogger("mmfusion.extract")
 
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         visual = resolve(VisualConfig(backbone=args.visual, weights=args.vision_weights))
+        if visual.backbone != "stats":
+            load_backbone(visual.backbone, visual.weights)  # a bad weights file fails here, once, not per clip
         cfg = ExtractConfig(fps=args.fps, audio=AudioConfig(preset=args.audio_preset, dim=args.audio_dim),
                             visual=visual, max_audio_len=args.max_audio_len, max_vision_len=args.max_vision_len)
         log.info("visual features: %s (%d columns%s); audio: %s (%d columns)", visual.backbone, visual.dim,

@@ -41,23 +41,26 @@ def write_clip(
     tone_hz: float = 220.0,
     speech: np.ndarray | None = None,
     audio: bool = True,
+    video: bool = True,
     hue: float = 0.0,
     cut_at: float | None = None,
 ) -> Path:
-    """Write an mp4 of ``seconds`` at ``fps`` and ``size`` = (width, height), both even."""
+    """Write an mp4 of ``seconds`` at ``fps`` and ``size`` = (width, height), both even
+    (``video=False``: an audio-only mp4, ``audio=False``: no soundtrack)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size
     with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"preset": "veryfast"}
+        picture = out.add_stream("libx264", rate=fps) if video else None
         sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if audio else None
-        for i in range(int(round(seconds * fps))):
-            scene = int(cut_at is not None and i / fps >= cut_at)
-            frame = av.VideoFrame.from_ndarray(_frame(i, fps, width, height, hue, scene), format="rgb24")
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
+        if picture is not None:
+            picture.width, picture.height, picture.pix_fmt = width, height, "yuv420p"
+            picture.options = {"preset": "veryfast"}
+            for i in range(int(round(seconds * fps))):
+                scene = int(cut_at is not None and i / fps >= cut_at)
+                frame = av.VideoFrame.from_ndarray(_frame(i, fps, width, height, hue, scene), format="rgb24")
+                out.mux(picture.encode(frame))
+            out.mux(picture.encode())
         if sound is not None:
             if speech is None:
                 t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
