@@ -1,7 +1,8 @@
 """Video semantics from a trained checkpoint: per-clip sentiment outputs and the fused embedding.
 
 For every clip of the chosen splits of an MMSA pickle, ``predict_semantics`` runs the model of a
-checkpoint (rebuilt with ``mmfusion.evaluate.load_model``, the training normalisation applied)
+checkpoint (rebuilt with ``mmfusion.evaluate.load_model``, the training normalisation applied) or
+of an exported artifact directory (``mmfusion.export``: safetensors weights, no pickle)
 in eval mode under ``torch.inference_mode`` and keeps
 
 - ``sentiment`` (N, n_tasks): the head outputs, columns in ``tasks`` order -- ``M`` (the
@@ -60,7 +61,12 @@ def predict_semantics(
     bad = [s for s in splits if s not in SPLITS]
     if not splits or bad:
         raise ValueError(f"splits {splits}: expected a non-empty subset of {list(SPLITS)}")
-    model, norm, state = load_model(checkpoint)
+    if Path(checkpoint).is_dir():  # an exported artifact (mmfusion.export): no pickle, checksums verified
+        from mmfusion.export import load_model_artifact
+
+        model, norm, state = load_model_artifact(checkpoint)
+    else:
+        model, norm, state = load_model(checkpoint)
     data = load_mmsa(data_path)
     text_source = model.cfg.text.source
     check_data_matches(data, state, text_source, data_path)
@@ -121,7 +127,8 @@ def write_semantics(semantics: dict[str, np.ndarray], path: str | Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmfusion.predict",
                                      description="Write per-clip video semantics (M/T/A/V outputs, fused embedding).")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="RUN/model.pt")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="RUN/model.pt, or an artifact directory from python -m mmfusion.export")
     parser.add_argument("--data", required=True, type=Path, help="MMSA pickle of the clips")
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: all three)")
     parser.add_argument("--out", required=True, type=Path, help="semantics.npz | .csv | .parquet")

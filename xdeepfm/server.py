@@ -1,0 +1,182 @@
+"""Run the ranking service, and drive it from Python as a separate process.
+
+``serve(artifact, host, port, ...)`` loads the artifact and runs the FastAPI app (``xdeepfm.app``)
+under uvicorn, one process, loopback by default (what ``xdeepfm serve`` calls).
+
+``RankingServer`` starts ``python -m xdeepfm serve`` as a subprocess on a free loopback port,
+waits until ``GET /healthz`` answers, talks to it over HTTP and stops it::
+
+    with RankingServer("artifacts/ranker") as server:
+        top = server.rank({"user_id": "7", "age": 31}, candidates, top_k=10)["items"]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_candidates: int = 1000,
+          max_body_bytes: int = 2_000_000, text_cache_dir: str | Path | None = None, threads: int | None = None,
+          log_level: str = "info") -> None:
+    """Load ``artifact`` and serve it until interrupted (SIGINT/SIGTERM end it cleanly)."""
+    import torch
+    import uvicorn
+
+    from xdeepfm.app import Limits, create_app
+    from xdeepfm.serving import ScoringEngine
+
+    if threads:
+        torch.set_num_threads(threads)
+    if host not in LOOPBACK:
+        log.warning("binding %s: the service has no authentication; keep it behind a trusted network", host)
+    started = time.perf_counter()
+    engine = ScoringEngine.load(artifact, text_cache_dir)
+    log.info("loaded %s in %.2f s (%d inputs, torch threads %d)", artifact, time.perf_counter() - started,
+             len(engine.fields), torch.get_num_threads())
+    app = create_app(engine, Limits(max_candidates=max_candidates, max_body_bytes=max_body_bytes))
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, log_config=None,
+                timeout_graceful_shutdown=5)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it; another process may take it before us)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    """The service process did not come up (the message holds the end of its log)."""
+
+
+class RankingServer:
+    """``python -m xdeepfm serve`` as a child process, with a small HTTP client.
+
+    ``log_path`` receives the server's stdout and stderr (the access log included); by default
+    they go to a temp file that ``stop`` removes. ``args`` adds serve options (e.g.
+    ``["--max-candidates", "100"]``).
+    """
+
+    def __init__(self, artifact: str | Path, host: str = "127.0.0.1", port: int | None = None,
+                 args: Sequence[str] = (), log_path: str | Path | None = None, startup_timeout: float = 120.0,
+                 request_timeout: float = 60.0) -> None:
+        self.artifact, self.host, self.port = Path(artifact), host, port
+        self.args, self.startup_timeout, self.request_timeout = list(args), startup_timeout, request_timeout
+        self.log_path = Path(log_path) if log_path else None
+        self._own_log = log_path is None
+        self.process: subprocess.Popen | None = None
+        self._session = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> "RankingServer":
+        """Start the process and wait for /healthz; retries once on another port if the port was taken."""
+        import tempfile
+
+        import requests
+
+        if self._own_log:
+            fd, name = tempfile.mkstemp(prefix="xdeepfm_serve_", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self._session = requests.Session()
+        fixed = self.port is not None
+        for _ in range(3):
+            port = self.port if fixed else free_port(self.host)
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                   "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+            command = [sys.executable, "-m", "xdeepfm", "serve", "--artifact", str(self.artifact), "--host", self.host,
+                       "--port", str(port), *self.args]
+            with open(self.log_path, "ab") as out:
+                self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.port = port
+            if self._wait_healthy():
+                log.info("ranking service up at %s (pid %d)", self.url, self.process.pid)
+                return self
+            self._terminate()
+            if fixed or "address already in use" not in self.log_tail().lower():
+                break  # else the free port was taken in between: pick another
+        tail = self.log_tail()
+        self.stop()
+        raise ServerError(f"the ranking service did not become healthy within {self.startup_timeout:.0f} s; "
+                          f"its log ends with:\n{tail}")
+
+    def _wait_healthy(self) -> bool:
+        import requests
+
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if self._session.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return True
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        return False
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path and self.log_path.is_file() else ""
+
+    def _terminate(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def stop(self) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL after 10 s) and remove the temp log."""
+        self._terminate()
+        if self._session is not None:
+            self._session.close()
+        if self._own_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RankingServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- client ------------------------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any):
+        """The raw ``requests.Response`` (no status check)."""
+        return self._session.request(method, f"{self.url}{path}", timeout=self.request_timeout, **kwargs)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict:
+        response = self.request(method, path, **kwargs)
+        if response.status_code != 200:
+            raise ServerError(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def rank(self, user: dict, candidates: list[dict], top_k: int | None = None, unknown: str = "oov") -> dict:
+        return self._json("POST", "/v1/rank", json={"user": user, "candidates": candidates, "top_k": top_k,
+                                                    "unknown": unknown})
+
+    def score(self, rows: list[dict], unknown: str = "oov") -> dict:
+        return self._json("POST", "/v1/score", json={"rows": rows, "unknown": unknown})
+
+    def model(self) -> dict:
+        return self._json("GET", "/v1/model")
+
+    def health(self) -> dict:
+        return self._json("GET", "/healthz")
