@@ -107,23 +107,26 @@ def feature_names(cfg: VisualConfig) -> list[str]:
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue in [0, 1), saturation and value in [0, 1] of (..., 3) RGB in [0, 1]."""
-    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high, low = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     chroma = high - low
     safe = np.where(chroma > 0, chroma, 1.0)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     hue = np.where(high == r, ((g - b) / safe) % 6, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
     hue = np.where(chroma > 0, hue, 0.0)
     saturation = np.where(high > 0, chroma / np.where(high > 0, high, 1.0), 0.0)
     return hue, saturation, high
 
 
+def _binned(index: np.ndarray, weights: np.ndarray, bins: int) -> np.ndarray:
+    """(T, P) bin indices and weights -> (T, bins) sums per frame (one ``bincount``)."""
+    offset = index + bins * np.arange(index.shape[0])[:, None]
+    return np.bincount(offset.ravel(), weights.ravel(), minlength=index.shape[0] * bins).reshape(-1, bins)
+
+
 def _hist(values: np.ndarray, bins: int, weights: np.ndarray | None = None) -> np.ndarray:
     """(T, P) values in [0, 1] -> (T, bins) fractions of the P pixels (weighted when given)."""
     index = np.minimum((values * bins).astype(np.int64), bins - 1)
-    w = np.ones_like(values) if weights is None else weights
-    out = np.zeros((values.shape[0], bins))
-    np.add.at(out, (np.repeat(np.arange(values.shape[0]), values.shape[1]), index.ravel()), w.ravel())
-    return out / values.shape[1]
+    return _binned(index, np.ones_like(values) if weights is None else weights, bins) / values.shape[1]
 
 
 def _soft_hist(values: np.ndarray, bins: int) -> np.ndarray:
@@ -132,20 +135,16 @@ def _soft_hist(values: np.ndarray, bins: int) -> np.ndarray:
     pos = values * (bins - 1)
     low = np.minimum(pos.astype(np.int64), bins - 2)
     frac = pos - low
-    out = np.zeros((values.shape[0], bins))
-    rows = np.repeat(np.arange(values.shape[0]), values.shape[1])
-    np.add.at(out, (rows, low.ravel()), (1 - frac).ravel())
-    np.add.at(out, (rows, low.ravel() + 1), frac.ravel())
-    return out / values.shape[1]
+    return (_binned(low, 1 - frac, bins) + _binned(low + 1, frac, bins)) / values.shape[1]
 
 
 def frame_statistics(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB -> (T, 34) float32 in the order of ``STATS_NAMES``."""
     t, h, w, _ = frames.shape
-    rgb = frames.astype(np.float64) / 255.0
+    rgb = frames.astype(np.float32) / np.float32(255.0)
     flat = rgb.reshape(t, -1, 3)
     hue, sat, val = _hsv(flat)
-    luma = flat @ np.array([0.299, 0.587, 0.114])
+    luma = flat @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     rg = flat[..., 0] - flat[..., 1]
     yb = 0.5 * (flat[..., 0] + flat[..., 1]) - flat[..., 2]
     colourfulness = np.hypot(rg.std(axis=1), yb.std(axis=1)) + 0.3 * np.hypot(rg.mean(axis=1), yb.mean(axis=1))
