@@ -98,6 +98,7 @@ def tiny_ranking() -> Tiny:
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as JSON-like dicts (numpy scalars -> Python), the input columns only."""
+    """Rows as JSON-like dicts (numpy scalars -> Python, missing -> None), the input columns only."""
     columns = USER_COLUMNS + ITEM_COLUMNS
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in frame[columns].to_dict("records")]
+    frame = frame[columns].astype(object).where(frame[columns].notna(), None)
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in frame.to_dict("records")]
