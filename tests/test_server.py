@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -155,11 +156,16 @@ def test_streamed_body_over_the_limit_is_refused(server):
     assert response.status_code == 413 and "over 20000 bytes" in response.json()["error"]["message"]
 
 
+def _access_entries(server) -> list[dict]:
+    return [json.loads(line.split("xdeepfm.access: ", 1)[1]) for line in server.log_path.read_text().splitlines()
+            if "xdeepfm.access: " in line]
+
+
 def test_access_log_is_structured_with_latency(server, tiny):
-    server.score(records(tiny.frame.head(4)))
-    lines = [line.split("xdeepfm.access: ", 1)[1] for line in server.log_path.read_text().splitlines()
-             if "xdeepfm.access: " in line]
-    entries = [json.loads(line) for line in lines]
-    last = [e for e in entries if e["path"] == "/v1/score" and e["status"] == 200][-1]
-    assert last["method"] == "POST" and last["rows"] == 4 and last["ms"] > 0 and last["request_bytes"] > 0
-    assert last["client"] == "127.0.0.1"
+    server.score(records(tiny.frame.head(7)))
+    deadline = time.monotonic() + 10  # the line is written right after the response is sent
+    while not [e for e in _access_entries(server) if e["rows"] == 7] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    entry = [e for e in _access_entries(server) if e["rows"] == 7][-1]
+    assert entry["method"] == "POST" and entry["path"] == "/v1/score" and entry["status"] == 200
+    assert entry["ms"] > 0 and entry["request_bytes"] > 0 and entry["client"] == "127.0.0.1"
