@@ -184,6 +184,14 @@ def test_unusable_meta_exits_2(case, caplog):
     assert code == 2 and "column(s) ['label'] missing" in caplog.text
 
 
+def test_missing_videos_folder_exits_2(tmp_path, caplog):
+    (tmp_path / "meta.csv").write_text("video,id,text\na.mp4,a,x\n")
+    code = extract_main(["--videos", str(tmp_path / "nowhere"), "--meta", str(tmp_path / "meta.csv"),
+                         "--out", str(tmp_path / "f.pkl"), "--visual", "stats", "--log-level", "WARNING"])
+    assert code == 2 and "nowhere: videos folder not found" in caplog.text
+    assert not (tmp_path / "f.pkl").exists()
+
+
 def test_nothing_extracted_exits_2(case, capsys):
     videos, run = case
     code, out = run([], rows_override=[{"video": "gone.mp4", "id": "gone", "text": "x"}])

@@ -261,7 +261,10 @@ def _features_for(rows: list[MetaRow], videos: Path, cfg: ExtractConfig, cache_d
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(1,)) as pool:
             futures = {pool.submit(process_file, path, cfg, cache): row for row, path in jobs.items()}
             for future in as_completed(futures):
-                results[futures[future]] = future.result()
+                try:
+                    results[futures[future]] = future.result()
+                except Exception as exc:  # noqa: BLE001 -- a worker that died (crash, out of memory)
+                    results[futures[future]] = (None, f"worker process failed ({type(exc).__name__}: {exc})", False)
                 bar.update()
     bar.close()
     return results
@@ -288,12 +291,13 @@ def extract(
     if cfg.visual.backbone == "auto" or (cfg.visual.backbone != "stats" and cfg.visual.weights == "cache"):
         raise ValueError("extract: resolve the visual config first (mmfusion.extract.visual.resolve)")
     videos = Path(videos)
+    if not videos.is_dir():
+        raise FileNotFoundError(f"{videos}: videos folder not found")
     rows, reports = read_meta(meta, labels, default_split)
     listed = {r.video for r in rows} | {r.video for r in reports}
-    if videos.is_dir():
-        for extra in sorted(p.name for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
-            if extra not in listed:
-                reports.append(FileReport(-1, "", extra, "skipped", "not listed in meta.csv"))
+    for extra in sorted(p.name for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
+        if extra not in listed:
+            reports.append(FileReport(-1, "", extra, "skipped", "not listed in meta.csv"))
     results = _features_for(rows, videos, cfg, Path(cache_dir) if cache_dir else None, workers)
 
     done: list[tuple[MetaRow, ClipFeatures]] = []
