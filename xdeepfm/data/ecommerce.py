@@ -68,19 +68,19 @@ case video semantics are for: an unseen ``video_id`` falls into the OOV bucket, 
 video's content features can tell a good video from a bad one).
 
 **The full experiment** (CPU; the catalogue must share the SynthMOSI world of the checkpoint:
-``--world-seed`` = the SynthMOSI seed and ``--preset`` = its size; add ``--text-features`` only
-for a checkpoint trained with ``model.text.source: features`` -- the default config fine-tunes
-MiniLM on ``text_bert``, which every catalogue has)::
+``--world-seed`` = the SynthMOSI seed and ``--preset`` = its size; ``--text-features`` writes the
+MiniLM states that a checkpoint trained with ``model.text.source: features``, as
+``configs/synthmosi_default.yaml`` is, reads; ``configs/synthmosi_finetune.yaml`` reads ``text_bert``,
+which every catalogue has)::
 
     python train.py --config configs/synthmosi_default.yaml --out runs/synthmosi_default   # generates SynthMOSI mosi, seed 0
-    python -m xdeepfm.data.ecommerce --out datasets/ecommerce --seed 0 --world-seed 0 --preset mosi
+    python -m xdeepfm.data.ecommerce --out datasets/ecommerce --seed 0 --world-seed 0 --preset mosi --text-features
     python -m mmfusion.predict --checkpoint runs/synthmosi_default/model.pt --data datasets/ecommerce/videos.pkl \\
         --out datasets/ecommerce/semantics.npz
-    python train.py --config configs/ecommerce_xdeepfm.yaml --out runs/ecommerce/semantics
-    python train.py --config configs/ecommerce_xdeepfm_nosemantics.yaml --out runs/ecommerce/nosemantics
-    python train.py --config configs/ecommerce_xdeepfm_oracle.yaml --out runs/ecommerce/oracle
+    python -m xdeepfm.compare --configs configs/ecommerce_xdeepfm_nosemantics.yaml configs/ecommerce_xdeepfm.yaml \\
+        configs/ecommerce_xdeepfm_oracle.yaml --seeds 0 1 2 --out runs/ecommerce --doc docs/results_ranking.md
 
-and compare the three ``metrics.json`` (test AUC / GAUC / NDCG@10).
+(or ``python train.py --config <one of them> --out RUN`` for a single run).
 """
 
 from __future__ import annotations
