@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmfusion.data.mmsa import load_mmsa
+from mmfusion.data.mmsa import describe, load_mmsa
 from mmfusion.extract.__main__ import main as extract_main
 from mmfusion.extract.pipeline import ExtractConfig, extract
 from mmfusion.extract.synthclip import write_clip
@@ -212,9 +212,6 @@ def test_rows_without_split_go_to_the_default_split(good_clips, tmp_path):
     assert [len(data[s]["id"]) for s in ("train", "valid", "test")] == [0, 0, 2]  # --split default: test
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="load_mmsa fails on a split with N=0: mmfusion/data/mmsa.py _SplitReader.text_bert "
-                          "reshapes to (0, -1); `.any(axis=(1, 2))` instead of the reshape fixes it")
 def test_default_split_pickle_loads(good_clips, tmp_path):
     (tmp_path / "meta.csv").write_text("video,id,text\ng_test.mp4,c,unlabelled product video\n")
     out = tmp_path / "feats.pkl"
@@ -222,3 +219,4 @@ def test_default_split_pickle_loads(good_clips, tmp_path):
                          "--visual", "stats", "--workers", "1", "--no-cache", "--log-level", "WARNING"]) == 0
     data = load_mmsa(out)  # train and valid are empty: every clip is in --split (test)
     assert [len(data.splits[s]) for s in ("train", "valid", "test")] == [0, 0, 1]
+    assert "train       0  (empty)" in describe(data)

@@ -175,7 +175,7 @@ class _SplitReader:
         bad = ~np.isfinite(arr)
         if not bad.any():
             return arr
-        per_sample = bad.reshape(arr.shape[0], -1).any(axis=1)
+        per_sample = bad.any(axis=tuple(range(1, arr.ndim)))
         first = int(np.argmax(per_sample))
         count = int(bad.sum())
         if self.nonfinite == "zero" and allow_zero_fill:
@@ -242,7 +242,7 @@ class _SplitReader:
         if arr.ndim != 3 or arr.shape[1] != 3:
             raise self.fail(key, f"expected shape (N, 3, L) (ids, attention mask, segment ids), got {arr.shape}")
         arr = self.finite(key, arr, allow_zero_fill=False)
-        not_int = (arr != np.round(arr)).reshape(arr.shape[0], -1).any(axis=1)
+        not_int = (arr != np.round(arr)).any(axis=(1, 2))
         if not_int.any():
             raise self.fail(key, "expected integer token ids / mask / segment ids", int(np.argmax(not_int)))
         arr = arr.astype(np.int64)
@@ -688,6 +688,9 @@ def describe(data: MMSAData) -> str:
     for name, s in data.splits.items():
         y = s.labels
         n = max(len(y), 1)
+        if len(y) == 0:
+            lines.append(f"  {name:<6} {0:>6}  (empty)")
+            continue
         lines.append(
             f"  {name:<6} {len(s):>6}  {_stats(s.text_lengths):>11} {_stats(s.audio_lengths):>11} "
             f"{_stats(s.vision_lengths):>11}  {y.mean() + 0.0:>10.3f} {y.std():>6.3f}  "
