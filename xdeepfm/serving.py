@@ -18,10 +18,11 @@ Unknown categorical values, tokens and vector keys are reported per field in the
 (``unknown``), or refused with ``on_unknown="error"``. Every bad record raises ``RecordError``
 naming the JSON path of the value (``candidates[3].age``) and what was expected.
 
-The work is column-wise: Python reads each value once out of the parsed JSON; vocabulary lookups
-(``pandas.Index.get_indexer``), normalisation and stacking run on whole columns in numpy, and the
-model runs on the stacked float matrix in batches under ``torch.inference_mode`` -- no
-``DataLoader`` and no per-row Python in the model path. Results equal ``FeaturePipeline.transform``
+The work is column-wise: Python touches each value once, to read it out of the parsed JSON and
+look it up in a prebuilt dict (value -> code); types are checked per column, multi-valued strings
+and texts are encoded once per distinct value, normalisation and stacking run on whole columns in
+numpy, and the model runs on the stacked float matrix in batches under ``torch.inference_mode``
+-- no ``DataLoader``, no ``DataFrame`` and no per-row Python in the model path. Results equal ``FeaturePipeline.transform``
 followed by the model's forward pass (tested).
 """
 
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from xdeepfm.export import RankingArtifact, load_artifact
@@ -91,10 +91,35 @@ class _Column:
         return RecordError(path, message)
 
 
+class _Memo:
+    """Encoded rows of distinct string values (texts, multi-valued strings): value -> row of ``table``.
+
+    Grows on misses; emptied when it would pass ``capacity`` rows. Guarded by the engine's lock.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.row = capacity, {}
+        self.table: np.ndarray | None = None
+
+    def rows(self, keys: list[str], encode) -> tuple[np.ndarray, np.ndarray]:
+        """(row per key, table); ``encode(list of distinct missing keys)`` -> their rows as an array."""
+        todo = list(dict.fromkeys(k for k in keys if k not in self.row))
+        if todo:
+            if len(self.row) + len(todo) > self.capacity:
+                self.row, self.table = {}, None
+                todo = list(dict.fromkeys(keys))
+            new = encode(todo)
+            start = 0 if self.table is None else len(self.table)
+            self.table = new if self.table is None else np.concatenate([self.table, new])
+            self.row.update(zip(todo, range(start, start + len(todo))))
+        get = self.row.__getitem__
+        return np.fromiter(map(get, keys), np.int64, len(keys)), self.table
+
+
 class ScoringEngine:
     """Scores raw records with an exported ranking model (see the module docstring)."""
 
-    def __init__(self, artifact: RankingArtifact, batch_size: int = 8192, text_memo: int = 200_000) -> None:
+    def __init__(self, artifact: RankingArtifact, batch_size: int = 8192, memo: int = 200_000) -> None:
         self.artifact = artifact
         self.model = artifact.model
         self.batch_size = batch_size
@@ -105,17 +130,16 @@ class ScoringEngine:
         self.item_field: str | None = artifact.info.get("item_field")
         self.width = max(end for _, end in self.model.feature_index.values())
         # lookup structures built once
-        self._index = {spec.name: pd.Index(fit.vocabulary, dtype=object) for spec, fit in self.fields
-                       if spec.kind in ("categorical", "multi_valued")}
-        self._token_code = {spec.name: {t: i + 1 for i, t in enumerate(fit.vocabulary)} for spec, fit in self.fields
-                            if spec.kind == "multi_valued"}
+        # value -> code (1..n; 0 = OOV) per categorical / multi-valued field, key -> row per vector table
+        self._code = {spec.name: {v: i + 1 for i, v in enumerate(fit.vocabulary)} for spec, fit in self.fields
+                      if spec.kind in ("categorical", "multi_valued")}
         self._vector = {}
         for name, (ids, vectors) in artifact.pipeline.vector_tables.items():
-            padded = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)])  # row -1: unknown key
-            self._vector[name] = (pd.Index(ids, dtype=object), padded)
-        self._text_memo: dict[str, dict[str, np.ndarray]] = {spec.name: {} for spec, _ in self.fields if spec.kind == "text"}
-        self._text_memo_size = text_memo
-        self._text_lock = threading.Lock()
+            padded = np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors])  # row 0: unknown key
+            self._vector[name] = ({key: i + 1 for i, key in enumerate(ids.tolist())}, padded)
+        # encoded texts and multi-valued strings, kept across requests (``memo`` distinct values per field)
+        self._memo = {spec.name: _Memo(memo) for spec, _ in self.fields if spec.kind in ("text", "multi_valued")}
+        self._lock = threading.Lock()  # request threads share the memos, the text encoder and its disk cache
 
     @classmethod
     def load(cls, directory: str | Path, text_cache_dir: str | Path | None = None, **options: Any) -> "ScoringEngine":
@@ -205,25 +229,34 @@ class ScoringEngine:
     def _unknown_values(self, spec: FieldSpec, column: _Column, missing: np.ndarray) -> list[str]:
         values = [column.values[i] for i in np.flatnonzero(missing)[: 10 * MAX_REPORTED]]
         if spec.kind == "multi_valued":
-            known = self._token_code[spec.name]
+            known = self._code[spec.name]
             values = [t for v in values for t in self._tokens(spec, v) if t not in known]
         return list(dict.fromkeys(str(v) for v in values if v is not None))[:MAX_REPORTED]
 
-    def _keys(self, column: _Column) -> np.ndarray:
-        """Scalar values as vocabulary keys (``str(value)``, None stays None) in an object array."""
+    @staticmethod
+    def _keys(column: _Column) -> list[Any]:
+        """Scalar values as vocabulary keys: ``str(value)``, None stays None."""
         values = column.values
         types = set(map(type, values))
         if types <= {str}:
-            return np.array(values, dtype=object)
+            return values
         if not types <= {str, int, float, bool, type(None)}:
             i = _first(values, lambda v: v is not None and not isinstance(v, SCALARS))
             raise column.error(i, f"expected a string or number, got {_type_name(values[i])}")
-        return np.array([v if v is None or type(v) is str else str(v) for v in values], dtype=object)
+        return [v if v is None or type(v) is str else str(v) for v in values]
+
+    @staticmethod
+    def _lookup(keys: list[Any], code_of: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, unknown mask): 0 and True for a key outside the mapping (None: 0, not unknown)."""
+        get = code_of.get
+        codes = np.fromiter((get(k, 0) for k in keys), np.int64, len(keys))
+        unknown = codes == 0
+        if unknown.any():
+            unknown &= np.fromiter((k is not None for k in keys), bool, len(keys))
+        return codes, unknown
 
     def _encode_categorical(self, spec, fit, column):
-        keys = self._keys(column)
-        codes = self._index[spec.name].get_indexer(keys).astype(np.int64) + 1
-        return codes, (codes == 0) & (keys != None)  # noqa: E711 - elementwise on an object array
+        return self._lookup(self._keys(column), self._code[spec.name])
 
     def _tokens(self, spec: FieldSpec, value: Any) -> list[str]:
         text = value if isinstance(value, str) else ("" if value is None else spec.sep.join(map(str, value)))
@@ -237,17 +270,21 @@ class ScoringEngine:
             raise column.error(bad, f"expected a {spec.sep!r}-separated string or a list of strings, got {_type_name(values[bad])}")
         keys = [v if isinstance(v, str) else ("" if v is None else
                                               spec.sep.join(map(str, v)) if isinstance(v, list) else str(v)) for v in values]
-        unique, inverse = np.unique(np.array(keys, dtype=str), return_inverse=True)
-        code_of = self._token_code[spec.name]
-        table = np.zeros((len(unique), spec.max_len), np.int64)
-        has_unknown = np.zeros(len(unique), bool)
-        for row, text in enumerate(unique.tolist()):
-            codes = [code_of.get(t, 0) for t in self._tokens(spec, text)]
-            has_unknown[row] = 0 in codes
-            codes = codes[: spec.max_len]
-            table[row, : len(codes)] = codes
-        inverse = inverse.reshape(-1)
-        return table[inverse], has_unknown[inverse]
+        code_of = self._code[spec.name]
+
+        def encode(distinct: list[str]) -> np.ndarray:  # codes (max_len) + 1 if any token is unknown
+            table = np.zeros((len(distinct), spec.max_len + 1), np.int64)
+            for row, text in enumerate(distinct):
+                codes = [code_of.get(t, 0) for t in self._tokens(spec, text)]
+                table[row, -1] = 0 in codes
+                codes = codes[: spec.max_len]
+                table[row, : len(codes)] = codes
+            return table
+
+        with self._lock:
+            rows, table = self._memo[spec.name].rows(keys, encode)
+        encoded = table[rows]
+        return encoded[:, :-1], encoded[:, -1].astype(bool)
 
     def _encode_numeric(self, spec, fit, column):
         values = column.values
@@ -267,23 +304,11 @@ class ScoringEngine:
             i = _first(values, lambda v: v is not None and not isinstance(v, str))
             raise column.error(i, f"expected a string, got {_type_name(values[i])}")
         texts = [v or "" for v in values]
-        unique = list(dict.fromkeys(texts))
-        memo = self._text_memo[spec.name]
-        with self._text_lock:  # the encoder, its disk cache and the memo are shared by request threads
-            todo = [t for t in unique if t not in memo]
-            if todo:
-                if len(memo) + len(todo) > self._text_memo_size:
-                    memo.clear()
-                    todo = unique
-                memo.update(zip(todo, self.artifact.pipeline.text_encoder(spec).encode(todo)))
-            table = np.stack([memo[t] for t in unique])
-        if len(unique) == len(texts):
-            return table, None
-        row = {t: i for i, t in enumerate(unique)}
-        return table[np.fromiter((row[t] for t in texts), np.int64, len(texts))], None
+        with self._lock:
+            rows, table = self._memo[spec.name].rows(texts, self.artifact.pipeline.text_encoder(spec).encode)
+        return table[rows], None
 
     def _encode_vector(self, spec, fit, column):
-        keys = self._keys(column)
-        ids, table = self._vector[spec.name]
-        row = ids.get_indexer(keys)
-        return table[row], (row < 0) & (keys != None)  # noqa: E711 - row -1 is the zero row
+        row_of, table = self._vector[spec.name]
+        rows, unknown = self._lookup(self._keys(column), row_of)
+        return table[rows], unknown
