@@ -282,8 +282,8 @@ def render(r: dict) -> str:
         lines.append(f"| {label} | {cell['engine']} | {cell['deepctr']} | **{med[name]['engine'] / med[name]['deepctr']:.1f}x** |")
     lines += [
         "",
-        "- *engine*: `ScoringEngine.rank`: JSON-like records read column by column, vocabularies looked up with a "
-        "prebuilt `pandas.Index`, user fields encoded once and broadcast, title vectors from the in-memory text cache, "
+        "- *engine*: `ScoringEngine.rank`: JSON-like records read column by column, each value looked up in a prebuilt "
+        "dict, user fields encoded once and broadcast, titles and genre strings from in-memory memos, "
         "one forward pass under `torch.inference_mode`. *deepctr path*: the same records through `pandas.DataFrame`, "
         "`FeaturePipeline.transform` (which reads the on-disk text-vector cache per call) and deepctr-torch's "
         "`BaseModel.predict` (`TensorDataset` + `DataLoader`, `torch.no_grad`) on the same `XDeepFMRanker` weights.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,18 @@ def test_access_log_is_structured_with_latency(server, tiny):
     entry = [e for e in _access_entries(server) if e["rows"] == 7][-1]
     assert entry["method"] == "POST" and entry["path"] == "/v1/score" and entry["status"] == 200
     assert entry["ms"] > 0 and entry["request_bytes"] > 0 and entry["client"] == "127.0.0.1"
+
+
+def test_serve_refuses_a_tampered_artifact_naming_the_file(tiny, tmp_path):
+    import shutil
+
+    from xdeepfm.server import ServerError
+
+    artifact = Path(shutil.copytree(tiny.artifact, tmp_path / "artifact"))
+    data = bytearray((artifact / "weights.safetensors").read_bytes())
+    data[-5] ^= 0x01
+    (artifact / "weights.safetensors").write_bytes(bytes(data))
+    server = RankingServer(artifact, args=["--text-cache", str(tiny.text_cache)], startup_timeout=60)
+    with pytest.raises(ServerError, match=r"weights\.safetensors: sha256 .* does not match manifest\.json"):
+        server.start()
+    assert server.process.returncode == 2
