@@ -233,17 +233,21 @@ def load_model_artifact(directory: str | Path):
     config = read_json(directory, CONFIG)
     try:
         cfg = build(ModelConfig, config["model"], where=f"{directory / CONFIG}:model")
-        norm_dict = read_json(directory, NORM)
-        norm = NormStats.from_dict(norm_dict) if norm_dict else None
+        dims = config["data_dims"]
     except (ConfigError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{directory / CONFIG}: {exc}") from None
+    norm_dict = read_json(directory, NORM)
+    try:
+        norm = NormStats.from_dict(norm_dict) if norm_dict else None
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"{directory / NORM}: {exc}") from None
     model = MultimodalSentimentModel(cfg)
     try:
         model.load_state_dict(read_weights(directory))
     except RuntimeError as exc:
         raise ArtifactError(f"{directory / WEIGHTS}: does not fit the model of {CONFIG} ({exc})") from None
     model.eval()
-    return model, norm, {"config": config.get("training_config"), "data_dims": config["data_dims"], "norm": norm_dict}
+    return model, norm, {"config": config.get("training_config"), "data_dims": dims, "norm": norm_dict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,9 +125,12 @@ def load_artifact(directory: str | Path, text_cache_dir: str | Path | None = Non
         raise ArtifactError(f"{directory / FEATURES_ARRAYS}: not a readable safetensors file ({exc})") from None
     try:
         pipeline = FeaturePipeline.from_payload(read_json(directory, FEATURES_JSON), arrays, str(features_path))
-        config = build(ModelConfig, info["model"], f"{directory / MODEL_JSON}:model")
     except (ConfigError, FeatureError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{features_path if not isinstance(exc, ConfigError) else directory / MODEL_JSON}: {exc}") from None
+        raise ArtifactError(f"{features_path}: not a fitted feature pipeline ({exc})") from None
+    try:
+        config = build(ModelConfig, info["model"], f"{directory / MODEL_JSON}:model")
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{directory / MODEL_JSON}: no valid model config ({exc})") from None
     if not pipeline.is_fitted:
         raise ArtifactError(f"{features_path}: the pipeline is not fitted for every field of its spec")
     if text_cache_dir is not None:

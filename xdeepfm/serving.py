@@ -129,7 +129,6 @@ class ScoringEngine:
         self.columns = {spec.column for spec, _ in self.fields}
         self.item_field: str | None = artifact.info.get("item_field")
         self.width = max(end for _, end in self.model.feature_index.values())
-        # lookup structures built once
         # value -> code (1..n; 0 = OOV) per categorical / multi-valued field, key -> row per vector table
         self._code = {spec.name: {v: i + 1 for i, v in enumerate(fit.vocabulary)} for spec, fit in self.fields
                       if spec.kind in ("categorical", "multi_valued")}
