@@ -1,50 +1,209 @@
-"""The main job on bundled data: SynthMOSI -> data summary -> train -> test metrics -> TensorBoard.
+"""The main job: the whole product on bundled data, from clips to a ranked list served over HTTP.
 
-    .venv/bin/mmfusion-demo [--config configs/synthmosi_default.yaml] [--out runs/demo]
+    .venv/bin/mmfusion-demo [--out runs/demo] [--users 3] [--top-k 5]
 
-Everything is local: SynthMOSI is generated from a seed, the text encoder is the bundled MiniLM.
+1. **Sentiment model.** SynthMOSI (MOSI size, seed 0) is generated into ``datasets/`` when
+   missing; the model of ``configs/synthmosi_default.yaml`` is trained and evaluated on test.
+2. **Video semantics.** The synthetic e-commerce catalogue (3,000 product videos that are clips of
+   the same SynthMOSI world, 2,000 users, their impressions and clicks) is generated into
+   ``datasets/ecommerce`` when missing; the trained model writes every video's semantics
+   (M/T/A/V sentiment and the fused embedding).
+3. **Ranking model.** xDeepFM with the semantics and MiniLM title vectors
+   (``configs/ecommerce_xdeepfm.yaml``; split ``cold_video``: the test videos are new) is trained
+   and evaluated on test.
+4. **Serving.** Both models are exported as artifacts; the ranking service starts on a free
+   loopback port; a few users' candidate lists of new videos are ranked through ``POST /v1/rank``
+   and printed; the service is stopped.
+
+Everything is local: the data is generated from seeds, the text encoder is the bundled MiniLM.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from mmfusion.cli import setup_logging
 from mmfusion.config import build, load_yaml
-from mmfusion.data.mmsa import describe
-from mmfusion.evaluate import evaluate_checkpoint
 from mmfusion.metrics import format_metrics
 
 log = logging.getLogger("mmfusion.demo")
 
+USER_COLUMNS = ("user_id", "user_segment", "user_fav_category", "user_age")
+ITEM_COLUMNS = ("video_id", "category", "product", "brand", "price_band", "price", "title")
 
-def main(argv: list[str] | None = None) -> int:
+
+class Stages:
+    """Prints a numbered heading per stage and keeps its wall time."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.times: list[tuple[str, float]] = []
+        self._name, self._t0 = "", 0.0
+
+    def begin(self, name: str) -> None:
+        self._close()
+        self._name, self._t0 = name, time.perf_counter()
+        print(f"\n== [{len(self.times) + 1}] {name}", flush=True)
+
+    def _close(self) -> None:
+        if self._name:
+            self.times.append((self._name, time.perf_counter() - self._t0))
+            self._name = ""
+
+    def summary(self) -> str:
+        self._close()
+        total = (time.perf_counter() - self.started) / 60
+        return "   " + ", ".join(f"{name.split(':')[0]} {secs / 60:.1f} min" for name, secs in self.times) + \
+            f"; total {total:.1f} min"
+
+
+def train_sentiment(config_path: Path, run_dir: Path) -> tuple[object, dict]:
+    """Stage 1: SynthMOSI (generated if missing) -> trained checkpoint -> test metrics."""
+    from mmfusion.data.mmsa import describe
+    from mmfusion.evaluate import evaluate_checkpoint
     from mmfusion.trainer import SentimentConfig, prepare_data, train
 
-    parser = argparse.ArgumentParser(prog="mmfusion-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/synthmosi_default.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    args = parser.parse_args(argv)
-    setup_logging()
-    started = time.perf_counter()
-
-    cfg = build(SentimentConfig, load_yaml(args.config), where=str(args.config))
+    cfg = build(SentimentConfig, load_yaml(config_path), where=str(config_path))
     data = prepare_data(cfg.data)
-    print(f"\n== data: {cfg.data.path}\n{describe(data)}\n", flush=True)
-
-    run_dir = args.out / "sentiment"
+    print(describe(data), flush=True)
     train(cfg, run_dir)
     metrics = evaluate_checkpoint(run_dir / "model.pt", cfg.data.path, "test", run_dir)
+    print(f"test metrics ({cfg.data.path}, best checkpoint {run_dir / 'model.pt'}):\n{format_metrics(metrics)}")
+    return cfg, metrics
 
-    minutes = (time.perf_counter() - started) / 60
-    print(f"\n== test metrics ({cfg.data.path}, best checkpoint {run_dir / 'model.pt'}):\n{format_metrics(metrics)}")
-    print(f"   per-clip predictions: {run_dir / 'predictions_test.csv'}")
-    print(f"   TensorBoard logs:     {run_dir / 'tensorboard'}   (.venv/bin/tensorboard --logdir {args.out})")
-    print(f"   finished in {minutes:.1f} min")
+
+def make_catalogue(folder: Path, world_seed: int, preset: str, sizes: dict[str, int]) -> None:
+    """Stage 2a: the e-commerce catalogue in the SynthMOSI world of the sentiment data (reused if there)."""
+    from xdeepfm.data.ecommerce import generate_catalogue, write_catalogue
+
+    meta_path = folder / "catalogue.json"
+    if meta_path.is_file() and (folder / "videos.pkl").is_file() and (folder / "impressions.csv").is_file():
+        meta = json.loads(meta_path.read_text())
+        args = meta.get("args", meta)
+        same = all(args.get(k) == v for k, v in sizes.items())
+        if same and args.get("world_seed") == world_seed and args.get("preset") == preset and args.get("text_features"):
+            print(f"reusing the catalogue in {folder}")
+            return
+    catalogue = generate_catalogue(0, **sizes, world_seed=world_seed, preset=preset, text_features=True)
+    write_catalogue(catalogue, folder)
+    print(f"wrote {folder}: {len(catalogue.videos)} videos, {len(catalogue.users)} users, "
+          f"{len(catalogue.impressions)} impressions, click rate {catalogue.meta['click_rate']:.3f}")
+
+
+def train_ranker(config_path: Path, catalogue: Path, semantics: Path, run_dir: Path) -> dict:
+    """Stage 3: the ranking config, pointed at this catalogue and these semantics, trained and tested."""
+    from xdeepfm.train import load_config, run_config
+
+    config = load_config(config_path)
+    config.data.path = str(catalogue)
+    for spec in config.features.fields:
+        if spec.kind == "vector" and spec.path and Path(spec.path).name == "semantics.npz":
+            spec.path = str(semantics)
+    result = run_config(config, run_dir)
+    test = result["test"]
+    print("test metrics (new videos only): " + "  ".join(
+        f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float)))
+    return result
+
+
+def candidate_lists(catalogue: Path, n_users: int, max_candidates: int, seed: int = 0) -> list[tuple[dict, pd.DataFrame]]:
+    """A few users with their test impressions of new videos (the cold-video split's test rows)."""
+    from xdeepfm.data.ecommerce import EcommerceConfig, load_splits
+
+    test = load_splits(EcommerceConfig(kind="ecommerce", path=str(catalogue), split="cold_video"))["test"]
+    test = test.drop_duplicates(["user_id", "video_id"])  # a video shown twice is one candidate
+    counts = test.groupby("user_id").size()
+    eligible = counts[counts >= min(8, int(counts.max()))].index.to_numpy()  # users with the longest lists
+    chosen = np.random.default_rng(seed).choice(eligible, size=min(n_users, len(eligible)), replace=False)
+    videos = pd.read_csv(catalogue / "videos.csv", usecols=["video_id", "true_sentiment"])
+    lists = []
+    for user_id in chosen:
+        rows = test[test["user_id"] == user_id].head(max_candidates).merge(videos, on="video_id", how="left")
+        user = {c: rows.iloc[0][c] for c in USER_COLUMNS}
+        lists.append(({k: (v.item() if hasattr(v, "item") else v) for k, v in user.items()}, rows))
+    return lists
+
+
+def rank_over_http(artifact: Path, lists: list[tuple[dict, pd.DataFrame]], top_k: int, log_path: Path) -> None:
+    """Stage 4b: start the service, rank every list through POST /v1/rank, print, stop the service."""
+    from xdeepfm.server import RankingServer
+
+    with RankingServer(artifact, log_path=log_path) as server:
+        print(f"ranking service up at {server.url} (access log {log_path})")
+        for user, rows in lists:
+            candidates = [{c: (v.item() if hasattr(v, "item") else v) for c, v in zip(ITEM_COLUMNS, values)}
+                          for values in rows[list(ITEM_COLUMNS)].itertuples(index=False)]
+            t0 = time.perf_counter()
+            reply = server.rank(user, candidates, top_k=top_k)
+            ms = (time.perf_counter() - t0) * 1000
+            print(f"\nuser {user['user_id']} ({user['user_segment']}, likes {user['user_fav_category']}): "
+                  f"top {len(reply['items'])} of {reply['n_candidates']} new videos, {ms:.0f} ms")
+            print(f"  {'#':>2}  {'video':<12} {'title':<30} {'category':<12} {'price':<8} {'score':>6}  "
+                  f"{'true s*':>7} {'clicked':>7}")
+            for rank, item in enumerate(reply["items"], 1):
+                row = rows.iloc[item["index"]]
+                print(f"  {rank:>2}  {row['video_id']:<12} {row['title'][:30]:<30} {row['category']:<12} "
+                      f"{row['price_band']:<8} {item['score']:>6.3f}  {row['true_sentiment']:>7.2f} {int(row['click']):>7}")
+        print("\n(true s* and clicked are the catalogue's hidden truth, shown for the demo; the service never sees them)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mmfusion.export import export_checkpoint as export_sentiment
+    from mmfusion.predict import predict_semantics, write_semantics
+    from xdeepfm.export import export_checkpoint as export_ranker
+
+    parser = argparse.ArgumentParser(prog="mmfusion-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sentiment-config", type=Path, default=Path("configs/synthmosi_default.yaml"))
+    parser.add_argument("--ranking-config", type=Path, default=Path("configs/ecommerce_xdeepfm.yaml"))
+    parser.add_argument("--catalogue", type=Path, default=Path("datasets/ecommerce"))
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--users", type=int, default=3, help="users whose candidate lists are ranked over HTTP")
+    parser.add_argument("--candidates", type=int, default=20, help="candidates per user (at most)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--n-videos", type=int, default=3000, help="catalogue size (videos)")
+    parser.add_argument("--n-users", type=int, default=2000, help="catalogue size (users)")
+    parser.add_argument("--impressions-per-user", type=int, default=150)
+    args = parser.parse_args(argv)
+    setup_logging()
+    stages = Stages()
+    out = args.out
+
+    stages.begin("sentiment model: SynthMOSI -> train -> test")
+    cfg, _ = train_sentiment(args.sentiment_config, out / "sentiment")
+
+    stages.begin("video semantics: e-commerce catalogue -> mmfusion predict")
+    synthetic = cfg.data.synthetic
+    sizes = {"n_videos": args.n_videos, "n_users": args.n_users, "impressions_per_user": args.impressions_per_user}
+    make_catalogue(args.catalogue, synthetic.seed, synthetic.size, sizes)
+    semantics_path = out / "semantics.npz"
+    semantics = predict_semantics(out / "sentiment" / "model.pt", args.catalogue / "videos.pkl")
+    write_semantics(semantics, semantics_path)
+    print(f"wrote {semantics_path}: semantics of {len(semantics['ids'])} videos")
+
+    stages.begin("ranking model: xDeepFM + semantics + title vectors -> train -> test")
+    train_ranker(args.ranking_config, args.catalogue, semantics_path, out / "ranking")
+
+    stages.begin("serving: export both models, rank over HTTP")
+    artifacts = out / "artifacts"
+    export_sentiment(out / "sentiment" / "model.pt", artifacts / "sentiment", overwrite=True)
+    export_ranker(out / "ranking" / "best.safetensors", artifacts / "ranker", overwrite=True)
+    print(f"artifacts: {artifacts / 'sentiment'} (mmfusion predict --checkpoint DIR), "
+          f"{artifacts / 'ranker'} (xdeepfm serve --artifact DIR)")
+    lists = candidate_lists(args.catalogue, args.users, args.candidates)
+    rank_over_http(artifacts / "ranker", lists, args.top_k, out / "serve.log")
+
+    print(f"\n== done\n{stages.summary()}")
+    print(f"   TensorBoard logs: {out / 'sentiment' / 'tensorboard'}, {out / 'ranking' / 'tb'}   "
+          f"(.venv/bin/tensorboard --logdir {out})")
+    print(f"   artifacts:        {artifacts}")
     return 0
 
 
