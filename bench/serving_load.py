@@ -287,6 +287,11 @@ def render(r: dict) -> str:
         "one forward pass under `torch.inference_mode`. *deepctr path*: the same records through `pandas.DataFrame`, "
         "`FeaturePipeline.transform` (which reads the on-disk text-vector cache per call) and deepctr-torch's "
         "`BaseModel.predict` (`TensorDataset` + `DataLoader`, `torch.no_grad`) on the same `XDeepFMRanker` weights.",
+        "- The model-only row runs the same `XDeepFMRanker` forward pass on both sides; the difference is deepctr's "
+        "per-call `TensorDataset` + `DataLoader` (one Python `__getitem__` per row, then `collate`). The records row adds "
+        "the encoding: per request, the deepctr path builds a `DataFrame`, runs `FeaturePipeline.transform` (vocabulary "
+        "`Index` objects built per call, the text cache read from disk) and argsorts; the engine's encoding is dict "
+        "lookups and memo gathers.",
         f"- Same scores: max |engine - deepctr| over 20 requests = {ip['max_abs_diff']:.1e}; identical top-{TOP_K} "
         f"lists: {'yes' if ip['same_top_k'] else 'no'}.",
     ]
