@@ -35,6 +35,8 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     out = args.out or _default_out(args.config)
+    from mmfusion import distributed  # torchrun support for both trainers
+
     try:
         raw = load_yaml(args.config)
         if args.seed is not None:
@@ -51,11 +53,15 @@ def train_main(argv: list[str] | None = None) -> int:
             summary = train(cfg, out, resume=args.resume, stop_after=args.stop_after)
         else:
             raise ConfigError(f"{args.config}: task: {task!r} is not one of ['sentiment', 'ranking']")
+        show = distributed.is_rank0()  # under torchrun only rank 0 prints the summary
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
         logging.getLogger("train").error("%s", exc)
         return 2
-    print(json.dumps(summary, indent=2))
-    print(f"run directory: {out}   TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group the trainer joined
+    if show:
+        print(json.dumps(summary, indent=2))
+        print(f"run directory: {out}   TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     return 0
 
 

@@ -19,6 +19,11 @@ Per task, from the stored representations and that task's current labels:
 
 Typical training step: forward → ``multitask_loss(out, slgm.labels(idx), slgm.loss_weights(idx))``
 → backward → ``slgm.update_features(idx, out.features)`` → ``slgm.update_labels(idx, epoch)``.
+
+Under DistributedDataParallel each rank sees only its share of the batch, but the maps and the
+class centres must be global: ``gather_batch`` collects every rank's (indices, features) first,
+and every rank applies the same update to its copy, so all copies stay identical and equal to
+what one process updating with the whole batch holds.
 """
 
 from __future__ import annotations
@@ -140,6 +145,16 @@ class SLGM(nn.Module):
             stats[f"{task}/mean_abs_diff"] = float((y_s - y_m).abs().mean())
             stats[f"{task}/sign_agreement"] = float((torch.sign(y_s) == torch.sign(y_m)).float().mean())
         return stats
+
+
+def gather_batch(index: torch.Tensor, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Every rank's batch indices and (detached) features, concatenated in rank order (DDP; see the module docstring)."""
+    from mmfusion.distributed import all_gather_cat
+
+    tasks = sorted(features)
+    widths = [features[t].shape[1] for t in tasks]
+    stacked = all_gather_cat(torch.cat([features[t].detach().float() for t in tasks], dim=1))
+    return all_gather_cat(index), dict(zip(tasks, stacked.split(widths, dim=1)))
 
 
 def multitask_loss(

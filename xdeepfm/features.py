@@ -42,7 +42,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -310,6 +310,21 @@ def _encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
     return pd.Index(vocabulary, dtype=object).get_indexer(values.astype(object)).astype(np.int64) + 1
 
 
+def _merge_moments(acc: tuple[int, float, float], values: np.ndarray) -> tuple[int, float, float]:
+    """(count, mean, sum of squared deviations) of ``acc``'s rows plus ``values``."""
+    n_b = len(values)
+    if n_b == 0:
+        return acc
+    mean_b = float(values.mean())
+    m2_b = float(((values - mean_b) ** 2).sum())
+    n_a, mean_a, m2_a = acc
+    if n_a == 0:
+        return n_b, mean_b, m2_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
+
+
 @dataclass
 class FittedField:
     """What fitting learned for one field."""
@@ -350,18 +365,37 @@ class FeaturePipeline:
         return self._encoders[key]
 
     def fit(self, df: pd.DataFrame, where: str = "train") -> "FeaturePipeline":
+        return self.fit_stream([(where, df)])
+
+    def fit_stream(self, chunks: Iterable[tuple[str, pd.DataFrame]]) -> "FeaturePipeline":
+        """Fit in one pass over ``(where, frame)`` chunks (e.g. Parquet shards), none kept in memory.
+
+        Vocabularies are the union over chunks; numeric mean and std are merged chunk by chunk
+        (Chan, Golub & LeVeque's pairwise update). One chunk gives exactly what ``fit`` gives.
+        """
+        vocab: dict[str, set[str]] = {f.name: set() for f in self.spec.of_kind("categorical", "multi_valued")}
+        moments: dict[str, tuple[int, float, float]] = {f.name: (0, 0.0, 0.0) for f in self.spec.of_kind("numeric")}
+        n_chunks = 0
+        for where, df in chunks:
+            n_chunks += 1
+            for spec in self.spec.fields:
+                series = _require_column(df, spec, where)
+                if spec.kind == "categorical":
+                    vocab[spec.name].update(_as_strings(series).dropna().unique().tolist())
+                elif spec.kind == "multi_valued":
+                    vocab[spec.name].update(_split_tokens(series, spec).unique().tolist())
+                elif spec.kind == "numeric":
+                    moments[spec.name] = _merge_moments(moments[spec.name], _numeric_values(series, spec, where))
+        if n_chunks == 0:
+            raise FeatureError("fit_stream: no data to fit on (zero chunks)")
         fitted: dict[str, FittedField] = {}
         for spec in self.spec.fields:
-            series = _require_column(df, spec, where)
-            if spec.kind == "categorical":
-                values = _as_strings(series).dropna()
-                fitted[spec.name] = FittedField(spec, vocabulary=sorted(values.unique().tolist()))
-            elif spec.kind == "multi_valued":
-                fitted[spec.name] = FittedField(spec, vocabulary=sorted(_split_tokens(series, spec).unique().tolist()))
+            if spec.kind in ("categorical", "multi_valued"):
+                fitted[spec.name] = FittedField(spec, vocabulary=sorted(vocab[spec.name]))
             elif spec.kind == "numeric":
-                values = _numeric_values(series, spec, where)
-                std = float(values.std())
-                fitted[spec.name] = FittedField(spec, mean=float(values.mean()), std=std if std > 0 else 1.0)
+                n, mean, m2 = moments[spec.name]
+                std = float(np.sqrt(m2 / n)) if n else float("nan")
+                fitted[spec.name] = FittedField(spec, mean=mean if n else float("nan"), std=std if std > 0 else 1.0)
             elif spec.kind == "text":
                 encoder = self.text_encoder(spec)
                 fitted[spec.name] = FittedField(spec, dim=encoder.dim, text_model_key=encoder.model_key)
