@@ -1,0 +1,139 @@
+"""How good are SLGM's generated unimodal labels, and why: a report against known unimodal labels.
+
+    python -m mmfusion.slgm_report --run RUN_DIR --data PICKLE [--out report.md]
+
+Needs a training run (its ``last.pt`` holds SLGM's feature and label maps of every training clip)
+and the data file it was trained on, with unimodal labels (``regression_labels_T/A/V``: SynthMOSI's
+hidden truth, or CH-SIMS's annotated unimodal labels). Per modality s, on the train split:
+
+- ``generated`` / ``copied``: Pearson correlation with the unimodal label of SLGM's final label
+  and of the multimodal label copied unchanged (what SLGM must beat);
+- ``corr(alpha_s)``: correlation of the relative distance ``alpha_s = (d_n - d_p) / d_p`` (eq. 21-22)
+  with the unimodal label (centres of the multimodal classes): how much of it the geometry of the
+  modality's representation carries;
+- ``separation``: ``||C_p - C_n|| / mean d_p``, how far apart the class centres are relative to
+  the spread, for s and for the fused representation (eq. 18 compares alpha_s with alpha_m, so a
+  modality whose classes separate much less than the fused ones pulls every label towards
+  ``(y_m - alpha_m) / 2``);
+- ``probe``: a ridge regression from the stored representation to the unimodal label,
+  5-fold cross-validated: what the representation holds, read out with supervision;
+- ``inputs``: a ridge regression fit to the *multimodal* label from per-clip statistics of the
+  raw input sequence (mean, std, 10/50/90th percentiles, min, max per feature), 5-fold
+  cross-validated, correlated with the unimodal label: a label-free baseline that uses only what
+  SLGM is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mmfusion.checkpoint import load_checkpoint
+from mmfusion.data.mmsa import load_mmsa
+from mmfusion.files import write_text
+from mmfusion.metrics import pearson
+
+log = logging.getLogger(__name__)
+
+INPUT_OF = {"A": "audio", "V": "vision"}
+
+
+def relative_distance(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """``alpha`` per sample (eq. 21-22 with centres from ``labels``) and the centre separation ratio."""
+    c_pos, c_neg = features[labels > 0].mean(0), features[labels < 0].mean(0)
+    d_p = np.linalg.norm(features - c_pos, axis=1)
+    d_n = np.linalg.norm(features - c_neg, axis=1)
+    return (d_n - d_p) / (d_p + 1e-8), float(np.linalg.norm(c_pos - c_neg) / d_p.mean())
+
+
+def ridge_cv(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of a standardised ridge regression (alpha chosen inside each fold)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 6)))
+    return cross_val_predict(model, X, y, cv=KFold(folds, shuffle=True, random_state=seed))
+
+
+def sequence_statistics(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per clip and feature over its real frames: mean, std, 10/50/90th percentiles, min, max → (N, 7 D)."""
+    rows = []
+    for clip, n in zip(x, lengths):
+        frames = clip[: max(int(n), 1)]
+        q = np.percentile(frames, [10, 50, 90], axis=0)
+        rows.append(np.concatenate([frames.mean(0), frames.std(0), *q, frames.min(0), frames.max(0)]))
+    return np.asarray(rows)
+
+
+def slgm_report(run_dir: str | Path, data_path: str | Path) -> dict[str, dict[str, float | None]]:
+    """The figures described in the module docstring, per unimodal task."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / "last.pt")
+    if "slgm" not in state or not state["slgm"]:
+        raise ValueError(f"{run_dir / 'last.pt'}: the run has no SLGM state (model.use_slgm was false)")
+    slgm = {k: v.numpy().astype(np.float64) for k, v in state["slgm"].items()}
+    train = load_mmsa(data_path).train
+    if train.unimodal_labels is None:
+        raise ValueError(f"{data_path}: the train split has no regression_labels_T/A/V to compare with")
+    y_m = slgm["labels_M"]
+    if len(y_m) != len(train) or not np.allclose(y_m, train.labels):
+        raise ValueError(f"{run_dir}: its SLGM labels do not match the train split of {data_path} (another data file?)")
+    alpha_m, separation_m = relative_distance(slgm["features_M"], y_m)
+    report = {}
+    for task in ("T", "A", "V"):
+        if f"labels_{task}" not in slgm:
+            continue
+        truth = train.unimodal_labels[task].astype(np.float64)
+        features = slgm[f"features_{task}"]
+        alpha_s, separation_s = relative_distance(features, y_m)
+        row = {
+            "generated": pearson(slgm[f"labels_{task}"], truth),
+            "copied": pearson(y_m, truth),
+            "corr_alpha_s": pearson(alpha_s, truth),
+            "corr_alpha_m": pearson(alpha_m, truth),
+            "separation_s": separation_s,
+            "separation_m": separation_m,
+            "probe": pearson(ridge_cv(features, truth), truth),
+            "inputs": None,
+        }
+        if task in INPUT_OF:
+            modality = INPUT_OF[task]
+            stats = sequence_statistics(getattr(train, modality), getattr(train, f"{modality}_lengths"))
+            row["inputs"] = pearson(ridge_cv(stats, y_m), truth)
+        report[task] = row
+    return report
+
+
+def format_report(report: dict[str, dict[str, float | None]], run_dir: Path, data_path: Path) -> str:
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    columns = ("generated", "copied", "corr_alpha_s", "corr_alpha_m", "separation_s", "separation_m", "probe", "inputs")
+    lines = [f"SLGM labels of `{run_dir}` against the unimodal labels of `{data_path}` (train split)", "",
+             "| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {task} | " + " | ".join(cell(row[c]) for c in columns) + " |" for task, row in report.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.slgm_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, type=Path, help="training run directory (holds last.pt)")
+    parser.add_argument("--data", required=True, type=Path, help="the MMSA pickle it was trained on, with unimodal labels")
+    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    text = format_report(slgm_report(args.run, args.data), args.run, args.data)
+    print(text, end="")
+    if args.out:
+        write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
