@@ -262,7 +262,7 @@ def train(
         stopper = EarlyStopping(**state["early_stopping"])
         ranks_rng = state.get("rng_ranks")
         same_world = ctx.enabled and ranks_rng is not None and len(ranks_rng) == ctx.world_size
-        torch.set_rng_state(ranks_rng[ctx.rank] if same_world else state["rng"])
+        torch.set_rng_state(ranks_rng[ctx.rank].clone() if same_world else state["rng"])  # a row of its own storage
         start_epoch, step = state["epoch"] + 1, state["step"]
         log.info("resuming %s after epoch %d", out, state["epoch"])
 
