@@ -10,4 +10,11 @@ Modules, one concept each:
 - ``xdeepfm.data.movielens``: MovieLens-100K loading and the random / cold-item splits.
 - ``xdeepfm.train`` / ``xdeepfm.evaluate``: ``run(...)`` entry points used by the top-level CLIs.
 - ``xdeepfm.baseline``: stock ``deepctr_torch.models.xDeepFM`` on the same non-text features.
+- ``xdeepfm.compare``: the side-by-side study behind ``docs/results_ranking.md``.
+- ``xdeepfm.data.ecommerce``: the synthetic product-video catalogue with a known click model;
+  ``xdeepfm.data.shards``: Parquet shards streamed as an ``IterableDataset``.
+- ``xdeepfm.export``: a checkpoint as a self-contained, checksummed artifact (JSON + safetensors).
+- ``xdeepfm.serving``: the scoring engine (raw records in, scores or a ranking out);
+  ``xdeepfm.app`` / ``xdeepfm.server``: the HTTP service and a client that runs it as a process;
+  ``xdeepfm.cli``: ``python -m xdeepfm export|serve``.
 """
