@@ -132,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         "Samples/s counts the training loop only (sentiment: `speed/train_clips_per_s`, the clips of all ranks over "
         "rank 0's epoch time, averaged over epochs; ranking: train rows x epochs / `seconds.train`). The global batch "
         "is the config's in every column. Two processes on two cores compete with each other and with the other jobs "
-        "on this machine, and each step adds a gradient all-reduce (and, for the sentiment model, the SLGM gather), "
-        "so the gain over one process is modest here; the runtime is built for more cores, more machines and GPUs "
-        "(README, \"Multi-process and multi-node training\").",
+        "on this machine, and each step adds a gradient all-reduce (and, for the sentiment model, the SLGM gather; "
+        "for streamed shards, the extra all-reduce of DDP's `Join` that lets ranks end unevenly), so the change "
+        "against one process is small here and can be a loss; the runtime is built for more cores, more machines "
+        "and GPUs (README, \"Multi-process and multi-node training\"). The middle column is torch's own intra-op "
+        "threading on the same two cores, for comparison.",
     ])
     print(section)
     if args.out:

@@ -21,7 +21,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -192,10 +192,3 @@ class NullWriter:
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
 
-
-def same_on_all_ranks(values: Sequence[float] | torch.Tensor) -> bool:
-    """True when every rank holds identical ``values`` (a check that state meant to be global is)."""
-    if not _active():
-        return True
-    local = torch.as_tensor(values, dtype=torch.float64).reshape(-1).cpu()
-    return all(torch.equal(local, other) for other in gather_objects(local))
