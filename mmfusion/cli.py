@@ -17,6 +17,8 @@ from mmfusion.config import ConfigError, build, load_yaml
 
 def setup_logging(level: str = "INFO") -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the other ranks report warnings and errors only
+        level = "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
