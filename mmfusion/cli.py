@@ -63,7 +63,8 @@ def train_main(argv: list[str] | None = None) -> int:
         distributed.shutdown()  # under torchrun: leave the process group the trainer joined
     if show:
         print(json.dumps(summary, indent=2))
-        print(f"run directory: {out}   TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+        logs = out / ("tb" if task == "ranking" else "tensorboard")  # where each trainer writes its events
+        print(f"run directory: {out}   TensorBoard: tensorboard --logdir {logs}")
     return 0
 
 

@@ -47,12 +47,13 @@ def predict(
     model.eval()
     ids: list[str] = []
     labels, outputs = [], {}
+    device = next(model.parameters()).device
     for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=model.cfg.text.source):
-        out = model(batch)
+        out = model(batch.to(device) if device.type != "cpu" else batch)
         ids.extend(batch.ids)
         labels.append(batch.label)
         for task, value in out.preds.items():
-            outputs.setdefault(task, []).append(value)
+            outputs.setdefault(task, []).append(value.cpu())
     model.train(was_training)
     return Predictions(
         ids=ids,
