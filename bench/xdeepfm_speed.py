@@ -305,13 +305,15 @@ def verdict(r: dict) -> str:
         word = "faster than" if ratio >= 1.05 else ("slower than" if ratio <= 0.95 else "about as fast as (within 5%)")
         lines.append(f"- {label} trains **{word}** stock deepctr-torch: {ratio:.2f}x its rows/s.")
     extra = t["ours_text"]["cin_macs"] / t["stock"]["cin_macs"] - 1
+    added = t["ours_text"]["cin_fields"] - t["stock"]["cin_fields"]
     share = r.get("profiles", {}).get(t["ours_text"]["name"], {}).get("cin_share")
     where = f"; the CIN's convolutions take {share:.0%} of its training CPU time in the profile below" if share else ""
     lines.append(
         f"- Cost of the title: ours + title trains at {med['ours_text'] / med['ours_notext']:.2f}x the rows/s of ours "
-        f"without text. The title is one more field in the CIN (m = {t['ours_text']['cin_fields']} instead of "
+        f"without text. The title enters the CIN as {added} field{'s' if added != 1 else ''} "
+        f"(`model.fields_per_vector`; m = {t['ours_text']['cin_fields']} instead of "
         f"{t['stock']['cin_fields']}: {extra:+.0%} CIN multiply-adds{where}), plus the {r['text_dim']}-to-"
-        f"{r['embedding_dim']} title projection and the {r['text_dim']}-wide linear term: work the stock model, which "
+        f"{added * r['embedding_dim']} title projection and the {r['text_dim']}-wide linear term: work the stock model, which "
         "has no title, does not do. Without the title, ours runs the same deepctr blocks (Linear, CIN, DNN) as stock, "
         "and its loop indexes pre-built tensors where stock's `fit` goes through a per-row `DataLoader`.")
     lines.append(f"- Inference rows/s against stock's `predict`: {inf['ours_notext'] / inf['stock']:.2f}x without text, "
