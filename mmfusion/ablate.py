@@ -43,6 +43,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "no_slgm": ("multimodal task only, no generated unimodal labels", {"use_slgm": False}),
     "slgm_encoder": ("T/A/V heads and SLGM on pre-LGT encoder features", {"unimodal_features": "encoder"}),
     "slgm_lgt_pooled": ("T/A/V heads and SLGM on LGT streams pooled before soft mapping", {"unimodal_features": "lgt_pooled"}),
+    "slgm_subnet_axis": ("T/A/V heads and SLGM on Self-MM-style subnets (mean+max pooled encoder, joining F_M), "
+                         "SLGM alpha = position along the centre line", {"unimodal_features": "subnet", "slgm_distance": "axis"}),
     "text_only": ("text branch alone", {"modalities": ["text"], "use_slgm": False}),
     "audio_only": ("audio branch alone", {"modalities": ["audio"], "use_slgm": False}),
     "vision_only": ("vision branch alone", {"modalities": ["vision"], "use_slgm": False}),

@@ -31,7 +31,7 @@ from mmfusion.fusion import build_fusion
 from mmfusion.heads import MultiTaskHeads
 from mmfusion.lgt import LGT
 from mmfusion.sequence_encoder import SequenceEncoder, temporal_pool
-from mmfusion.soft_mapping import SoftMappingFusion, WeightedAverage, masked_mean
+from mmfusion.soft_mapping import SoftMappingFusion, WeightedAverage, masked_max, masked_mean
 from mmfusion.text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -82,8 +82,11 @@ class ModelConfig:
     # what the T/A/V heads and SLGM see: "lgt" = the modality's stream after the LGT and soft
     # mapping (text-guided for audio and vision); "lgt_pooled" = the LGT stream averaged over its
     # positions, before soft mapping; "encoder" = each modality's own encoded sequence, pooled
-    # before the LGT (modality-pure, like Self-MM's unimodal subnets)
-    unimodal_features: Literal["lgt", "lgt_pooled", "encoder"] = "lgt"
+    # before the LGT (modality-pure); "subnet" = each modality's own subnet, as in Self-MM: its
+    # encoded sequence pooled by mean and max (the max keeps a short expressive segment), then
+    # Linear+ReLU; the subnet vectors also join the fused representation F_M
+    unimodal_features: Literal["lgt", "lgt_pooled", "encoder", "subnet"] = "lgt"
+    slgm_distance: Literal["ratio", "axis"] = "ratio"  # SLGM's relative distance (see mmfusion.slgm)
     modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     head_hidden: int = 64
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -132,7 +135,7 @@ class ModelConfig:
 @dataclass
 class ModelOutput:
     preds: dict[str, torch.Tensor]  # "M" always; "T"/"A"/"V" when use_slgm: (B,)
-    features: dict[str, torch.Tensor]  # "M": (B, 2*d_model); "T"/"A"/"V": unimodal (B, d_model)
+    features: dict[str, torch.Tensor]  # "M": (B, 2*d_model [+ d_model per subnet]); "T"/"A"/"V": unimodal (B, d_model)
     attention: dict[str, torch.Tensor] | None = None  # modality -> last LGT layer weights (B, heads, Lq, Lk)
     modality_weights: torch.Tensor | None = None  # (B, n_mod) soft mapping shares, or (n_mod,) weighted average
 
@@ -170,8 +173,13 @@ class MultimodalSentimentModel(nn.Module):
         else:
             self.aggregate = WeightedAverage(self.modalities)
         self.fusion = build_fusion(cfg.fusion, len(self.modalities), d, cfg.fusion_dim, d, cfg.fusion_rank, cfg.dropout)
-        self.feature_dims = {"M": 2 * d, **{TASK_OF[m]: d for m in self.modalities}}
-        head_tasks = self.feature_dims if cfg.use_slgm else {"M": 2 * d}
+        self.subnets = nn.ModuleDict()
+        if cfg.unimodal_features == "subnet":
+            self.subnets.update({m: nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Dropout(cfg.dropout))
+                                 for m in self.modalities})
+        fused_dim = 2 * d + d * len(self.subnets)
+        self.feature_dims = {"M": fused_dim, **{TASK_OF[m]: d for m in self.modalities}}
+        head_tasks = self.feature_dims if cfg.use_slgm else {"M": fused_dim}
         self.heads = MultiTaskHeads(dict(head_tasks), cfg.head_hidden, cfg.dropout)
 
     @property
@@ -189,6 +197,9 @@ class MultimodalSentimentModel(nn.Module):
             streams[m], masks[m] = temporal_pool(encoder(x.float(), mask), mask, self.cfg.frame_stride)
         if self.cfg.unimodal_features == "encoder":
             unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
+        elif self.cfg.unimodal_features == "subnet":
+            unimodal = {m: subnet(torch.cat([masked_mean(streams[m], masks[m]), masked_max(streams[m], masks[m])], -1))
+                        for m, subnet in self.subnets.items()}
         streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)
         if self.cfg.unimodal_features == "lgt_pooled":
             unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
@@ -196,7 +207,7 @@ class MultimodalSentimentModel(nn.Module):
         if self.cfg.unimodal_features == "lgt":
             unimodal = agg.pooled
         fused_uff = self.fusion([agg.pooled[m] for m in self.modalities])
-        features = {"M": torch.cat([agg.fused, fused_uff], dim=-1)}
+        features = {"M": torch.cat([agg.fused, fused_uff, *(unimodal[m] for m in self.subnets)], dim=-1)}
         features.update({TASK_OF[m]: unimodal[m] for m in self.modalities})
         preds = self.heads(features)
         return ModelOutput(

@@ -9,7 +9,11 @@ Per task, from the stored representations and that task's current labels:
 * centres (eq. 19-20): ``C_p`` = mean representation of samples with label > 0, ``C_n`` of < 0
   (a zero vector when a class is empty);
 * distances: ``d_p = ||F - C_p||_2``, ``d_n = ||F - C_n||_2`` and
-  ``alpha = (d_n - d_p) / (d_p + eps)``;
+  ``alpha = (d_n - d_p) / (d_p + eps)`` (eq. 21-22, ``distance="ratio"``, the paper's). Option
+  ``distance="axis"``: ``alpha = 2 (F - (C_p + C_n)/2) . (C_p - C_n) / ||C_p - C_n||^2``, the signed
+  position along the line through the two centres (+1 at C_p, -1 at C_n). The ratio is not
+  monotone along that line (it peaks at C_p and falls again beyond it, so a sample more positive
+  than the positive centre looks less positive); the axis position is linear in it;
 * new unimodal label (the average of the ratio and difference relations of eq. 18):
   ``y_s = y_m + (alpha_s - alpha_m)(y_m + alpha_m) / (2 alpha_m)``, clipped to [-3, 3]
   (``alpha_m`` with ``|alpha_m| < eps`` is replaced by ``±eps`` to avoid dividing by zero);
@@ -38,9 +42,13 @@ class SLGM(nn.Module):
     """Feature and label maps over the N training samples, keyed by the sample's row index."""
 
     def __init__(
-        self, n_samples: int, feature_dims: dict[str, int], train_labels: torch.Tensor, eps: float = 1e-8, clip: float = 3.0
+        self, n_samples: int, feature_dims: dict[str, int], train_labels: torch.Tensor, eps: float = 1e-8, clip: float = 3.0,
+        distance: str = "ratio",
     ):
         super().__init__()
+        if distance not in ("ratio", "axis"):
+            raise ValueError(f"SLGM distance={distance!r}: expected 'ratio' or 'axis'")
+        self.distance = distance
         if "M" not in feature_dims:
             raise ValueError(f"SLGM feature_dims must include the multimodal task 'M', got {sorted(feature_dims)}")
         unknown = sorted(set(feature_dims) - {"M", *UNIMODAL_TASKS})
@@ -93,14 +101,19 @@ class SLGM(nn.Module):
 
     @torch.no_grad()
     def alphas(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``alpha = (d_n - d_p) / (d_p + eps)`` per task for the samples ``index`` → (B,) each."""
+        """``alpha`` per task for the samples ``index`` → (B,) each: ``(d_n - d_p) / (d_p + eps)``, or
+        with ``distance="axis"`` the position along the centre line (see the module docstring)."""
         index = index.to(self.labels_M.device)
         out = {}
         for task, (c_pos, c_neg) in self.centres().items():
             feats = self.feature_map(task)[index]
-            d_p = (feats - c_pos).norm(dim=-1)
-            d_n = (feats - c_neg).norm(dim=-1)
-            out[task] = (d_n - d_p) / (d_p + self.eps)
+            if self.distance == "axis":
+                axis = c_pos - c_neg
+                out[task] = 2.0 * ((feats - 0.5 * (c_pos + c_neg)) @ axis) / (axis @ axis + self.eps)
+            else:
+                d_p = (feats - c_pos).norm(dim=-1)
+                d_n = (feats - c_neg).norm(dim=-1)
+                out[task] = (d_n - d_p) / (d_p + self.eps)
         return out
 
     @torch.no_grad()

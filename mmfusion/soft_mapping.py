@@ -32,6 +32,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``x`` (B, L, d) over the positions where ``mask`` (B, L) is True → (B, d) (0 if none)."""
+    filled = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+    return torch.where(mask.any(dim=1, keepdim=True), filled, torch.zeros_like(filled))
+
+
 @dataclass
 class AggregateOutput:
     """What SM (or its ablation) hands on: the fused vector, the pooled unimodal vectors, weights."""

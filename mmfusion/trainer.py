@@ -244,7 +244,8 @@ def train(
     model.to(ctx.device)
     optimizer = torch.optim.AdamW(model.param_groups(cfg.train.lr_text, cfg.train.lr, cfg.train.weight_decay))
     slgm = (
-        SLGM(len(train_split.labels), model.feature_dims, torch.as_tensor(train_split.labels, dtype=torch.float32))
+        SLGM(len(train_split.labels), model.feature_dims, torch.as_tensor(train_split.labels, dtype=torch.float32),
+             distance=model.cfg.slgm_distance)
         if model.cfg.use_slgm
         else None
     )

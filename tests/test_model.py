@@ -451,7 +451,8 @@ def test_bert_finetune_top_rejects_too_many_layers(minilm_path):
         BertTextEncoder(minilm_path, 16, finetune="top", top_layers=7)
 
 
-@pytest.mark.parametrize("source, audio_sees_text", [("encoder", False), ("lgt", True), ("lgt_pooled", True)])
+@pytest.mark.parametrize("source, audio_sees_text",
+                         [("encoder", False), ("subnet", False), ("lgt", True), ("lgt_pooled", True)])
 def test_unimodal_features_source(source, audio_sees_text):
     """"encoder" unimodal features are modality-pure: changing the text leaves A and V untouched."""
     model = build_model(unimodal_features=source)
@@ -462,6 +463,24 @@ def test_unimodal_features_source(source, audio_sees_text):
     assert not torch.allclose(changed.preds["M"], out.preds["M"])
     for task in ("A", "V"):
         assert torch.allclose(changed.features[task], out.features[task]) is not audio_sees_text
+
+
+def test_subnet_features_join_the_fused_vector():
+    model = build_model(unimodal_features="subnet")
+    assert model.feature_dims == {"M": 32 + 3 * 16, "T": 16, "A": 16, "V": 16}
+    out = model(make_batch())
+    assert out.features["M"].shape == (3, 80)
+    torch.testing.assert_close(out.features["M"][:, 32:48], out.features["T"])  # [h_sm ; h_uff ; e_t ; e_a ; e_v]
+    torch.testing.assert_close(out.features["M"][:, 64:], out.features["V"])
+    assert len(build_model().subnets) == 0  # other settings build no subnets (checkpoints unchanged)
+
+
+def test_masked_max_known_values():
+    from mmfusion.soft_mapping import masked_max
+
+    x = torch.tensor([[[1.0, -5.0], [3.0, -1.0], [100.0, 100.0]], [[2.0, 2.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    torch.testing.assert_close(masked_max(x, mask), torch.tensor([[3.0, -1.0], [0.0, 0.0]]))
 
 
 def test_temporal_pool_known_values():

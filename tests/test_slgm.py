@@ -152,3 +152,19 @@ def test_multitask_loss():
     with pytest.raises(KeyError, match=r"no label for task 'T'"):
         multitask_loss(out, {"M": labels["M"]}, weights)
     assert math.isfinite(total.item())
+
+
+def test_axis_distance_known_values():
+    module = SLGM(6, {"M": 2, "T": 1, "A": 1}, Y_M, distance="axis")
+    module.update_features(torch.arange(6), {"M": F_M, "T": F_T, "A": F_A})
+    a = module.alphas(BATCH)
+    # M: C_p = (2,0), C_n = (-3,0), midpoint (-0.5,0), axis (5,0), |axis|^2 = 25:
+    #    s0 (4,0): 2 * 4.5*5 / 25 = 1.8;  s3 (-2,0): 2 * (-1.5)*5 / 25 = -0.6;  s5 (6,6): 2 * 6.5*5 / 25 = 2.6
+    torch.testing.assert_close(a["M"], torch.tensor([1.8, -0.6, 2.6]))
+    # T: C_p = 2, C_n = -2 (midpoint 0, axis 4): alpha = 2 * x * 4 / 16 = x / 2 -> 1.5, -0.5, 2.0
+    # (the ratio gives s5 = 4, beyond C_p, a smaller alpha (2) than s0 = 3 (4); the axis keeps the order)
+    torch.testing.assert_close(a["T"], torch.tensor([1.5, -0.5, 2.0]))
+    # A: C_p = 1, C_n = 0 (midpoint 0.5, axis 1): alpha = 2 (x - 0.5) -> -1, -3, 0
+    torch.testing.assert_close(a["A"], torch.tensor([-1.0, -3.0, 0.0]))
+    with pytest.raises(ValueError, match="SLGM distance='cosine': expected 'ratio' or 'axis'"):
+        SLGM(6, {"M": 2}, Y_M, distance="cosine")
