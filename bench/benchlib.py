@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -32,6 +33,18 @@ def git_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"{rev} (with uncommitted changes in the work tree)" if dirty else rev
+
+
+def setup(threads: int, level: int = logging.INFO, quiet: tuple[str, ...] = ()) -> None:
+    """What every bench does first: log with timestamps (``quiet`` loggers at WARNING), never reach a
+    model hub, and fix torch's intra-op threads for the whole run."""
+    import torch
+
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(threads)
 
 
 def loadavg() -> str:

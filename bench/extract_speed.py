@@ -35,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cpu_model, git_revision, loadavg, write_section  # noqa: E402
+from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="rewrite this doc's extract_speed section")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)
+    setup(threads=1, level=logging.WARNING)
     width, height = (int(v) for v in args.size.lower().split("x"))
     video_seconds = args.clips * args.clip_seconds
     load_start = loadavg()

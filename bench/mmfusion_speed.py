@@ -45,7 +45,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cpu_model, git_revision, loadavg, write_section  # noqa: E402
+from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the checkout's mmfusion
     sys.path.insert(0, str(REPO))
 
@@ -302,13 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="markdown file whose mmfusion_speed section is rewritten")
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("steps", "rounds", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
+    setup(args.threads)
     load_before = loadavg()
     revision = git_revision()  # at start: the code this process imports is the work tree of now
     load_samples = [os.getloadavg()[0]]  # 1-min load average before and after every measurement

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, cpu_model, git_revision, loadavg, write_section  # noqa: E402
+from benchlib import REPO, cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
 
 from xdeepfm._deepctr import deepctr_torch  # noqa: E402 - the quiet import (no version check)
 from xdeepfm.model import stack_inputs  # noqa: E402
@@ -317,10 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("requests", "clients", "candidates", "rounds", "inproc_requests", "threads", "server_threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("xdeepfm").setLevel(logging.WARNING)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
+    setup(args.threads, quiet=("xdeepfm",))
     load_before = loadavg()
 
     with tempfile.TemporaryDirectory(prefix="serving_load_") as tmp:

@@ -54,7 +54,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cpu_model, git_revision, loadavg, write_section  # noqa: E402
+from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the checkout's packages
     sys.path.insert(0, str(REPO))
 
@@ -351,10 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name} must be >= 1")
     if args.rows != 0 and args.rows < BATCH:
         p.error(f"--rows {args.rows}: expected at least one batch ({BATCH})")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("xdeepfm").setLevel(logging.WARNING)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
+    setup(args.threads, quiet=("xdeepfm",))
     load_before = loadavg()
     log.info("load average at start: %s", load_before)
 
