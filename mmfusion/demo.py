@@ -98,8 +98,9 @@ def make_catalogue(folder: Path, world_seed: int, preset: str, sizes: dict[str, 
           f"{len(catalogue.impressions)} impressions, click rate {catalogue.meta['click_rate']:.3f}")
 
 
-def train_ranker(config_path: Path, catalogue: Path, semantics: Path, run_dir: Path) -> dict:
-    """Stage 3: the ranking config, pointed at this catalogue and these semantics, trained and tested."""
+def train_ranker(config_path: Path, catalogue: Path, semantics: Path, run_dir: Path):
+    """Stage 3: the ranking config, pointed at this catalogue and these semantics, trained and
+    tested; returns the config (its ``data`` section says which impressions are the test split)."""
     from xdeepfm.train import load_config, run_config
 
     config = load_config(config_path)
@@ -111,24 +112,29 @@ def train_ranker(config_path: Path, catalogue: Path, semantics: Path, run_dir: P
     test = result["test"]
     print("test metrics (new videos only): " + "  ".join(
         f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float)))
-    return result
+    return config
 
 
-def candidate_lists(catalogue: Path, n_users: int, max_candidates: int, seed: int = 0) -> list[tuple[dict, pd.DataFrame]]:
-    """A few users with their test impressions of new videos (the cold-video split's test rows)."""
-    from xdeepfm.data.ecommerce import EcommerceConfig, load_splits
+def _plain(value):
+    """A numpy scalar as the Python value JSON needs; anything else as it is."""
+    return value.item() if hasattr(value, "item") else value
 
-    test = load_splits(EcommerceConfig(kind="ecommerce", path=str(catalogue), split="cold_video"))["test"]
+
+def candidate_lists(data, n_users: int, max_candidates: int, seed: int = 0) -> list[tuple[dict, pd.DataFrame]]:
+    """A few users with their test impressions from the ranker's own split (``data``: its config's
+    data section; with ``cold_video`` these are videos it never saw in training)."""
+    from xdeepfm.data.ecommerce import load_splits
+
+    test = load_splits(data)["test"]
     test = test.drop_duplicates(["user_id", "video_id"])  # a video shown twice is one candidate
     counts = test.groupby("user_id").size()
     eligible = counts[counts >= min(8, int(counts.max()))].index.to_numpy()  # users with the longest lists
     chosen = np.random.default_rng(seed).choice(eligible, size=min(n_users, len(eligible)), replace=False)
-    videos = pd.read_csv(catalogue / "videos.csv", usecols=["video_id", "true_sentiment"])
+    videos = pd.read_csv(Path(data.path) / "videos.csv", usecols=["video_id", "true_sentiment"])
     lists = []
     for user_id in chosen:
         rows = test[test["user_id"] == user_id].head(max_candidates).merge(videos, on="video_id", how="left")
-        user = {c: rows.iloc[0][c] for c in USER_COLUMNS}
-        lists.append(({k: (v.item() if hasattr(v, "item") else v) for k, v in user.items()}, rows))
+        lists.append(({c: _plain(rows.iloc[0][c]) for c in USER_COLUMNS}, rows))
     return lists
 
 
@@ -139,7 +145,7 @@ def rank_over_http(artifact: Path, lists: list[tuple[dict, pd.DataFrame]], top_k
     with RankingServer(artifact, log_path=log_path) as server:
         print(f"ranking service up at {server.url} (access log {log_path})")
         for user, rows in lists:
-            candidates = [{c: (v.item() if hasattr(v, "item") else v) for c, v in zip(ITEM_COLUMNS, values)}
+            candidates = [{c: _plain(v) for c, v in zip(ITEM_COLUMNS, values)}
                           for values in rows[list(ITEM_COLUMNS)].itertuples(index=False)]
             t0 = time.perf_counter()
             reply = server.rank(user, candidates, top_k=top_k)
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {semantics_path}: semantics of {len(semantics['ids'])} videos")
 
     stages.begin("ranking model: xDeepFM + semantics + title vectors -> train -> test")
-    train_ranker(args.ranking_config, args.catalogue, semantics_path, out / "ranking")
+    ranking = train_ranker(args.ranking_config, args.catalogue, semantics_path, out / "ranking")
 
     stages.begin("serving: export both models, rank over HTTP")
     artifacts = out / "artifacts"
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     export_ranker(out / "ranking" / "best.safetensors", artifacts / "ranker", overwrite=True)
     print(f"artifacts: {artifacts / 'sentiment'} (mmfusion predict --checkpoint DIR), "
           f"{artifacts / 'ranker'} (xdeepfm serve --artifact DIR)")
-    lists = candidate_lists(args.catalogue, args.users, args.candidates)
+    lists = candidate_lists(ranking.data, args.users, args.candidates)
     rank_over_http(artifacts / "ranker", lists, args.top_k, out / "serve.log")
 
     print(f"\n== done\n{stages.summary()}")
