@@ -37,6 +37,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from mmfusion.files import sha256_file
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -51,14 +53,6 @@ class ArtifactError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Artifact directories: write, verify
 # --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions(names: Iterable[str] = ("torch", "numpy", "safetensors")) -> dict[str, str]:

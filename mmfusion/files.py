@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temp file beside the target, then rename over it.
+"""File helpers: atomic writes (temp file beside the target, then rename) and content checksums.
 
 A reader never sees a half-written file and a crash never destroys the previous version. The
 temp file gets the permissions a plain ``open(path, "w")`` would (0666 less the umask), not
@@ -7,6 +7,7 @@ temp file gets the permissions a plain ``open(path, "w")`` would (0666 less the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -46,3 +47,12 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, data: Any) -> None:
     """Indented JSON; numpy scalars and other non-JSON numbers are written as floats."""
     write_text(path, json.dumps(data, indent=2, default=float) + "\n")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in ``chunk``-sized blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from mmfusion.config import build
-from mmfusion.files import write_bytes
+from mmfusion.files import sha256_file, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,6 @@ def load_spec(mapping: dict, where: str = "features") -> FeatureSpec:
 # --------------------------------------------------------------------------- text encoder
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -179,7 +171,7 @@ class TextEncoder:
             raise FileNotFoundError(f"text model {self.model_path}: no *.safetensors or *.bin weights")
         for path in [self.model_path / "config.json", *weights]:
             digest.update(path.name.encode())
-            digest.update(_sha256_file(path).encode())
+            digest.update(sha256_file(path).encode())
         digest.update(f"max_tokens={self.max_tokens};normalize={self.normalize};pool=mean".encode())
         return digest.hexdigest()[:32]
 
