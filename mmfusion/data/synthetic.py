@@ -453,13 +453,14 @@ def tokenize(texts: list[str], tokenizer_path: str) -> np.ndarray:
 
 
 def encode_text_features(text_bert: np.ndarray, model_path: str, batch_size: int = 256) -> np.ndarray:
-    """(N, 50, 384) float32 last hidden states of the encoder, zero at padded positions."""
+    """(N, L, hidden) float32 last hidden states of the encoder for ``text_bert`` (N, 3, L), zero at
+    padded positions (SynthMOSI: L = 50, hidden = 384)."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(model_path).eval()
-    out = np.zeros((text_bert.shape[0], TEXT_LEN, model.config.hidden_size), dtype=np.float32)
+    out = np.zeros((text_bert.shape[0], text_bert.shape[2], model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for start in tqdm(range(0, text_bert.shape[0], batch_size), desc="text features", leave=False):
             chunk = torch.from_numpy(text_bert[start : start + batch_size])

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from mmfusion.data.mmsa import LABEL_RANGE, SPLITS
 from mmfusion.data.synthetic import write_pickle  # noqa: F401 -- atomic pickle writer, re-exported
 from mmfusion.extract import audio as audio_mod
+from mmfusion.data.synthetic import default_tokenizer_path, encode_text_features
 from mmfusion.extract import text as text_mod
 from mmfusion.extract import visual as visual_mod
 from mmfusion.extract.audio import AudioConfig
@@ -313,11 +314,11 @@ def extract(
     log.info("extracted %d clips (%d from the cache), %d failed", len(done), sum(rep.cached for rep in reports),
              sum(rep.status == "failed" for rep in reports))
 
-    model_path = str(text_model or text_mod.default_model_path())
+    model_path = str(text_model or default_tokenizer_path())
     texts = [r.text for r, _ in done]
     transcripts = [r.transcript for r, _ in done]
     text_bert = text_mod.tokenize(texts, transcripts, model_path, text_len) if done else np.zeros((0, 3, text_len), np.int64)
-    text_hidden = text_mod.encode(text_bert, model_path) if text_features and done else None
+    text_hidden = encode_text_features(text_bert, model_path) if text_features and done else None
     audio_all, audio_lengths = _pad([f.audio for _, f in done], cfg.audio.out_dim)
     vision_all, vision_lengths = _pad([f.vision for _, f in done], cfg.visual.dim)
 
