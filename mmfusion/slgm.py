@@ -38,6 +38,26 @@ from torch import nn
 UNIMODAL_TASKS = ("T", "A", "V")
 
 
+def class_centres(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C_p, C_n) of eq. 19-20: mean of ``features`` (N, D) over labels > 0 and < 0 (zeros for an empty class)."""
+    pos, neg = (labels > 0).to(features.dtype), (labels < 0).to(features.dtype)
+    c_pos = (pos.unsqueeze(1) * features).sum(0) / pos.sum().clamp(min=1.0)
+    c_neg = (neg.unsqueeze(1) * features).sum(0) / neg.sum().clamp(min=1.0)
+    return c_pos, c_neg
+
+
+def alphas_from_centres(features: torch.Tensor, c_pos: torch.Tensor, c_neg: torch.Tensor, distance: str = "ratio",
+                        eps: float = 1e-8) -> torch.Tensor:
+    """``alpha`` (N,) of ``features`` (N, D) relative to the two centres: ``(d_n - d_p) / (d_p + eps)``
+    (eq. 21-22), or with ``distance="axis"`` the position along the centre line (module docstring)."""
+    if distance == "axis":
+        axis = c_pos - c_neg
+        return 2.0 * ((features - 0.5 * (c_pos + c_neg)) @ axis) / (axis @ axis + eps)
+    d_p = (features - c_pos).norm(dim=-1)
+    d_n = (features - c_neg).norm(dim=-1)
+    return (d_n - d_p) / (d_p + eps)
+
+
 class SLGM(nn.Module):
     """Feature and label maps over the N training samples, keyed by the sample's row index."""
 
@@ -90,31 +110,15 @@ class SLGM(nn.Module):
     @torch.no_grad()
     def centres(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per task (positive centre, negative centre), each (D,), from that task's current labels (eq. 19-20)."""
-        out = {}
-        for task in self.tasks:
-            feats, labels = self.feature_map(task), self.label_map(task)
-            pos, neg = (labels > 0).to(feats.dtype), (labels < 0).to(feats.dtype)
-            c_pos = (pos.unsqueeze(1) * feats).sum(0) / pos.sum().clamp(min=1.0)
-            c_neg = (neg.unsqueeze(1) * feats).sum(0) / neg.sum().clamp(min=1.0)
-            out[task] = (c_pos, c_neg)
-        return out
+        return {task: class_centres(self.feature_map(task), self.label_map(task)) for task in self.tasks}
 
     @torch.no_grad()
     def alphas(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """``alpha`` per task for the samples ``index`` → (B,) each: ``(d_n - d_p) / (d_p + eps)``, or
         with ``distance="axis"`` the position along the centre line (see the module docstring)."""
         index = index.to(self.labels_M.device)
-        out = {}
-        for task, (c_pos, c_neg) in self.centres().items():
-            feats = self.feature_map(task)[index]
-            if self.distance == "axis":
-                axis = c_pos - c_neg
-                out[task] = 2.0 * ((feats - 0.5 * (c_pos + c_neg)) @ axis) / (axis @ axis + self.eps)
-            else:
-                d_p = (feats - c_pos).norm(dim=-1)
-                d_n = (feats - c_neg).norm(dim=-1)
-                out[task] = (d_n - d_p) / (d_p + self.eps)
-        return out
+        return {task: alphas_from_centres(self.feature_map(task)[index], c_pos, c_neg, self.distance, self.eps)
+                for task, (c_pos, c_neg) in self.centres().items()}
 
     @torch.no_grad()
     def update_labels(self, index: torch.Tensor, epoch: int) -> None:

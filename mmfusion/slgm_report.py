@@ -8,7 +8,8 @@ hidden truth, or CH-SIMS's annotated unimodal labels). Per modality s, on the tr
 
 - ``generated`` / ``copied``: Pearson correlation with the unimodal label of SLGM's final label
   and of the multimodal label copied unchanged (what SLGM must beat);
-- ``corr(alpha_s)``: correlation of the relative distance ``alpha_s = (d_n - d_p) / d_p`` (eq. 21-22)
+- ``corr(alpha_s)``: correlation of the relative distance ``alpha_s = (d_n - d_p) / d_p`` (eq. 21-22;
+  the centre-line position for runs with ``model.slgm_distance: axis``)
   with the unimodal label (centres of the multimodal classes): how much of it the geometry of the
   modality's representation carries;
 - ``separation``: ``||C_p - C_n|| / mean d_p``, how far apart the class centres are relative to
@@ -31,23 +32,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mmfusion.checkpoint import load_checkpoint
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.files import write_text
 from mmfusion.metrics import pearson
+from mmfusion.slgm import alphas_from_centres, class_centres
 
 log = logging.getLogger(__name__)
 
 INPUT_OF = {"A": "audio", "V": "vision"}
 
 
-def relative_distance(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    """``alpha`` per sample (eq. 21-22 with centres from ``labels``) and the centre separation ratio."""
-    c_pos, c_neg = features[labels > 0].mean(0), features[labels < 0].mean(0)
-    d_p = np.linalg.norm(features - c_pos, axis=1)
-    d_n = np.linalg.norm(features - c_neg, axis=1)
-    return (d_n - d_p) / (d_p + 1e-8), float(np.linalg.norm(c_pos - c_neg) / d_p.mean())
+def relative_distance(features: np.ndarray, labels: np.ndarray, distance: str = "ratio") -> tuple[np.ndarray, float]:
+    """``alpha`` per sample (SLGM's, centres from ``labels``) and the centre separation ratio."""
+    feats = torch.from_numpy(features)
+    c_pos, c_neg = class_centres(feats, torch.from_numpy(labels).to(feats.dtype))
+    alpha = alphas_from_centres(feats, c_pos, c_neg, distance).numpy()
+    return alpha, float((c_pos - c_neg).norm() / (feats - c_pos).norm(dim=-1).mean())
 
 
 def ridge_cv(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -84,14 +87,15 @@ def slgm_report(run_dir: str | Path, data_path: str | Path) -> dict[str, dict[st
     y_m = slgm["labels_M"]
     if len(y_m) != len(train) or not np.allclose(y_m, train.labels):
         raise ValueError(f"{run_dir}: its SLGM labels do not match the train split of {data_path} (another data file?)")
-    alpha_m, separation_m = relative_distance(slgm["features_M"], y_m)
+    distance = state["config"].get("model", {}).get("slgm_distance", "ratio")  # the run's own relative distance
+    alpha_m, separation_m = relative_distance(slgm["features_M"], y_m, distance)
     report = {}
     for task in ("T", "A", "V"):
         if f"labels_{task}" not in slgm:
             continue
         truth = train.unimodal_labels[task].astype(np.float64)
         features = slgm[f"features_{task}"]
-        alpha_s, separation_s = relative_distance(features, y_m)
+        alpha_s, separation_s = relative_distance(features, y_m, distance)
         row = {
             "generated": pearson(slgm[f"labels_{task}"], truth),
             "copied": pearson(y_m, truth),
