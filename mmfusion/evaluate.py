@@ -49,7 +49,7 @@ def predict(
     labels, outputs = [], {}
     device = next(model.parameters()).device
     for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=model.cfg.text.source):
-        out = model(batch.to(device) if device.type != "cpu" else batch)
+        out = model(batch.to(device))
         ids.extend(batch.ids)
         labels.append(batch.label)
         for task, value in out.preds.items():
