@@ -74,8 +74,9 @@ def sequence_statistics(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.asarray(rows)
 
 
-def slgm_report(run_dir: str | Path, data_path: str | Path) -> dict[str, dict[str, float | None]]:
-    """The figures described in the module docstring, per unimodal task."""
+def slgm_report(run_dir: str | Path, data_path: str | Path, distance: str | None = None) -> dict[str, dict[str, float | None]]:
+    """The figures described in the module docstring, per unimodal task; ``alpha`` with the run's
+    own relative distance, or with ``distance`` ("ratio" or "axis") on the same stored features."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / "last.pt")
     if "slgm" not in state or not state["slgm"]:
@@ -87,7 +88,10 @@ def slgm_report(run_dir: str | Path, data_path: str | Path) -> dict[str, dict[st
     y_m = slgm["labels_M"]
     if len(y_m) != len(train) or not np.allclose(y_m, train.labels):
         raise ValueError(f"{run_dir}: its SLGM labels do not match the train split of {data_path} (another data file?)")
-    distance = state["config"].get("model", {}).get("slgm_distance", "ratio")  # the run's own relative distance
+    if distance is None:  # the run's own relative distance
+        distance = state["config"].get("model", {}).get("slgm_distance", "ratio")
+    elif distance not in ("ratio", "axis"):
+        raise ValueError(f"slgm_report: distance={distance!r}, expected 'ratio' or 'axis'")
     alpha_m, separation_m = relative_distance(slgm["features_M"], y_m, distance)
     report = {}
     for task in ("T", "A", "V"):
@@ -114,12 +118,13 @@ def slgm_report(run_dir: str | Path, data_path: str | Path) -> dict[str, dict[st
     return report
 
 
-def format_report(report: dict[str, dict[str, float | None]], run_dir: Path, data_path: Path) -> str:
+def format_report(report: dict[str, dict[str, float | None]], run_dir: Path, data_path: Path, distance: str | None = None) -> str:
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     columns = ("generated", "copied", "corr_alpha_s", "corr_alpha_m", "separation_s", "separation_m", "probe", "inputs")
-    lines = [f"SLGM labels of `{run_dir}` against the unimodal labels of `{data_path}` (train split)", "",
+    alpha = f"alpha with distance={distance!r}" if distance else "alpha with the run's own distance"
+    lines = [f"SLGM labels of `{run_dir}` against the unimodal labels of `{data_path}` (train split; {alpha})", "",
              "| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {task} | " + " | ".join(cell(row[c]) for c in columns) + " |" for task, row in report.items()]
     return "\n".join(lines) + "\n"
@@ -130,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, type=Path, help="training run directory (holds last.pt)")
     parser.add_argument("--data", required=True, type=Path, help="the MMSA pickle it was trained on, with unimodal labels")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument("--distance", choices=("ratio", "axis"),
+                        help="compute alpha with this relative distance instead of the run's own (same stored features)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    text = format_report(slgm_report(args.run, args.data), args.run, args.data)
+    text = format_report(slgm_report(args.run, args.data, args.distance), args.run, args.data, args.distance)
     print(text, end="")
     if args.out:
         write_text(args.out, text)

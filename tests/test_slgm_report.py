@@ -52,6 +52,19 @@ def test_report_on_a_known_state(tmp_path):
     assert main(["--run", str(run), "--data", str(path), "--out", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "r.md").read_text().startswith("SLGM labels of")
 
+    # The run's config has no slgm_distance (a checkpoint from before the option): the ratio. The
+    # same features read with the centre-line distance: alpha is linear in the first coordinate,
+    # which is the truth plus nothing else, so it correlates (almost) perfectly; the ratio does not.
+    axis = slgm_report(run, path, distance="axis")
+    for task in ("T", "A", "V"):
+        assert axis[task]["corr_alpha_s"] > 0.99
+        assert report[task]["corr_alpha_s"] < axis[task]["corr_alpha_s"] - 0.01
+        assert axis[task]["generated"] == report[task]["generated"]  # the stored labels are what they are
+    assert main(["--run", str(run), "--data", str(path), "--distance", "axis", "--out", str(tmp_path / "a.md")]) == 0
+    assert "alpha with distance='axis'" in (tmp_path / "a.md").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="distance='cosine', expected 'ratio' or 'axis'"):
+        slgm_report(run, path, distance="cosine")
+
     slgm["labels_M"] = y_m + 1.0
     save_checkpoint({"config": {}, "model": {}, "slgm": slgm}, run / "last.pt")
     with pytest.raises(ValueError, match="do not match the train split"):
