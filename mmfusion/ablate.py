@@ -35,16 +35,17 @@ log = logging.getLogger(__name__)
 
 # name -> (what it tests, overrides of the `model` section)
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "full": ("LGT + soft mapping + low-rank UFF + SLGM", {}),
+    "full": ("LGT + soft mapping + low-rank UFF + SLGM (alpha along the centre line)", {}),
     "no_lgt": ("plain self-attention per modality, no text-guided queries", {"use_lgt": False}),
     "no_sm": ("weighted average of per-modality outputs instead of soft mapping", {"use_soft_mapping": False}),
     "no_lgt_no_sm": ("both of the above", {"use_lgt": False, "use_soft_mapping": False}),
     "no_uff": ("concatenation instead of the tensor-fusion product", {"fusion": "concat"}),
     "no_slgm": ("multimodal task only, no generated unimodal labels", {"use_slgm": False}),
+    "slgm_ratio": ("SLGM with the paper's relative distance (d_n - d_p) / d_p (eq. 21-22)", {"slgm_distance": "ratio"}),
     "slgm_encoder": ("T/A/V heads and SLGM on pre-LGT encoder features", {"unimodal_features": "encoder"}),
     "slgm_lgt_pooled": ("T/A/V heads and SLGM on LGT streams pooled before soft mapping", {"unimodal_features": "lgt_pooled"}),
-    "slgm_subnet_axis": ("T/A/V heads and SLGM on Self-MM-style subnets (mean+max pooled encoder, joining F_M), "
-                         "SLGM alpha = position along the centre line", {"unimodal_features": "subnet", "slgm_distance": "axis"}),
+    "slgm_subnet": ("T/A/V heads and SLGM on Self-MM-style subnets (mean+max pooled encoder, joining F_M)",
+                    {"unimodal_features": "subnet"}),
     "text_only": ("text branch alone", {"modalities": ["text"], "use_slgm": False}),
     "audio_only": ("audio branch alone", {"modalities": ["audio"], "use_slgm": False}),
     "vision_only": ("vision branch alone", {"modalities": ["vision"], "use_slgm": False}),

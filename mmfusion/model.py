@@ -86,7 +86,10 @@ class ModelConfig:
     # encoded sequence pooled by mean and max (the max keeps a short expressive segment), then
     # Linear+ReLU; the subnet vectors also join the fused representation F_M
     unimodal_features: Literal["lgt", "lgt_pooled", "encoder", "subnet"] = "lgt"
-    slgm_distance: Literal["ratio", "axis"] = "ratio"  # SLGM's relative distance (see mmfusion.slgm)
+    # SLGM's relative distance alpha (mmfusion.slgm): "axis" = the sample's position along the line
+    # through the two class centres; "ratio" = the paper's (d_n - d_p) / d_p (eq. 21-22), which is
+    # not monotone along that line (docs/results_synthmosi.md compares them)
+    slgm_distance: Literal["ratio", "axis"] = "axis"
     modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     head_hidden: int = 64
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)

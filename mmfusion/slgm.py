@@ -13,7 +13,10 @@ Per task, from the stored representations and that task's current labels:
   ``distance="axis"``: ``alpha = 2 (F - (C_p + C_n)/2) . (C_p - C_n) / ||C_p - C_n||^2``, the signed
   position along the line through the two centres (+1 at C_p, -1 at C_n). The ratio is not
   monotone along that line (it peaks at C_p and falls again beyond it, so a sample more positive
-  than the positive centre looks less positive); the axis position is linear in it;
+  than the positive centre looks less positive); the axis position is linear in it. The model's
+  default (``ModelConfig.slgm_distance``) is ``"axis"``: on SynthMOSI its audio and vision labels
+  track the hidden unimodal truth better than the copied multimodal label, the ratio's do not
+  (``docs/results_synthmosi.md``);
 * new unimodal label (the average of the ratio and difference relations of eq. 18):
   ``y_s = y_m + (alpha_s - alpha_m)(y_m + alpha_m) / (2 alpha_m)``, clipped to [-3, 3]
   (``alpha_m`` with ``|alpha_m| < eps`` is replaced by ``±eps`` to avoid dividing by zero);
