@@ -98,7 +98,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from mmfusion.text_encoder import default_model_path
 from mmfusion.data.synthetic import (
     AUDIO_LATENT,
     PRESETS,
@@ -114,8 +113,9 @@ from mmfusion.data.synthetic import (
     tokenize,
     write_pickle,
 )
-from xdeepfm.data.movielens import split_frame
 from mmfusion.files import write_bytes
+from mmfusion.text_encoder import default_model_path
+from xdeepfm.data.movielens import split_frame
 
 log = logging.getLogger(__name__)
 
