@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 UNIMODAL_TASKS = ("T", "A", "V")
+DISTANCES = ("ratio", "axis")  # the relative distances alpha can be (module docstring)
 
 
 def class_centres(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +70,7 @@ class SLGM(nn.Module):
         distance: str = "ratio",
     ):
         super().__init__()
-        if distance not in ("ratio", "axis"):
+        if distance not in DISTANCES:
             raise ValueError(f"SLGM distance={distance!r}: expected 'ratio' or 'axis'")
         self.distance = distance
         if "M" not in feature_dims:

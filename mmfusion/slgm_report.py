@@ -38,7 +38,7 @@ from mmfusion.checkpoint import load_checkpoint
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.files import write_text
 from mmfusion.metrics import pearson
-from mmfusion.slgm import alphas_from_centres, class_centres
+from mmfusion.slgm import DISTANCES, alphas_from_centres, class_centres
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def slgm_report(run_dir: str | Path, data_path: str | Path, distance: str | None
         raise ValueError(f"{run_dir}: its SLGM labels do not match the train split of {data_path} (another data file?)")
     if distance is None:  # the run's own relative distance
         distance = state["config"].get("model", {}).get("slgm_distance", "ratio")
-    elif distance not in ("ratio", "axis"):
+    elif distance not in DISTANCES:
         raise ValueError(f"slgm_report: distance={distance!r}, expected 'ratio' or 'axis'")
     alpha_m, separation_m = relative_distance(slgm["features_M"], y_m, distance)
     report = {}
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, type=Path, help="training run directory (holds last.pt)")
     parser.add_argument("--data", required=True, type=Path, help="the MMSA pickle it was trained on, with unimodal labels")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
-    parser.add_argument("--distance", choices=("ratio", "axis"),
+    parser.add_argument("--distance", choices=DISTANCES,
                         help="compute alpha with this relative distance instead of the run's own (same stored features)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
