@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mmfusion.files import write_text  # noqa: E402
+from mmcore.files import write_text  # noqa: E402
 
 
 def cpu_model() -> str:

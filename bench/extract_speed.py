@@ -35,9 +35,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
-
 import torch  # noqa: E402
+from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
 
 from mmfusion.extract.decode import decode_clip  # noqa: E402
 from mmfusion.extract.pipeline import ExtractConfig, _init_worker, extract  # noqa: E402

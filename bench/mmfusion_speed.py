@@ -46,15 +46,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
+
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the checkout's mmfusion
     sys.path.insert(0, str(REPO))
 
-from mmfusion.config import build, load_yaml  # noqa: E402
+from mmcore.config import build, load_yaml  # noqa: E402
 from mmfusion.data.batch import MMSABatch  # noqa: E402
-from mmfusion.data.mmsa import MMSAData, NormStats, collate_mmsa, load_mmsa, make_loader, MMSADataset  # noqa: E402
+from mmfusion.data.mmsa import MMSAData, MMSADataset, NormStats, collate_mmsa, load_mmsa, make_loader  # noqa: E402
+from mmfusion.experiment import SentimentExperiment, build_model_config  # noqa: E402
+from mmfusion.losses import multitask_loss  # noqa: E402
 from mmfusion.model import MultimodalSentimentModel  # noqa: E402
-from mmfusion.slgm import SLGM, multitask_loss  # noqa: E402
-from mmfusion.trainer import SentimentConfig, build_model_config, data_dims  # noqa: E402
+from mmfusion.slgm import SLGM  # noqa: E402
+from mmfusion.train import data_dims  # noqa: E402
 
 log = logging.getLogger("bench.mmfusion_speed")
 
@@ -91,7 +94,7 @@ def _median(xs: list[float]) -> float:
 class MMFusionBench:
     """One config's model, optimizer, SLGM and loaders, built the way ``trainer.train`` builds them."""
 
-    def __init__(self, cfg: SentimentConfig, data: MMSAData, seed: int = 0) -> None:
+    def __init__(self, cfg: SentimentExperiment, data: MMSAData, seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.text_source = cfg.model.text.source
@@ -279,8 +282,8 @@ def render_table(results: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def load_config(path: str, data_path: str | None) -> SentimentConfig:
-    cfg = build(SentimentConfig, load_yaml(REPO / path if not Path(path).is_absolute() else path), where=path)
+def load_config(path: str, data_path: str | None) -> SentimentExperiment:
+    cfg = build(SentimentExperiment, load_yaml(REPO / path if not Path(path).is_absolute() else path), where=path)
     if data_path is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data_path))
     return cfg

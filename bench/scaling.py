@@ -35,7 +35,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
 from benchlib import cpu_model, git_revision, loadavg, write_section  # noqa: E402
+
+from mmcore.config import load_yaml  # noqa: E402
+from xdeepfm.data.shards import main as write_shards  # noqa: E402
 
 SETTINGS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process)
 
@@ -66,8 +70,8 @@ def ranking_rate(out: Path, train_rows: int) -> float:
 
 
 def write_config(source: str, tmp: Path, name: str, epochs: int, data: dict | None = None) -> Path:
-    raw = yaml.safe_load((REPO / source).read_text())
-    raw["train"].update(epochs=epochs, patience=epochs + 1)
+    raw = load_yaml(REPO / source)  # with its base: file merged in
+    raw.setdefault("train", {}).update(epochs=epochs, patience=epochs + 1)
     if raw.get("task") == "ranking":
         raw["train"]["progress"] = False
     if data is not None:
@@ -82,9 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, help="markdown file whose <!-- scaling --> section is rewritten")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    from xdeepfm.data.shards import main as write_shards
-
     results: dict[str, dict[tuple[int, int], float]] = {}
     with tempfile.TemporaryDirectory(prefix="scaling_") as tmp_name:
         tmp = Path(tmp_name)

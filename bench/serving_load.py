@@ -70,15 +70,15 @@ HEADING = "## Ranking service: HTTP load and in-process scoring (engine vs deepc
 
 
 def train_and_export(workdir: Path, epochs: int) -> Path:
+    from xdeepfm.experiment import load_experiment
     from xdeepfm.export import export_checkpoint
-    from xdeepfm.train import load_config, run_config
+    from xdeepfm.train import train
 
-    config = load_config(REPO / CONFIG)
-    config.train.epochs, config.train.progress = epochs, False
+    config = load_experiment(REPO / CONFIG, [f"train.epochs={epochs}", "train.progress=false"])
     if not Path(config.features.text_cache_dir).is_absolute():
         config.features.text_cache_dir = str(REPO / config.features.text_cache_dir)
     log.info("training %s for %d epoch(s) (the artifact to serve)", CONFIG, epochs)
-    result = run_config(config, workdir / "run")
+    result = train(config, workdir / "run")
     log.info("trained: test auc %.4f", result["test"]["auc"])
     return export_checkpoint(workdir / "run" / "best.safetensors", workdir / "artifact")
 
@@ -86,9 +86,9 @@ def train_and_export(workdir: Path, epochs: int) -> Path:
 def build_requests(engine: ScoringEngine, n: int, n_candidates: int, seed: int) -> list[dict]:
     """``n`` rank requests: a test user's columns + ``n_candidates`` catalogue items."""
     from xdeepfm.data import load_splits
-    from xdeepfm.train import load_config
+    from xdeepfm.experiment import load_experiment
 
-    frames = load_splits(load_config(REPO / CONFIG).data)
+    frames = load_splits(load_experiment(REPO / CONFIG).data)
     frame = pd.concat(frames.values(), ignore_index=True)
     columns = sorted(engine.columns)
     per_user = frame.groupby("user_id")[columns].nunique().max()

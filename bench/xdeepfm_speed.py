@@ -55,14 +55,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
+
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the checkout's packages
     sys.path.insert(0, str(REPO))
 
 from xdeepfm.baseline import NON_TEXT_KINDS, build_stock_model  # noqa: E402
-from xdeepfm.data.movielens import default_root, load_splits  # noqa: E402
+from xdeepfm.data.movielens import default_root, load_movielens_splits  # noqa: E402
+from xdeepfm.experiment import RankingTrainConfig, load_experiment  # noqa: E402
 from xdeepfm.features import FeaturePipeline  # noqa: E402
 from xdeepfm.model import XDeepFMRanker, stack_inputs  # noqa: E402
-from xdeepfm.train import TrainConfig, load_config, predict, train_epoch  # noqa: E402
+from xdeepfm.train import predict, train_epoch  # noqa: E402
 
 log = logging.getLogger("bench.xdeepfm_speed")
 
@@ -95,13 +97,13 @@ class OursTrainer:
 
     def __init__(self, name: str, fields: list, config, X: dict[str, np.ndarray], y: np.ndarray,
                  test: dict[str, np.ndarray], seed: int = 0) -> None:
-        from xdeepfm.train import SplitData, _make_optimizer
+        from xdeepfm.train import SplitData, make_optimizer
 
         self.name = name
         self.model = XDeepFMRanker(fields, config.model, seed=seed)
-        self.train_config = TrainConfig(batch_size=BATCH, optimizer=config.train.optimizer, lr=config.train.lr,
-                                        weight_decay=config.train.weight_decay, progress=False)
-        self.optimizer = _make_optimizer(self.model, self.train_config)
+        self.train_config = RankingTrainConfig(batch_size=BATCH, optimizer=config.train.optimizer, lr=config.train.lr,
+                                               weight_decay=config.train.weight_decay, progress=False)
+        self.optimizer = make_optimizer(self.model, self.train_config)
         users = np.zeros(len(y), np.int64)  # not used by train_epoch
         self.data = SplitData(torch.from_numpy(stack_inputs(X, self.model.columns)), torch.from_numpy(y), users)
         self.test_X = torch.from_numpy(stack_inputs(test, self.model.columns))
@@ -356,15 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("load average at start: %s", load_before)
 
     # ---- inputs, built before any clock starts (text vectors included)
-    config = load_config(REPO / CONFIG)
+    config = load_experiment(REPO / CONFIG)
     if not Path(config.features.text_cache_dir).is_absolute():
         config.features.text_cache_dir = str(REPO / config.features.text_cache_dir)
-    splits = load_splits(config.data)
+    splits = load_movielens_splits(config.data)
     train_frame = splits["train"] if args.rows == 0 else splits["train"].iloc[: args.rows]
     pipeline = FeaturePipeline(config.features).fit(splits["train"], "train")
     X = pipeline.transform(train_frame, "train")
     test = pipeline.transform(splits["test"], "test")
-    text_calls = sum(enc.encoder_calls for enc in pipeline._encoders.values())
+    text_calls = sum(cache.encoder_calls for cache in pipeline._sentence_caches.values())
     y = train_frame["label"].to_numpy(np.float32, copy=True)
     fields = [pipeline.fitted[f.name] for f in pipeline.spec.fields]
     non_text = [f for f in fields if f.spec.kind in NON_TEXT_KINDS]

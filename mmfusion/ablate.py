@@ -2,7 +2,7 @@
 
     python -m mmfusion.ablate --config configs/synthmosi_ablation.yaml --seeds 0,1,2,3,4
 
-Variants are the seed paper's switches (section IV.B) plus the baselines: the full model; LGT off;
+Variants are the source paper's switches (section IV.B, docs/references.md) plus the baselines: the full model; LGT off;
 soft mapping off; both off; UFF replaced by concatenation; SLGM off (multimodal task only);
 single-modality models; and a late average of the three single-modality models' test predictions.
 Each run lives in ``<out>/<variant>/seed<k>`` and is skipped when its ``metrics.json`` exists, so an
@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfusion.files import write_text
-from mmfusion.cli import setup_logging
-from mmfusion.config import build, load_yaml
+from mmcore.config import build, load_yaml
+from mmcore.files import write_text
+from mmcore.runtime import setup_logging
+from mmfusion.experiment import SentimentExperiment
 from mmfusion.metrics import mmsa_metrics
+from mmfusion.train import train
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +59,13 @@ NOTES_MARKER = "<!-- notes -->"
 
 def run_variant(base: dict, variant: str, seed: int, out: Path) -> dict:
     """Train one variant with one seed (or read its finished result)."""
-    from mmfusion.trainer import SentimentConfig, train
-
     run_dir = out / variant / f"seed{seed}"
     if (run_dir / "metrics.json").exists():
         return json.loads((run_dir / "metrics.json").read_text())
     raw = copy.deepcopy(base)
     raw.setdefault("model", {}).update(VARIANTS[variant][1])
     raw.setdefault("train", {})["seed"] = seed
-    cfg = build(SentimentConfig, raw, where=f"ablation {variant}")
+    cfg = build(SentimentExperiment, raw, where=f"ablation {variant}")
     log.info("variant %s seed %d -> %s", variant, seed, run_dir)
     return train(cfg, run_dir)
 

@@ -1,8 +1,9 @@
-"""Checkpoints: written atomically (temp file, then rename), read with ``weights_only=True``.
+"""Sentiment training checkpoints in the shared format (``mmcore.checkpoint``: safetensors + JSON, checksummed).
 
-A checkpoint is a plain dict of tensors, numbers and strings: the experiment config, the model
-weights, the data normalisation statistics and the metrics; a *resume* checkpoint adds the
-optimizer, the SLGM label maps, the RNG state and the early-stopping bookkeeping.
+``best.safetensors`` holds the tensors ``model.*`` and the metadata ``config`` (the experiment),
+``data_dims``, ``norm`` (train-split statistics), ``epoch`` and ``valid_metrics``;
+``last.safetensors`` adds ``optim.*`` (AdamW), ``slgm.*`` (SLGM's feature and label maps),
+``rng.cpu`` (and ``rng.ranks`` under torchrun), and the loop state ``early_stopping`` and ``step``.
 """
 
 from __future__ import annotations
@@ -12,24 +13,26 @@ from typing import Any
 
 import torch
 
-from mmfusion.files import atomic_write
+from mmcore.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, with_prefix
+
+KIND = "mmfusion-checkpoint-v2"
+REQUIRED = ("config", "data_dims", "norm", "epoch")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, then rename over it."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+def save_sentiment_checkpoint(path: str | Path, meta: dict[str, Any], weights: dict[str, torch.Tensor],
+                              groups: dict[str, dict[str, torch.Tensor]] | None = None,
+                              optimizer: torch.optim.Optimizer | None = None) -> None:
+    """The model's ``weights`` (its state dict), further tensor ``groups`` (``slgm``, ``rng``) and ``meta``, atomically."""
+    tensors = with_prefix("model", weights)
+    for name, group in (groups or {}).items():
+        tensors.update(with_prefix(name, group))
+    save_checkpoint(path, KIND, tensors, meta, optimizer)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"{path}: not a readable mmfusion checkpoint ({exc})") from None
-    missing = {"config", "model"} - set(state)
+def load_sentiment_checkpoint(path: str | Path) -> Checkpoint:
+    """A verified sentiment checkpoint; the error names the file and the missing metadata."""
+    checkpoint = load_checkpoint(path, KIND)
+    missing = [key for key in REQUIRED if key not in checkpoint.meta]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {sorted(missing)}")
-    return state
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {missing}")
+    return checkpoint

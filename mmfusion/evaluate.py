@@ -1,8 +1,10 @@
 """Prediction and evaluation: batched inference over a split, MMSA metrics, per-sample CSV.
 
 ``evaluate_checkpoint`` is what ``evaluate.py --checkpoint ... --data ...`` runs: it rebuilds the
-model from the config stored in the checkpoint, applies the training normalisation statistics to
-the new data, and writes ``metrics_<split>.json`` and ``predictions_<split>.csv``.
+model from the config stored in the checkpoint (a run directory or its ``best.safetensors``),
+applies the training normalisation statistics to the new data, and writes
+``metrics_<split>.json`` and ``predictions_<split>.csv``. The model runs on the device its
+weights are on (``load_model(..., device=...)``; CUDA when available by default).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfusion.checkpoint import load_checkpoint
-from mmfusion.files import write_json, write_text
-from mmfusion.config import build
+from mmcore import distributed
+from mmcore.config import build
+from mmcore.files import write_json, write_text
+from mmcore.loop import RunDir
+from mmfusion.checkpoint import load_sentiment_checkpoint
 from mmfusion.data.mmsa import MMSAData, MMSASplit, NormStats, load_mmsa, make_loader
+from mmfusion.experiment import SentimentExperiment, build_model_config
 from mmfusion.metrics import format_metrics, mmsa_metrics
 from mmfusion.model import MultimodalSentimentModel
 
@@ -74,17 +79,23 @@ def predictions_csv(pred: Predictions) -> str:
     return buffer.getvalue()
 
 
-def load_model(checkpoint: str | Path) -> tuple[MultimodalSentimentModel, NormStats | None, dict]:
-    """Rebuild the model of a checkpoint with its weights; returns (model, norm stats, state)."""
-    from mmfusion.trainer import SentimentConfig, build_model_config  # the trainer imports this module
+def checkpoint_file(checkpoint: str | Path) -> Path:
+    """A checkpoint file, or a run directory's best checkpoint."""
+    path = Path(checkpoint)
+    return RunDir(path).best if path.is_dir() else path
 
-    state = load_checkpoint(checkpoint)
-    cfg = build(SentimentConfig, state["config"], where=f"{checkpoint}:config")
-    model = MultimodalSentimentModel(build_model_config(cfg.model, state["data_dims"]))
-    model.load_state_dict(state["model"])
-    model.eval()
-    norm = NormStats.from_dict(state["norm"]) if state.get("norm") else None
-    return model, norm, state
+
+def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[MultimodalSentimentModel, NormStats | None, dict]:
+    """Rebuild the model of a checkpoint with its weights on ``device`` (``auto``: CUDA when available);
+    returns (model in eval mode, norm stats, the checkpoint's metadata)."""
+    path = checkpoint_file(checkpoint)
+    state = load_sentiment_checkpoint(path)
+    cfg = build(SentimentExperiment, state.meta["config"], where=f"{path}:config")
+    model = MultimodalSentimentModel(build_model_config(cfg.model, state.meta["data_dims"]))
+    model.load_state_dict(state.group("model"))
+    model.to(distributed.select_device(device)).eval()
+    norm = NormStats.from_dict(state.meta["norm"]) if state.meta.get("norm") else None
+    return model, norm, state.meta
 
 
 def check_data_matches(data: MMSAData, state: dict, text_source: str, data_path: str | Path) -> None:
@@ -117,7 +128,7 @@ def evaluate_checkpoint(
     pred = predict(model, data.splits[split], norm, batch_size=batch_size)
     metrics = mmsa_metrics(pred.outputs["M"], pred.label)
     log.info("%s %s: %s", data_path, split, format_metrics(metrics))
-    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
+    out = Path(out_dir) if out_dir is not None else checkpoint_file(checkpoint).parent
     write_json(out / f"metrics_{split}.json",
                {"checkpoint": str(checkpoint), "data": str(data_path), "split": split, "metrics": metrics})
     write_text(out / f"predictions_{split}.csv", predictions_csv(pred))

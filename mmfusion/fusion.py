@@ -1,4 +1,4 @@
-"""Unfolded Fusion Function (UFF), seed 002 eq. 14-15, and the concatenation baseline.
+"""Unfolded Fusion Function (UFF), the source paper's eq. 14-15 (docs/references.md; TFN, LMF), and the concatenation baseline.
 
 Each unimodal vector u_m (B, in_dim) is projected to ``fusion_dim`` and extended with a constant
 1: ``z_m = [W_m u_m + b_m, 1]``. The 3-fold outer product ``z_t ⊗ z_a ⊗ z_v`` (eq. 15) then holds
@@ -98,8 +98,9 @@ class ConcatFusion(nn.Module):
 
 
 def build_fusion(
-    kind: FusionKind, n_modalities: int, in_dim: int, fusion_dim: int, out_dim: int, rank: int, dropout: float
+    *, kind: FusionKind, n_modalities: int, in_dim: int, fusion_dim: int, out_dim: int, rank: int, dropout: float
 ) -> nn.Module:
+    """The fusion of the pooled unimodal vectors ``model.fusion`` names (keywords only)."""
     if kind == "uff_full":
         return FullTensorFusion(n_modalities, in_dim, fusion_dim, out_dim, dropout)
     if kind == "uff_lowrank":

@@ -1,4 +1,4 @@
-"""Multi-task heads, seed 002 eq. 16-17 (hard parameter sharing).
+"""Multi-task heads, the source paper's eq. 16-17 (hard parameter sharing; docs/references.md).
 
 All tasks share the trunk (text/audio/vision encoders, LGT, soft mapping); each task then has
 its own head ``y_s = W2 ReLU(W1 F_s + b1) + b2``. The M head reads the fused representation,

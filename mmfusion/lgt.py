@@ -1,4 +1,4 @@
-"""Linguistic-guided Transformer (LGT), seed 002 eq. 1-7.
+"""Linguistic-guided Transformer (LGT), the source paper's eq. 1-7 (docs/references.md).
 
 Per layer, text is the primary modality:
 

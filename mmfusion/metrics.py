@@ -12,9 +12,12 @@ predictions or labels are constant) is ``None``, never a NaN posing as a number.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import numpy as np
 from sklearn.metrics import f1_score
+
+from mmcore.loop import improves
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +83,14 @@ def mmsa_metrics(pred, label) -> dict[str, float | None]:
     }
 
 
+def metric_mode(key: str) -> Literal["min", "max"]:
+    """Whether a lower (MAE, losses) or a higher value of metric ``key`` is better."""
+    return "min" if key in LOWER_IS_BETTER or key.endswith("loss") else "max"
+
+
 def is_better(key: str, new: float | None, best: float | None) -> bool:
     """Whether ``new`` improves on ``best`` for metric ``key`` (``None`` never improves)."""
-    if new is None:
-        return False
-    if best is None:
-        return True
-    return new < best if key in LOWER_IS_BETTER or key.endswith("loss") else new > best
+    return improves(new, best, metric_mode(key))
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:

@@ -1,4 +1,5 @@
-"""The assembled multimodal sentiment model (seed 002 §II-III) and its typed configuration.
+"""The assembled multimodal sentiment model (the source paper's sections II-III, docs/references.md)
+and its typed configuration.
 
 Data flow for one ``MMSABatch``::
 
@@ -10,7 +11,9 @@ Data flow for one ``MMSABatch``::
 
 The T/A/V heads and SLGM read u_t/u_a/u_v by default (``unimodal_features="lgt"``);
 ``"encoder"`` gives them each modality's encoder output pooled over its real positions instead,
-before the LGT mixes text into the audio and vision streams.
+before the LGT mixes text into the audio and vision streams. Which stage feeds them is decided in
+one place, :meth:`MultimodalSentimentModel.unimodal_tap` (``UNIMODAL_STAGE`` names each choice's
+stage). Every sub-module is built with named arguments.
 
 Ablation switches: ``use_lgt`` (text-guided cross-attention vs plain self-attention),
 ``use_soft_mapping`` (SM vs a learned softmax-weighted average of the pooled streams), ``fusion``
@@ -37,6 +40,8 @@ from mmfusion.text_encoder import TextEncoder
 logger = logging.getLogger(__name__)
 
 TASK_OF = {"text": "T", "audio": "A", "vision": "V"}
+# where in the forward pass each ``unimodal_features`` choice reads the unimodal vectors
+UNIMODAL_STAGE = {"encoder": "encoded", "subnet": "encoded", "lgt_pooled": "lgt", "lgt": "soft_mapping"}
 EncoderKind = Literal["conv", "lstm", "transformer"]
 
 
@@ -58,7 +63,7 @@ class TextEncoderConfig:
 
 
 @dataclass
-class ModelConfig:
+class SentimentModelConfig:
     """Every architectural choice of ``MultimodalSentimentModel``; defaults train fast on CPU."""
 
     d_model: int = 64
@@ -146,36 +151,38 @@ class ModelOutput:
 class MultimodalSentimentModel(nn.Module):
     """LGT + soft mapping + UFF + multi-task heads over an ``MMSABatch``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: SentimentModelConfig):
         super().__init__()
         self.cfg = cfg
         self.modalities = cfg.ordered_modalities
         d = cfg.d_model
+        self.text_encoder: TextEncoder | None = None
         if "text" in self.modalities:
             t = cfg.text
-            self.text_encoder: TextEncoder | None = TextEncoder(
-                t.source, d, t.model_path, t.finetune, t.top_layers, t.feature_dim
-            )
-        else:
-            self.text_encoder = None
+            self.text_encoder = TextEncoder(source=t.source, d_model=d, model_path=t.model_path, finetune=t.finetune,
+                                            top_layers=t.top_layers, feature_dim=t.feature_dim)
         self.encoders = nn.ModuleDict()
         for m, in_dim, kind in (("audio", cfg.audio_dim, cfg.audio_encoder), ("vision", cfg.vision_dim, cfg.vision_encoder)):
             if m not in self.modalities:
                 continue
             if in_dim is None:
                 raise ValueError(f"model.{m}_dim is None: set it from the data (batch.{m}.shape[-1]) before building the model")
-            self.encoders[m] = SequenceEncoder(
-                in_dim, d, kind, cfg.encoder_layers, cfg.conv_kernel, cfg.n_heads, cfg.ffn_dim, cfg.dropout
-            )
+            self.encoders[m] = SequenceEncoder(in_dim=in_dim, d_model=d, kind=kind, n_layers=cfg.encoder_layers,
+                                               kernel_size=cfg.conv_kernel, n_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
+                                               dropout=cfg.dropout)
         guided = cfg.use_lgt and "text" in self.modalities
         if cfg.use_lgt and not guided:
             logger.info("use_lgt=True without the text modality: LGT falls back to self-attention per modality")
-        self.lgt = LGT(self.modalities, d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.n_layers, guided)
+        self.lgt = LGT(modalities=self.modalities, d_model=d, n_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
+                       dropout=cfg.dropout, n_layers=cfg.n_layers, guided=guided)
         if cfg.use_soft_mapping:
-            self.aggregate: nn.Module = SoftMappingFusion(self.modalities, d, cfg.sm_hidden or 2 * d, cfg.sm_slots, cfg.dropout)
+            self.aggregate: nn.Module = SoftMappingFusion(modalities=self.modalities, d_model=d,
+                                                          hidden_dim=cfg.sm_hidden or 2 * d, n_slots=cfg.sm_slots,
+                                                          dropout=cfg.dropout)
         else:
-            self.aggregate = WeightedAverage(self.modalities)
-        self.fusion = build_fusion(cfg.fusion, len(self.modalities), d, cfg.fusion_dim, d, cfg.fusion_rank, cfg.dropout)
+            self.aggregate = WeightedAverage(modalities=self.modalities)
+        self.fusion = build_fusion(kind=cfg.fusion, n_modalities=len(self.modalities), in_dim=d,
+                                   fusion_dim=cfg.fusion_dim, out_dim=d, rank=cfg.fusion_rank, dropout=cfg.dropout)
         self.subnets = nn.ModuleDict()
         if cfg.unimodal_features == "subnet":
             self.subnets.update({m: nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Dropout(cfg.dropout))
@@ -183,7 +190,7 @@ class MultimodalSentimentModel(nn.Module):
         fused_dim = 2 * d + d * len(self.subnets)
         self.feature_dims = {"M": fused_dim, **{TASK_OF[m]: d for m in self.modalities}}
         head_tasks = self.feature_dims if cfg.use_slgm else {"M": fused_dim}
-        self.heads = MultiTaskHeads(dict(head_tasks), cfg.head_hidden, cfg.dropout)
+        self.heads = MultiTaskHeads(in_dims=dict(head_tasks), hidden_dim=cfg.head_hidden, dropout=cfg.dropout)
 
     @property
     def tasks(self) -> list[str]:
@@ -198,17 +205,11 @@ class MultimodalSentimentModel(nn.Module):
         for m, encoder in self.encoders.items():
             x, mask = getattr(batch, m), getattr(batch, f"{m}_mask").bool()
             streams[m], masks[m] = temporal_pool(encoder(x.float(), mask), mask, self.cfg.frame_stride)
-        if self.cfg.unimodal_features == "encoder":
-            unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
-        elif self.cfg.unimodal_features == "subnet":
-            unimodal = {m: subnet(torch.cat([masked_mean(streams[m], masks[m]), masked_max(streams[m], masks[m])], -1))
-                        for m, subnet in self.subnets.items()}
+        unimodal = self.unimodal_tap("encoded", streams, masks)  # before the LGT mixes text in
         streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)
-        if self.cfg.unimodal_features == "lgt_pooled":
-            unimodal = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
+        unimodal = unimodal or self.unimodal_tap("lgt", streams, masks)
         agg = self.aggregate(streams, masks)
-        if self.cfg.unimodal_features == "lgt":
-            unimodal = agg.pooled
+        unimodal = unimodal or self.unimodal_tap("soft_mapping", streams, masks, agg)
         fused_uff = self.fusion([agg.pooled[m] for m in self.modalities])
         features = {"M": torch.cat([agg.fused, fused_uff, *(unimodal[m] for m in self.subnets)], dim=-1)}
         features.update({TASK_OF[m]: unimodal[m] for m in self.modalities})
@@ -219,6 +220,21 @@ class MultimodalSentimentModel(nn.Module):
             attention=attention if return_attention else None,
             modality_weights=agg.weights.detach(),
         )
+
+    def unimodal_tap(self, stage: str, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                     agg=None) -> dict[str, torch.Tensor] | None:
+        """The unimodal vectors (B, d) per modality that the T/A/V heads and SLGM read, when ``stage``
+        (``"encoded"``, ``"lgt"`` or ``"soft_mapping"``) is where ``model.unimodal_features`` taps them;
+        None at the other stages. The one place that choice is decided."""
+        tap = self.cfg.unimodal_features
+        if UNIMODAL_STAGE[tap] != stage:
+            return None
+        if tap == "lgt":
+            return agg.pooled  # u_t / u_a / u_v of the soft mapping
+        if tap == "subnet":  # Self-MM's subnets: mean + max pooled, then Linear + ReLU
+            return {m: subnet(torch.cat([masked_mean(streams[m], masks[m]), masked_max(streams[m], masks[m])], -1))
+                    for m, subnet in self.subnets.items()}
+        return {m: masked_mean(streams[m], masks[m]) for m in self.modalities}  # "encoder", "lgt_pooled"
 
     def param_groups(self, lr_text: float, lr_other: float, weight_decay: float) -> list[dict]:
         """AdamW groups: pretrained text encoder vs the rest, each split into decayed weights and

@@ -36,9 +36,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmfusion.files import atomic_write
+from mmcore.artifact import MANIFEST
+from mmcore.files import atomic_write
+from mmcore.runtime import setup_logging
 from mmfusion.data.mmsa import SPLITS, load_mmsa, make_loader
 from mmfusion.evaluate import check_data_matches, load_model
+from mmfusion.export import load_model_artifact
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +64,24 @@ def predict_semantics(
     bad = [s for s in splits if s not in SPLITS]
     if not splits or bad:
         raise ValueError(f"splits {splits}: expected a non-empty subset of {list(SPLITS)}")
-    if Path(checkpoint).is_dir():  # an exported artifact (mmfusion.export): no pickle, checksums verified
-        from mmfusion.export import load_model_artifact
-
+    if (Path(checkpoint) / MANIFEST).is_file():  # an exported artifact (mmfusion.export): checksums verified
         model, norm, state = load_model_artifact(checkpoint)
-    else:
+    else:  # a training checkpoint, or a run directory (its best checkpoint)
         model, norm, state = load_model(checkpoint)
     data = load_mmsa(data_path)
     text_source = model.cfg.text.source
     check_data_matches(data, state, text_source, data_path)
     tasks = list(model.tasks)
+    device = next(model.parameters()).device  # batches follow the model's device
     ids, split_names, sentiment, embedding = [], [], [], []
     with torch.inference_mode():
         for name in splits:
             split = data.splits[name]
             for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=text_source):
-                out = model(batch)
+                out = model(batch.to(device))
                 ids.extend(batch.ids)
-                sentiment.append(torch.stack([out.preds[t] for t in tasks], dim=1).float())
-                embedding.append(out.features["M"].float())
+                sentiment.append(torch.stack([out.preds[t] for t in tasks], dim=1).float().cpu())
+                embedding.append(out.features["M"].float().cpu())
             split_names.extend([name] * len(split))
     log.info("%s: semantics of %d clips (%s) from %s", data_path, len(ids), ", ".join(splits), checkpoint)
     return {
@@ -135,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    from mmfusion.cli import setup_logging
-
     setup_logging(args.log_level)
     try:
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]

@@ -37,7 +37,8 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmfusion.files import write_text
+from mmcore.files import write_text
+from mmcore.hf import default_model_path, load_model, load_tokenizer
 from mmfusion.data.mmsa import SPLITS, MMSASplit, load_mmsa
 from mmfusion.metrics import METRIC_KEYS, mmsa_metrics
 
@@ -64,10 +65,8 @@ def text_embeddings(texts: list[str], model_path: str, batch_size: int = 128) ->
     """(N, H) mean-pooled last hidden states of the encoder over the real tokens of each text."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path).eval()
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path).eval()
     out = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(texts), batch_size), desc="text embeddings", leave=False):
@@ -132,8 +131,6 @@ def oracle(s: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int) -> Fit
 def run_reference(data_path: str | Path, seed: int = 0, model_path: str | None = None) -> dict[str, dict]:
     """All reference predictors on ``data_path``; ``{name: {"metrics", "choice", "subset"}}``."""
     if model_path is None:
-        from mmfusion.text_encoder import default_model_path
-
         model_path = default_model_path()
     data = load_mmsa(data_path)
     splits: dict[str, MMSASplit] = data.splits

@@ -1,4 +1,4 @@
-"""Audio / vision sequence encoder (GUIDE §2 "Encoders").
+"""Audio / vision sequence encoder (the method's encoders, docs/references.md).
 
 Projects a feature sequence (B, L, D) to ``d_model`` and encodes it with a 1-D convolution stack,
 a (bidirectional) LSTM or a Transformer encoder. Masks come from the true lengths (True = real

@@ -1,4 +1,4 @@
-"""Self-supervised unimodal Label Generation Module (SLGM), seed 002 eq. 18-22 / GUIDE §2 (Self-MM).
+"""Self-supervised unimodal Label Generation Module (SLGM), the source paper's eq. 18-22 and Self-MM (docs/references.md).
 
 For every training sample the module keeps (as buffers, so they checkpoint and resume) its latest
 fused ("M") and unimodal ("T", "A", "V") representations and its current label per task. The M
@@ -14,7 +14,7 @@ Per task, from the stored representations and that task's current labels:
   position along the line through the two centres (+1 at C_p, -1 at C_n). The ratio is not
   monotone along that line (it peaks at C_p and falls again beyond it, so a sample more positive
   than the positive centre looks less positive); the axis position is linear in it. The model's
-  default (``ModelConfig.slgm_distance``) is ``"axis"``: on SynthMOSI its audio and vision labels
+  default (``SentimentModelConfig.slgm_distance``) is ``"axis"``: on SynthMOSI its audio and vision labels
   track the hidden unimodal truth better than the copied multimodal label, the ratio's do not
   (``docs/results_synthmosi.md``);
 * new unimodal label (the average of the ratio and difference relations of eq. 18):
@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from mmcore.distributed import all_gather_cat
 
 UNIMODAL_TASKS = ("T", "A", "V")
 DISTANCES = ("ratio", "axis")  # the relative distances alpha can be (module docstring)
@@ -170,30 +172,7 @@ class SLGM(nn.Module):
 
 def gather_batch(index: torch.Tensor, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Every rank's batch indices and (detached) features, concatenated in rank order (DDP; see the module docstring)."""
-    from mmfusion.distributed import all_gather_cat
-
     tasks = sorted(features)
     widths = [features[t].shape[1] for t in tasks]
     stacked = all_gather_cat(torch.cat([features[t].detach().float() for t in tasks], dim=1))
     return all_gather_cat(index), dict(zip(tasks, stacked.split(widths, dim=1)))
-
-
-def multitask_loss(
-    output, labels: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sum over the predicted tasks of ``mean(w * |y_pred - y|)`` (Self-MM's L1); M is unweighted.
-
-    ``output`` is a ``ModelOutput`` (uses ``output.preds``); tasks missing from ``weights`` get weight 1.
-    """
-    weights = weights or {}
-    per_task: dict[str, torch.Tensor] = {}
-    for task, pred in output.preds.items():
-        if task not in labels:
-            raise KeyError(f"multitask_loss: no label for task {task!r} (labels has {sorted(labels)})")
-        target = labels[task].to(pred)
-        err = (pred - target).abs()
-        if task != "M" and task in weights:
-            err = weights[task].to(pred) * err
-        per_task[task] = err.mean()
-    total = torch.stack(list(per_task.values())).sum()
-    return total, per_task

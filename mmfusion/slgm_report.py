@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfusion.checkpoint import load_checkpoint
+from mmcore.files import write_text
+from mmcore.loop import RunDir
+from mmfusion.checkpoint import load_sentiment_checkpoint
 from mmfusion.data.mmsa import load_mmsa
-from mmfusion.files import write_text
 from mmfusion.metrics import pearson
 from mmfusion.slgm import DISTANCES, alphas_from_centres, class_centres
 
@@ -78,10 +79,11 @@ def slgm_report(run_dir: str | Path, data_path: str | Path, distance: str | None
     """The figures described in the module docstring, per unimodal task; ``alpha`` with the run's
     own relative distance, or with ``distance`` ("ratio" or "axis") on the same stored features."""
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / "last.pt")
-    if "slgm" not in state or not state["slgm"]:
-        raise ValueError(f"{run_dir / 'last.pt'}: the run has no SLGM state (model.use_slgm was false)")
-    slgm = {k: v.numpy().astype(np.float64) for k, v in state["slgm"].items()}
+    last = RunDir(run_dir).last
+    state = load_sentiment_checkpoint(last)
+    slgm = {k: v.numpy().astype(np.float64) for k, v in state.group("slgm").items()}
+    if not slgm:
+        raise ValueError(f"{last}: the run has no SLGM state (model.use_slgm was false)")
     train = load_mmsa(data_path).train
     if train.unimodal_labels is None:
         raise ValueError(f"{data_path}: the train split has no regression_labels_T/A/V to compare with")
@@ -89,7 +91,7 @@ def slgm_report(run_dir: str | Path, data_path: str | Path, distance: str | None
     if len(y_m) != len(train) or not np.allclose(y_m, train.labels):
         raise ValueError(f"{run_dir}: its SLGM labels do not match the train split of {data_path} (another data file?)")
     if distance is None:  # the run's own relative distance
-        distance = state["config"].get("model", {}).get("slgm_distance", "ratio")
+        distance = state.meta["config"].get("model", {}).get("slgm_distance", "ratio")
     elif distance not in DISTANCES:
         raise ValueError(f"slgm_report: distance={distance!r}, expected 'ratio' or 'axis'")
     alpha_m, separation_m = relative_distance(slgm["features_M"], y_m, distance)

@@ -1,4 +1,4 @@
-"""Soft Mapping (SM), seed 002 eq. 8-13, and the weighted-average replacement used by the ablation.
+"""Soft Mapping (SM), the source paper's eq. 8-13 (docs/references.md), and the weighted-average replacement used by the ablation.
 
 For one modality's LGT output ``M`` (B, L, d) with mask (B, L):
 

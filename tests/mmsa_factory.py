@@ -1,4 +1,4 @@
-"""Small, valid, in-memory MMSA pickles for tests (the format of GUIDE section 4).
+"""Small, valid, in-memory MMSA pickles for tests (the MMSA distribution format, docs/references.md).
 
 ``make_mmsa_dict`` returns the dict a real MMSA pickle holds (splits ``train``/``valid``/``test``),
 with deterministic values, true lengths that differ between clips, and zeros on padded frames.

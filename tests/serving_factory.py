@@ -2,7 +2,7 @@
 
 Built once per test session (``functools.cache``) in a temp directory: 600 synthetic impressions
 of 40 users x 30 items (categorical, multi-valued, numeric, text through a tiny random BERT, and a
-vector field read from an .npz), 3 epochs of ``xdeepfm.train.train_epoch``, ``save_checkpoint``.
+vector field read from an .npz), 3 epochs of ``xdeepfm.train.train_epoch``, ``save_ranking_checkpoint``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmfusion.config import to_dict
+from mmcore.config import to_dict
 from tests.xdeepfm_factory import make_tiny_bert
 
 USER_COLUMNS = ["user_id", "gender", "age"]
@@ -55,11 +55,12 @@ def impressions(n: int = 600, seed: int = 0) -> pd.DataFrame:
 
 @functools.cache
 def tiny_ranking() -> Tiny:
-    from xdeepfm.checkpoint import save_checkpoint
+    from xdeepfm.checkpoint import save_ranking_checkpoint
+    from xdeepfm.experiment import RankingTrainConfig
     from xdeepfm.export import export_checkpoint
     from xdeepfm.features import FeaturePipeline, load_spec
-    from xdeepfm.model import ModelConfig, XDeepFMRanker, stack_inputs
-    from xdeepfm.train import SplitData, TrainConfig, _make_optimizer, train_epoch
+    from xdeepfm.model import RankerConfig, XDeepFMRanker, stack_inputs
+    from xdeepfm.train import SplitData, make_optimizer, train_epoch
 
     root = Path(tempfile.mkdtemp(prefix="xdeepfm_serving_"))
     atexit.register(shutil.rmtree, root, True)
@@ -81,17 +82,17 @@ def tiny_ranking() -> Tiny:
         ],
     })
     pipeline = FeaturePipeline(spec).fit(frame)
-    config = ModelConfig(embedding_dim=4, cin_layer_sizes=[4, 4], dnn_hidden_units=[8])
+    config = RankerConfig(embedding_dim=4, cin_layer_sizes=[4, 4], dnn_hidden_units=[8])
     model = XDeepFMRanker([pipeline.fitted[f.name] for f in spec.fields], config, seed=0)
     data = SplitData(torch.from_numpy(stack_inputs(pipeline.transform(frame), model.columns)),
                      torch.from_numpy(frame["label"].to_numpy(np.float32, copy=True)), frame["user_id"].to_numpy())
-    train = TrainConfig(batch_size=64, lr=1e-2, progress=False)
-    optimizer = _make_optimizer(model, train)
+    train = RankingTrainConfig(batch_size=64, lr=1e-2, progress=False)
+    optimizer = make_optimizer(model, train)
     for epoch in range(3):
         train_epoch(model, optimizer, data, train, torch.Generator().manual_seed(epoch))
     checkpoint = root / "best.safetensors"
-    save_checkpoint(checkpoint, config={"task": "ranking", "seed": 0, "model": to_dict(config)}, features=pipeline,
-                    model=model, metrics={"valid": {"auc": 0.5}, "best_epoch": 3}, state={"epoch": 3})
+    save_ranking_checkpoint(checkpoint, config={"task": "ranking", "train": {"seed": 0}, "model": to_dict(config)},
+                            features=pipeline, model=model, metrics={"valid": {"auc": 0.5}, "best_epoch": 3}, state={"epoch": 3})
     artifact = export_checkpoint(checkpoint, root / "artifact")
     (root / "sem.npz").unlink()  # serving must not need the training-time vector file
     return Tiny(root, frame, checkpoint, artifact, root / "text_cache")

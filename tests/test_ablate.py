@@ -29,9 +29,9 @@ def test_ablation_table_and_late_average(tmp_path, tiny_synthmosi):
 
     # a second call reuses finished runs and keeps hand-written notes
     doc.write_text(doc.read_text() + "\nWhy the variants differ.\n")
-    mtime = (tmp_path / "runs" / "no_uff" / "seed0" / "model.pt").stat().st_mtime
+    mtime = (tmp_path / "runs" / "no_uff" / "seed0" / "best.safetensors").stat().st_mtime
     assert ablate.main(args) == 0
-    assert (tmp_path / "runs" / "no_uff" / "seed0" / "model.pt").stat().st_mtime == mtime
+    assert (tmp_path / "runs" / "no_uff" / "seed0" / "best.safetensors").stat().st_mtime == mtime
     assert "Why the variants differ." in doc.read_text()
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mmapp.catalogue import generate_catalogue, write_catalogue
 from xdeepfm.compare import main, recovered_gain, replace_marked_section, write_doc
-from xdeepfm.data.ecommerce import generate_catalogue, write_catalogue
 
 
 def test_recovered_gain():
@@ -32,11 +32,11 @@ def _config(path: Path, data_dir: Path, vector_array: str | None) -> Path:
         fields.append({"name": "truth", "kind": "vector", "path": str(data_dir / "oracle_sentiment.npz"),
                        "key_column": "video_id", "array": vector_array})
     raw = {
-        "task": "ranking", "seed": 0,
+        "task": "ranking",
         "data": {"kind": "ecommerce", "path": str(data_dir), "split": "random", "split_seed": 1},
         "features": {"text_cache_dir": str(path.parent / "cache"), "fields": fields},
         "model": {"implementation": "ours", "embedding_dim": 4, "cin_layer_sizes": [4], "dnn_hidden_units": [8]},
-        "train": {"epochs": 1, "batch_size": 256},
+        "train": {"epochs": 1, "batch_size": 256, "seed": 0},
         "eval": {"k": 10},
     }
     path.write_text(yaml.safe_dump(raw))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from mmfusion.demo import main
+from mmapp.demo import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_demo_runs_the_whole_product(tmp_path, capsys):
     for stage in ("[1] sentiment model", "[2] video semantics", "[3] ranking model", "[4] serving"):
         assert stage in printed
     assert re.search(r"Non0_acc_2=\d\.\d{4}", printed) and re.search(r"test metrics \(new videos only\): auc=0\.\d{4}", printed)
-    for path in ("sentiment/model.pt", "sentiment/tensorboard", "semantics.npz", "ranking/best.safetensors", "ranking/tb",
+    for path in ("sentiment/best.safetensors", "sentiment/tensorboard", "semantics.npz", "ranking/best.safetensors", "ranking/tensorboard",
                  "artifacts/sentiment/manifest.json", "artifacts/ranker/manifest.json", "serve.log"):
         assert (out / path).exists(), path
     served = (out / "serve.log").read_text()  # the lists went through the real service (its JSON access log)

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from mmfusion.checkpoint import load_checkpoint
+from mmfusion.checkpoint import load_sentiment_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
@@ -51,7 +51,7 @@ def sentiment_config(tmp_path: Path, data: Path, epochs: int = 2) -> Path:
 
 
 def test_sentiment_two_processes_match_one(tiny_synthmosi, tmp_path):
-    from mmfusion.cli import train_main
+    from mmapp.cli import train_main
     from mmfusion.evaluate import evaluate_checkpoint
 
     config = sentiment_config(tmp_path, tiny_synthmosi)
@@ -63,16 +63,16 @@ def test_sentiment_two_processes_match_one(tiny_synthmosi, tmp_path):
     for split in ("valid", "test"):
         assert ddp[split] == pytest.approx(one[split], abs=METRIC_TOL), split
     # SLGM's generated labels and stored features: global under DDP, so they match one process
-    slgm_one, slgm_ddp = (load_checkpoint(tmp_path / d / "last.pt")["slgm"] for d in ("one", "ddp"))
+    slgm_one, slgm_ddp = (load_sentiment_checkpoint(tmp_path / d / "last.safetensors").group("slgm") for d in ("one", "ddp"))
     assert torch.equal(slgm_ddp["labels_M"], slgm_one["labels_M"])
     for task in ("T", "A", "V"):
         assert not torch.equal(slgm_one[f"labels_{task}"], slgm_one["labels_M"])  # labels were really generated
         torch.testing.assert_close(slgm_ddp[f"labels_{task}"], slgm_one[f"labels_{task}"], rtol=0, atol=SLGM_TOL)
     # rank 0 alone wrote: one TensorBoard event file, checkpoints with plain (not DDP "module.") keys
     assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    assert len(load_checkpoint(tmp_path / "ddp" / "last.pt")["rng_ranks"]) == 2
+    assert len(load_sentiment_checkpoint(tmp_path / "ddp" / "last.safetensors").group("rng")["ranks"]) == 2
     # the distributed checkpoint loads in a single process and reproduces the run's test metrics
-    evaluated = evaluate_checkpoint(tmp_path / "ddp" / "model.pt", tiny_synthmosi, "test", tmp_path / "eval")
+    evaluated = evaluate_checkpoint(tmp_path / "ddp" / "best.safetensors", tiny_synthmosi, "test", tmp_path / "eval")
     metrics = evaluated.get("metrics", evaluated)
     assert metrics["MAE"] == pytest.approx(ddp["test"]["MAE"], abs=1e-6)
 
@@ -88,10 +88,9 @@ def test_sentiment_resume_under_torchrun(tiny_synthmosi, tmp_path):
     torchrun(*base, "--out", str(tmp_path / "full"), cwd=tmp_path)
     torchrun(*base, "--out", str(tmp_path / "cut"), "--stop-after", "1", cwd=tmp_path)
     torchrun(*base, "--out", str(tmp_path / "cut"), "--resume", cwd=tmp_path)
-    full, cut = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "cut"))
-    for key in full["model"]:
-        torch.testing.assert_close(cut["model"][key], full["model"][key], rtol=0, atol=0)
-    torch.testing.assert_close(cut["slgm"], full["slgm"], rtol=0, atol=0)
+    full, cut = (load_sentiment_checkpoint(tmp_path / d / "last.safetensors") for d in ("full", "cut"))
+    for group in ("model", "slgm"):
+        torch.testing.assert_close(cut.group(group), full.group(group), rtol=0, atol=0)
 
 
 def test_slgm_update_from_two_ranks_equals_whole_batch(tmp_path):
@@ -122,20 +121,39 @@ def ranking_config(tmp_path: Path, **data) -> Path:
 
 
 def test_ranking_two_processes_match_one(tmp_path):
-    from xdeepfm import evaluate
-    from xdeepfm.train import run
+    from xdeepfm.evaluate import evaluate_checkpoint
+    from xdeepfm.experiment import load_experiment
+    from xdeepfm.train import train
 
     config = ranking_config(tmp_path)
     torchrun(str(ROOT / "train.py"), "--config", str(config), "--out", str(tmp_path / "ddp"), "--log-level", "WARNING", cwd=tmp_path)
-    one = run(config, tmp_path / "one")
+    one = train(load_experiment(config), tmp_path / "one")
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp["best_epoch"] == one["best_epoch"]
     for split in ("valid", "test"):
         assert ddp[split] == pytest.approx(one[split], abs=METRIC_TOL), split
     assert [h["train_bce"] for h in ddp["history"]] == pytest.approx([h["train_bce"] for h in one["history"]], abs=METRIC_TOL)
-    assert len(list((tmp_path / "ddp" / "tb").glob("events.out.tfevents.*"))) == 1
+    assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     # the distributed checkpoint loads in one process and reproduces the run's test metrics
-    assert evaluate.run(tmp_path / "ddp" / "best.safetensors")["test"] == pytest.approx(ddp["test"], abs=1e-6)
+    assert evaluate_checkpoint(tmp_path / "ddp")["test"] == pytest.approx(ddp["test"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ranking_resume_under_torchrun(tmp_path):
+    """2 processes, stopped after epoch 1 and resumed, reach the uninterrupted 2-process weights exactly."""
+    from xdeepfm.checkpoint import load_ranking_checkpoint
+
+    config = ranking_config(tmp_path)
+    base = [str(ROOT / "train.py"), "--config", str(config), "--log-level", "WARNING", "--set", "model.dnn_dropout=0.2"]
+    torchrun(*base, "--out", str(tmp_path / "full"), cwd=tmp_path)
+    torchrun(*base, "--out", str(tmp_path / "cut"), "--stop-after", "1", cwd=tmp_path)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    torchrun(*base, "--out", str(tmp_path / "cut"), "--resume", cwd=tmp_path)
+    full, cut = (load_ranking_checkpoint(tmp_path / d / "last.safetensors").model_state for d in ("full", "cut"))
+    for key in full:
+        torch.testing.assert_close(cut[key], full[key], rtol=0, atol=0)
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "cut")]
+    assert metrics[1]["history"] == metrics[0]["history"] and metrics[1]["test"] == metrics[0]["test"]
 
 
 @pytest.mark.slow
@@ -149,7 +167,8 @@ def test_ranking_shards_two_processes_two_workers(tmp_path):
     runs are not the same computation; measured gap on this data: |dAUC| < 0.001 after 2 epochs.
     """
     from xdeepfm.data.shards import main as write_shards_main
-    from xdeepfm.train import run
+    from xdeepfm.experiment import load_experiment
+    from xdeepfm.train import train
 
     source = ranking_config(tmp_path)
     assert write_shards_main(["--from-config", str(source), "--out", str(tmp_path / "shards"),
@@ -157,14 +176,14 @@ def test_ranking_shards_two_processes_two_workers(tmp_path):
     config = ranking_config(tmp_path, kind="parquet", num_workers=2,
                             **{s: str(tmp_path / "shards" / s / "*.parquet") for s in ("train", "valid", "test")})
     torchrun(str(ROOT / "train.py"), "--config", str(config), "--out", str(tmp_path / "ddp"), "--log-level", "WARNING", cwd=tmp_path)
-    one = run(config, tmp_path / "one")
+    one = train(load_experiment(config), tmp_path / "one")
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=0.02)
     assert ddp["split"] == "parquet"
 
 
 def test_plain_python_is_one_process_and_bad_launches_are_named(monkeypatch):
-    from mmfusion import distributed
+    from mmcore import distributed
 
     for name in distributed.ENV_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -181,7 +200,7 @@ def test_plain_python_is_one_process_and_bad_launches_are_named(monkeypatch):
 
 def _slgm_check(out: Path) -> None:
     """Run under torchrun: SLGM fed half batches per rank (gathered) vs one SLGM fed whole batches."""
-    from mmfusion import distributed
+    from mmcore import distributed
     from mmfusion.slgm import SLGM, gather_batch
 
     ctx = distributed.init()

@@ -1,5 +1,6 @@
-"""The synthetic e-commerce catalogue: determinism, the documented click model, files and splits,
-and a tiny end-to-end run (catalogue -> mmfusion checkpoint -> predict -> three ranking configs)."""
+"""The synthetic e-commerce catalogue (``mmapp.catalogue``): determinism, the documented click model, files,
+the reader and its splits (``xdeepfm.data.ecommerce``), and a tiny end-to-end run (catalogue -> mmfusion
+checkpoint -> predict -> three ranking configs)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from mmfusion.config import build
+from mmapp.catalogue import CATEGORIES, PRODUCT_INFO, ClickModel, generate_catalogue, write_catalogue
+from mmcore.config import build, load_yaml
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.data.synthetic import PRODUCTS
 from tests.xdeepfm_factory import make_tiny_bert
-from xdeepfm.data.ecommerce import (
-    CATEGORIES,
-    PRODUCT_INFO,
-    ClickModel,
-    EcommerceConfig,
-    generate_catalogue,
-    load_splits,
-    write_catalogue,
-)
-from xdeepfm.train import RankingConfig, load_config, run_config
+from xdeepfm.checkpoint import load_ranking_checkpoint
+from xdeepfm.data.ecommerce import EcommerceConfig, load_ecommerce_splits
+from xdeepfm.experiment import RankingExperiment, load_experiment
+from xdeepfm.train import train as train_ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(n_videos=40, n_users=30, impressions_per_user=10, preset="tiny")
@@ -104,7 +100,7 @@ def frame_of(paths) -> pd.DataFrame:
     return pd.read_csv(paths["impressions.csv"])
 
 
-def test_write_files_and_load_splits(tmp_path):
+def test_write_files_and_load_ecommerce_splits(tmp_path):
     catalogue = generate_catalogue(2, **SMALL)
     paths = write_catalogue(catalogue, tmp_path / "ec")
     assert all(p.is_file() for p in paths.values())
@@ -118,14 +114,14 @@ def test_write_files_and_load_splits(tmp_path):
         np.testing.assert_allclose(oracle["sentiment"][:, 0], catalogue.videos["true_sentiment"], rtol=1e-6)
     assert json.loads(paths["catalogue.json"].read_text())["seed"] == 2
 
-    splits = load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec"), split_seed=0))
+    splits = load_ecommerce_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec"), split_seed=0))
     assert [len(splits[s]) for s in ("train", "valid", "test")] == [240, 30, 30]
     joined = pd.concat(splits.values())
     assert len(joined.drop_duplicates()) == 300
     assert (joined["label"] == joined["click"]).all() and joined["label"].dtype == np.float32
     assert joined["user_id"].str.startswith("user_").all()
 
-    cold = load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec"), split="cold_video", split_seed=0))
+    cold = load_ecommerce_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec"), split="cold_video", split_seed=0))
     test_videos = set(cold["test"]["video_id"])
     assert len(test_videos) == 4  # 10% of the 40 videos, with every impression of theirs
     assert not test_videos & set(cold["train"]["video_id"]) and not test_videos & set(cold["valid"]["video_id"])
@@ -133,12 +129,12 @@ def test_write_files_and_load_splits(tmp_path):
     assert len(cold["test"]) == int(frame_of(paths)["video_id"].isin(test_videos).sum())
 
     with pytest.raises(FileNotFoundError, match=r"nowhere/impressions.csv: e-commerce impressions not found"):
-        load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "nowhere")))
+        load_ecommerce_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "nowhere")))
     frame = pd.read_csv(paths["impressions.csv"])
     frame.loc[7, "click"] = 2
     frame.to_csv(paths["impressions.csv"], index=False)
     with pytest.raises(ValueError, match=r"impressions.csv: column 'click': row 7 is 2; expected 0 or 1"):
-        load_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec")))
+        load_ecommerce_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec")))
 
 
 def test_bad_arguments():
@@ -148,9 +144,9 @@ def test_bad_arguments():
         generate_catalogue(0, preset="huge")
 
 
-def _ranking_config(name: str, data_dir: Path, semantics: Path, bert: Path, cache: Path) -> RankingConfig:
+def _ranking_config(name: str, data_dir: Path, semantics: Path, bert: Path, cache: Path) -> RankingExperiment:
     """configs/<name>.yaml pointed at the test's files, with a small model and one epoch."""
-    raw = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    raw = load_yaml(ROOT / "configs" / f"{name}.yaml")
     raw["data"]["path"] = str(data_dir)
     raw["features"]["text_cache_dir"] = str(cache)
     for spec in raw["features"]["fields"]:
@@ -160,13 +156,14 @@ def _ranking_config(name: str, data_dir: Path, semantics: Path, bert: Path, cach
             spec["path"] = str(semantics if spec["path"].endswith("semantics.npz") else data_dir / Path(spec["path"]).name)
     raw["model"].update(embedding_dim=4, cin_layer_sizes=[4, 4], dnn_hidden_units=[8])
     raw["train"].update(epochs=1, batch_size=128, progress=False)
-    return build(RankingConfig, raw, name)
+    return build(RankingExperiment, raw, name)
 
 
 def test_end_to_end_catalogue_to_ranking(tmp_path):
     """Catalogue -> 1-epoch mmfusion on its clips -> predict -> the three ranking configs."""
+    from mmfusion.experiment import SentimentExperiment
     from mmfusion.predict import predict_semantics, write_semantics
-    from mmfusion.trainer import SentimentConfig, train
+    from mmfusion.train import train
 
     data_dir = tmp_path / "ec"
     write_catalogue(generate_catalogue(3, n_videos=60, n_users=40, impressions_per_user=15, preset="tiny",
@@ -175,20 +172,18 @@ def test_end_to_end_catalogue_to_ranking(tmp_path):
     tiny["data"] = {"path": str(data_dir / "videos.pkl"), "batch_size": 16}
     tiny["model"]["text"] = {"source": "features"}
     tiny["train"].update(epochs=1, attention_clips=0)
-    train(build(SentimentConfig, tiny, "tiny"), tmp_path / "mm")
+    train(build(SentimentExperiment, tiny, "tiny"), tmp_path / "mm")
     semantics = tmp_path / "semantics.npz"
-    write_semantics(predict_semantics(tmp_path / "mm" / "model.pt", data_dir / "videos.pkl"), semantics)
+    write_semantics(predict_semantics(tmp_path / "mm" / "best.safetensors", data_dir / "videos.pkl"), semantics)
 
     bert = make_tiny_bert(tmp_path / "bert")
     vector_dims = {}
     for name in ("ecommerce_xdeepfm", "ecommerce_xdeepfm_nosemantics", "ecommerce_xdeepfm_oracle"):
         config = _ranking_config(name, data_dir, semantics, bert, tmp_path / "cache")
         assert isinstance(config.data, EcommerceConfig)
-        result = run_config(config, tmp_path / name)
+        result = train_ranking(config, tmp_path / name)
         assert 0.0 <= result["test"]["auc"] <= 1.0 and result["test"]["logloss"] > 0
-        from xdeepfm.checkpoint import load_checkpoint
-
-        fitted = load_checkpoint(tmp_path / name / "best.safetensors").features.fitted
+        fitted = load_ranking_checkpoint(tmp_path / name / "best.safetensors").features.fitted
         vector_dims[name] = {n: f.dim for n, f in fitted.items() if f.spec.kind == "vector"}
     assert vector_dims == {
         "ecommerce_xdeepfm": {"video_sentiment": 4, "video_embedding": 64},  # M/T/A/V and F_M (2 x d_model 32)
@@ -199,16 +194,16 @@ def test_end_to_end_catalogue_to_ranking(tmp_path):
 
 def test_configs_load():
     for name in ("ecommerce_xdeepfm", "ecommerce_xdeepfm_nosemantics", "ecommerce_xdeepfm_oracle"):
-        config = load_config(ROOT / "configs" / f"{name}.yaml")
+        config = load_experiment(ROOT / "configs" / f"{name}.yaml")
         assert isinstance(config.data, EcommerceConfig) and config.data.path == "datasets/ecommerce"
-    assert not isinstance(load_config(ROOT / "configs" / "ml100k_xdeepfm.yaml").data, EcommerceConfig)
+    assert not isinstance(load_experiment(ROOT / "configs" / "ml100k_xdeepfm.yaml").data, EcommerceConfig)
 
 
 def test_clips_share_the_synthmosi_world(monkeypatch):
     """The catalogue's audio/vision mixing is that of generate(preset, world_seed), so a checkpoint
     trained on that SynthMOSI file sees the catalogue's clips as new clips of the same world."""
     import mmfusion.data.synthetic as synthetic
-    from xdeepfm.data.ecommerce import _world_mixing
+    from mmapp.catalogue import _world_mixing
 
     made = []
     original = synthetic.make_mixing

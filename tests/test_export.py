@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 
-from mmfusion.config import build
-from mmfusion.export import ArtifactError, MANIFEST
+from mmcore.artifact import MANIFEST, ArtifactError
+from mmcore.config import build
 from tests.serving_factory import records, tiny_ranking
-from xdeepfm.checkpoint import load_checkpoint
+from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.export import FILES, build_model, export_checkpoint, load_artifact
-from xdeepfm.model import ModelConfig, stack_inputs
+from xdeepfm.model import RankerConfig, stack_inputs
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.train import predict
 
@@ -32,8 +32,8 @@ def tiny():
 
 def trained_scores(checkpoint: Path, frame) -> np.ndarray:
     """The trained model's probabilities, straight from the training checkpoint."""
-    ckpt = load_checkpoint(checkpoint)
-    model = build_model(ckpt.features, build(ModelConfig, ckpt.config["model"]))
+    ckpt = load_ranking_checkpoint(checkpoint)
+    model = build_model(ckpt.features, build(RankerConfig, ckpt.config["model"]))
     model.load_state_dict(ckpt.model_state)
     return predict(model, torch.from_numpy(stack_inputs(ckpt.features.transform(frame), model.columns)))
 
@@ -140,7 +140,8 @@ def test_export_command_line(tiny, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def sentiment_checkpoint(tiny_synthmosi, tmp_path_factory) -> Path:
-    from mmfusion.trainer import SentimentConfig, train
+    from mmfusion.experiment import SentimentExperiment
+    from mmfusion.train import train
 
     raw = yaml.safe_load((ROOT / "configs" / "synthmosi_tiny.yaml").read_text())
     raw["data"]["path"] = str(tiny_synthmosi)
@@ -148,13 +149,14 @@ def sentiment_checkpoint(tiny_synthmosi, tmp_path_factory) -> Path:
     raw["model"]["text"] = {"source": "features"}
     raw["train"].update(epochs=1, attention_clips=0)
     out = tmp_path_factory.mktemp("sentiment")
-    train(build(SentimentConfig, raw, where="tiny"), out)
-    return out / "model.pt"
+    train(build(SentimentExperiment, raw, where="tiny"), out)
+    return out / "best.safetensors"
 
 
 def test_mmfusion_export_feeds_predict(sentiment_checkpoint, tiny_synthmosi, tmp_path, monkeypatch):
     from mmfusion.export import export_checkpoint as export_sentiment
-    from mmfusion.predict import main as predict_main, predict_semantics
+    from mmfusion.predict import main as predict_main
+    from mmfusion.predict import predict_semantics
 
     artifact = export_sentiment(sentiment_checkpoint, tmp_path / "sentiment")
     assert sorted(p.name for p in artifact.iterdir()) == ["config.json", "manifest.json", "norm.json", "weights.safetensors"]

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import yaml
 
-from mmfusion.config import build
+from mmcore.config import build
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.extract.__main__ import main as extract_main
 from mmfusion.extract.audio import feature_names as audio_names
 from mmfusion.extract.pipeline import ExtractConfig, extract
 from mmfusion.extract.synthclip import espeak_available, speak, write_clip
-from mmfusion.text_encoder import default_model_path
+from mmcore.hf import default_model_path
 from mmfusion.extract.visual import STATS_NAMES, VisualConfig
 from mmfusion.predict import main as predict_main
-from mmfusion.trainer import SentimentConfig, train
+from mmfusion.experiment import SentimentExperiment
+from mmfusion.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
@@ -137,9 +138,9 @@ def test_predict_on_extracted_features(extracted, tmp_path):
     raw["data"] = {"path": str(extracted), "batch_size": 4}
     raw["model"]["text"] = {"source": "features"}
     raw["train"].update(epochs=1, attention_clips=0)
-    train(build(SentimentConfig, raw, where=str(TINY)), tmp_path / "run")
+    train(build(SentimentExperiment, raw, where=str(TINY)), tmp_path / "run")
     out = tmp_path / "semantics.npz"
-    assert predict_main(["--checkpoint", str(tmp_path / "run" / "model.pt"), "--data", str(extracted),
+    assert predict_main(["--checkpoint", str(tmp_path / "run" / "best.safetensors"), "--data", str(extracted),
                          "--out", str(out), "--log-level", "WARNING"]) == 0
     with np.load(out, allow_pickle=False) as sem:
         assert list(sem["ids"]) == [c[0] for c in CLIPS]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmcore.hf import default_model_path
 from mmfusion.data.mmsa import (
     MMSADataset,
     MMSAFormatError,
@@ -21,6 +22,7 @@ from mmfusion.data.mmsa import (
     load_mmsa,
     main,
     make_loader,
+    text_vocab_size,
 )
 from tests.mmsa_factory import make_mmsa_dict, make_split, write_mmsa_pickle
 
@@ -250,6 +252,12 @@ def _delete(split: str, key: str):
     return mutate
 
 
+def _no_audio_frames(d):
+    for split in d.values():
+        split["audio"] = split["audio"][:, :0]
+        split["audio_lengths"] = [0] * len(split["id"])
+
+
 def _bad_mask(d):
     d["valid"]["text_bert"][1, 1, :] = 0
     d["valid"]["text_bert"][1, 1, 2] = 1  # a one after a zero
@@ -325,7 +333,118 @@ BAD_CASES = {
         r"split 'valid', key 'audio': sample 2: rows of unequal shape: expected \(10, 5\)",
     ),
     "split not a dict": (lambda d: d.__setitem__("test", [1, 2]), r"split 'test': expected a dict of arrays, got list"),
+    # token ids / mask / segment ids that would crash the text encoder's embedding lookup
+    "negative token id": (
+        _poke("train", "text_bert", (1, 0, 0), -5),
+        r"split 'train', key 'text_bert': sample 1: expected token ids \(row 0\) >= 0, got -5 at position 0",
+    ),
+    "token id overflows int64": (
+        _poke("valid", "text_bert", (2, 0, 1), 1e30),
+        r"split 'valid', key 'text_bert': sample 2: expected integer values that fit in int64, got 1e\+30 at row 0, position 1",
+    ),
+    "uint64 token id beyond int64": (
+        _set("train", "text_bert", lambda s: _uint64_with(s["text_bert"], (3, 0, 2), 2**63 + 7)),
+        r"split 'train', key 'text_bert': sample 3: expected integer values that fit in int64, got 9223372036854775815",
+    ),
+    "segment id 2": (
+        _poke("test", "text_bert", (0, 2, 3), 2),
+        r"split 'test', key 'text_bert': sample 0: expected segment ids \(row 2\) to be 0 or 1, got 2 at position 3",
+    ),
+    "negative segment id": (
+        _poke("train", "text_bert", (5, 2, 0), -1),
+        r"split 'train', key 'text_bert': sample 5: expected segment ids \(row 2\) to be 0 or 1, got -1 at position 0",
+    ),
+    "attention mask value 2": (
+        _poke("valid", "text_bert", (3, 1, 0), 2),
+        r"split 'valid', key 'text_bert': sample 3: expected the attention mask \(row 1\) to be 0 or 1, got 2 at position 0",
+    ),
+    "text_bert without positions": (
+        _set("train", "text_bert", lambda s: s["text_bert"][:, :, :0]),
+        r"split 'train', key 'text_bert': expected at least one token position \(L >= 1\), got shape \(6, 3, 0\)",
+    ),
+    # clip ids
+    "duplicate id in a split": (
+        _set("train", "id", lambda s: ["train_0", "train_1", "train_2", "train_1", "train_4", "train_5"]),
+        r"split 'train', key 'id': sample 3: id 'train_1' repeats sample 1; expected every clip id once",
+    ),
+    "empty id": (
+        _set("valid", "id", lambda s: ["valid_0", "valid_1", "  ", "valid_3"]),
+        r"split 'valid', key 'id': sample 2: expected a non-empty clip id, got '  '",
+    ),
+    "missing id (None)": (
+        _set("test", "id", lambda s: np.array(["test_0", None, "test_2", "test_3"], dtype=object)),
+        r"split 'test', key 'id': sample 1: expected a non-empty clip id \(a string\), got NoneType None",
+    ),
+    "float id": (
+        _set("test", "id", lambda s: np.array([0.5, 1.5, 2.5, np.nan])),
+        r"split 'test', key 'id': sample 0: expected a non-empty clip id \(a string\), got float 0.5",
+    ),
+    "test id copied from train": (
+        _set("test", "id", lambda s: ["test_0", "test_1", "train_4", "test_3"]),
+        r"split 'test', key 'id': sample 2: id 'train_4' is also sample 4 of split 'train'; expected each clip in one split",
+    ),
+    "valid id copied from train": (
+        _set("valid", "id", lambda s: ["train_0", "valid_1", "valid_2", "valid_3"]),
+        r"split 'valid', key 'id': sample 0: id 'train_0' is also sample 0 of split 'train'",
+    ),
+    # numbers that are not real numbers
+    "complex audio": (
+        _set("train", "audio", lambda s: s["audio"] + 1j),
+        r"split 'train', key 'audio': expected real numbers, got complex values \(complex64\)",
+    ),
+    "complex labels": (
+        _set("valid", "regression_labels", lambda s: s["regression_labels"].astype(np.complex64)),
+        r"split 'valid', key 'regression_labels': expected real numbers, got complex values",
+    ),
+    "complex text_bert": (
+        _set("test", "text_bert", lambda s: s["text_bert"].astype(np.complex128)),
+        r"split 'test', key 'text_bert': expected real numbers, got complex values",
+    ),
+    "complex in an object list": (
+        _set("train", "vision", lambda s: np.array([complex(1, 1)] * 6, dtype=object)),
+        r"split 'train', key 'vision': expected real numbers, got complex",
+    ),
+    "labels as strings": (
+        _set("train", "regression_labels", lambda s: s["regression_labels"].astype(str)),
+        r"split 'train', key 'regression_labels': expected numbers, got strings",
+    ),
+    "lengths as strings": (
+        _set("test", "audio_lengths", lambda s: [str(v) for v in s["audio_lengths"]]),
+        r"split 'test', key 'audio_lengths': expected numbers, got strings",
+    ),
+    "audio an opaque object": (
+        _set("valid", "audio", lambda s: object()),
+        r"split 'valid', key 'audio': expected an array over samples, got object",
+    ),
+    "audio beyond float32": (
+        _set("train", "audio", lambda s: _float64_with(s["audio"], (4, 0, 0), 1e300)),
+        r"split 'train', key 'audio': sample 4: expected values within the float32 range, got 1e\+300",
+    ),
+    "audio without frames": (
+        _no_audio_frames,
+        r"split 'train', key 'audio': expected at least one frame and one feature \(L >= 1, D >= 1\), got shape \(6, 0, 5\)",
+    ),
+    "label below the range": (
+        _poke("test", "regression_labels", 0, -3.01),
+        r"split 'test', key 'regression_labels': sample 0: expected a label in \[-3, 3\], got -3.01",
+    ),
+    "-inf label": (
+        _poke("train", "regression_labels", 1, -np.inf),
+        r"split 'train', key 'regression_labels': sample 1: expected finite values",
+    ),
 }
+
+
+def _uint64_with(arr: np.ndarray, index, value: int) -> np.ndarray:
+    out = np.asarray(arr).astype(np.uint64)
+    out[index] = value
+    return out
+
+
+def _float64_with(arr: np.ndarray, index, value: float) -> np.ndarray:
+    out = np.asarray(arr, dtype=np.float64)
+    out[index] = value
+    return out
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
@@ -369,6 +488,75 @@ def test_nonfinite_zero_replaces_features_and_warns(tmp_path: Path, caplog: pyte
 
 
 # ------------------------------------------------------------------------------------------
+# Token ids against the text model's vocabulary; confirmed limits (labels, length 0)
+# ------------------------------------------------------------------------------------------
+
+
+def test_vocab_size_bounds_token_ids(tmp_path: Path) -> None:
+    raw = make_mmsa_dict()  # factory ids are in [1000, 2000)
+    raw["valid"]["text_bert"][2, 0, 1] = 1999
+    path = write(tmp_path, raw)
+    assert load_mmsa(path, vocab_size=2000).splits["valid"].text_bert[2, 0, 1] == 1999
+    raw["valid"]["text_bert"][2, 0, 1] = 2000
+    path = write(tmp_path, raw, "beyond.pkl")
+    load_mmsa(path)  # without a vocabulary only the always-true limits apply
+    with pytest.raises(MMSAFormatError, match=re.escape(str(path)) + r": split 'valid', key 'text_bert': sample 2: "
+                       r"expected token ids \(row 0\) in \[0, 2000\) \(the text model's vocabulary\), got 2000 at position 1"):
+        load_mmsa(path, vocab_size=2000)
+    for bad in (0, -3, 2.5, True, "30522"):
+        with pytest.raises(ValueError, match=r"vocab_size must be a positive integer"):
+            load_mmsa(path, vocab_size=bad)
+
+
+def test_bundled_minilm_vocabulary_refuses_id_30522(tmp_path: Path) -> None:
+    assert text_vocab_size() == text_vocab_size(default_model_path()) == 30522
+    raw = make_mmsa_dict()
+    raw["test"]["text_bert"][1, 0, 0] = 30521
+    ok = write(tmp_path, raw, "ok.pkl")
+    assert load_mmsa(ok, vocab_size=text_vocab_size()).splits["test"].text_bert[1, 0, 0] == 30521
+    raw["test"]["text_bert"][1, 0, 0] = 30522
+    bad = write(tmp_path, raw, "bad.pkl")
+    with pytest.raises(MMSAFormatError, match=r"split 'test', key 'text_bert': sample 1: expected token ids \(row 0\) "
+                       r"in \[0, 30522\)"):
+        load_mmsa(bad, vocab_size=text_vocab_size())
+    raw = make_mmsa_dict(text="features")  # no text_bert: nothing to check, vocab_size is harmless
+    load_mmsa(write(tmp_path, raw, "feats.pkl"), vocab_size=10)
+
+
+def test_text_vocab_size_reads_config_json_and_names_bad_paths(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 1234}))
+    assert text_vocab_size(model) == 1234
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": "many"}))
+    with pytest.raises(ValueError, match=re.escape(str(model)) + r".*config.json: vocab_size 'many': expected a positive integer"):
+        text_vocab_size(model)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
+        text_vocab_size(tmp_path / "nowhere")
+
+
+def test_label_range_ends_and_zero_length_text_are_accepted(tmp_path: Path) -> None:
+    raw = make_mmsa_dict()
+    raw["train"]["regression_labels"][:2] = [-3.0, 3.0]  # the ends of the range are labels
+    raw["train"]["text_bert"][4, :2] = 0  # length-0 text: no ids, empty mask (documented: one zero frame)
+    data = load_mmsa(write(tmp_path, raw))
+    assert data.train.labels[:2].tolist() == [-3.0, 3.0] and data.train.text_lengths[4] == 0
+    batch = collate_mmsa([MMSADataset(data.train)[4]])
+    assert batch.text_mask.tolist() == [[True]] and batch.text_ids.tolist() == [[0]]
+
+
+def test_numeric_lists_and_integer_ids_still_load(tmp_path: Path) -> None:
+    raw = make_mmsa_dict()
+    raw["train"]["text_bert"] = raw["train"]["text_bert"].astype(np.int64)  # exact integers stay exact
+    raw["valid"]["text_bert"] = raw["valid"]["text_bert"].astype(np.uint16)
+    raw["test"]["id"] = [10, 11, 12, 13]  # integer ids are read as their decimal strings
+    raw["test"]["regression_labels"] = raw["test"]["regression_labels"].astype(np.float64).tolist()
+    data = load_mmsa(write(tmp_path, raw))
+    assert data.splits["test"].ids.tolist() == ["10", "11", "12", "13"]
+    assert data.splits["valid"].text_bert.dtype == np.int64
+
+
+# ------------------------------------------------------------------------------------------
 # Summary and CLI
 # ------------------------------------------------------------------------------------------
 
@@ -386,6 +574,26 @@ def test_describe_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert capsys.readouterr().out.strip() == summary
     assert main([str(tmp_path / "absent.pkl")]) == 2
     assert "MMSA pickle not found" in capsys.readouterr().err
+
+
+def test_cli_checks_token_ids_against_a_vocabulary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw = make_mmsa_dict()
+    raw["train"]["text_bert"][0, 0, 0] = 30522
+    path = write(tmp_path, raw)
+    assert main([str(path)]) == 0
+    capsys.readouterr()
+    for flags in (["--vocab-size", "30522"], ["--text-model", default_model_path()]):
+        assert main([str(path), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert err.startswith(f"error: {path}: split 'train', key 'text_bert': sample 0: expected token ids")
+    assert main([str(path), "--text-model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "nowhere") in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--vocab-size", "-4"])
+    assert exit_info.value.code == 2
+    assert "argument --vocab-size: expected a positive integer, got '-4'" in capsys.readouterr().err
 
 
 def test_split_factory_helpers_make_consistent_rows() -> None:

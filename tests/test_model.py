@@ -8,14 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from mmfusion.config import ConfigError, build
+from mmcore.config import ConfigError, build
+from mmcore.hf import default_model_path, load_model
 from mmfusion.data.batch import MMSABatch
 from mmfusion.fusion import ConcatFusion, FullTensorFusion, LowRankFusion, outer_product
 from mmfusion.lgt import LGT, MultiHeadAttention
-from mmfusion.model import ModelConfig, MultimodalSentimentModel, TextEncoderConfig
+from mmfusion.model import MultimodalSentimentModel, SentimentModelConfig, TextEncoderConfig
 from mmfusion.sequence_encoder import SequenceEncoder, temporal_pool
 from mmfusion.soft_mapping import SoftMapping, SoftMappingFusion, WeightedAverage, masked_mean
-from mmfusion.text_encoder import BertTextEncoder, default_model_path, load_pretrained_encoder
+from mmfusion.text_encoder import BertTextEncoder
 
 DA, DV, DT = 5, 20, 8
 
@@ -68,13 +69,13 @@ def make_batch(extra_pad: int = 0, seed: int = 0, text: str = "features") -> MMS
     )
 
 
-def tiny_cfg(**overrides) -> ModelConfig:
+def tiny_cfg(**overrides) -> SentimentModelConfig:
     base = dict(
         d_model=16, n_heads=2, n_layers=2, ffn_dim=32, dropout=0.1, fusion_dim=4, fusion_rank=3, head_hidden=8,
         sm_slots=2, audio_dim=DA, vision_dim=DV, text=TextEncoderConfig(source="features", feature_dim=DT),
     )
     base.update(overrides)
-    return ModelConfig(**base)
+    return SentimentModelConfig(**base)
 
 
 def build_model(**overrides) -> MultimodalSentimentModel:
@@ -361,18 +362,18 @@ def test_ablation_flags_remove_modules():
 
 def test_config_validation():
     with pytest.raises(ValueError, match=r"model.d_model=10 must be divisible by model.n_heads=4"):
-        ModelConfig(d_model=10, n_heads=4)
+        SentimentModelConfig(d_model=10, n_heads=4)
     with pytest.raises(ValueError, match=r"model.modalities\[1\]='speech': expected one of"):
-        ModelConfig(modalities=["text", "speech"])
+        SentimentModelConfig(modalities=["text", "speech"])
     with pytest.raises(ValueError, match=r"model.modalities is empty"):
-        ModelConfig(modalities=[])
+        SentimentModelConfig(modalities=[])
     with pytest.raises(ValueError, match=r"fusion='uff_full' with fusion_dim=64"):
-        ModelConfig(fusion="uff_full", fusion_dim=64, d_model=256)
+        SentimentModelConfig(fusion="uff_full", fusion_dim=64, d_model=256)
     with pytest.raises(ConfigError, match=r"model.fusion: 'tfn' is not one of"):
-        build(ModelConfig, {"fusion": "tfn"}, "model")
+        build(SentimentModelConfig, {"fusion": "tfn"}, "model")
     with pytest.raises(ConfigError, match=r"model.text.finetune: 'some' is not one of"):
-        build(ModelConfig, {"text": {"finetune": "some"}}, "model")
-    cfg = build(ModelConfig, {"d_model": 32, "n_heads": 4, "text": {"source": "features", "feature_dim": 8}}, "model")
+        build(SentimentModelConfig, {"text": {"finetune": "some"}}, "model")
+    cfg = build(SentimentModelConfig, {"d_model": 32, "n_heads": 4, "text": {"source": "features", "feature_dim": 8}}, "model")
     assert cfg.d_model == 32 and cfg.text.feature_dim == 8
 
 
@@ -395,7 +396,7 @@ def test_backward_and_param_groups_without_bert():
 @pytest.fixture(scope="module")
 def minilm_path() -> str:
     path = default_model_path()
-    load_pretrained_encoder(path)  # the one slow (cold) load; later loads of the same files are fast
+    load_model(path)  # the one slow (cold) load; later loads of the same files are fast
     return path
 
 

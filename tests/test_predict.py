@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 
-from mmfusion.checkpoint import load_checkpoint, save_checkpoint
-from mmfusion.config import build
+from mmcore.config import build
+from mmfusion.checkpoint import load_sentiment_checkpoint, save_sentiment_checkpoint
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.evaluate import load_model, predict
+from mmfusion.experiment import SentimentExperiment
 from mmfusion.predict import main, predict_semantics, write_semantics
-from mmfusion.trainer import SentimentConfig, train
+from mmfusion.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
@@ -36,8 +37,8 @@ def checkpoint(tiny_data, tmp_path_factory) -> Path:
     raw["model"]["text"] = {"source": "features"}
     raw["train"].update(epochs=1, attention_clips=0)
     out = tmp_path_factory.mktemp("run")
-    train(build(SentimentConfig, raw, where=str(TINY)), out)
-    return out / "model.pt"
+    train(build(SentimentExperiment, raw, where=str(TINY)), out)
+    return out / "best.safetensors"
 
 
 def test_outputs_match_evaluate_predict(checkpoint, tiny_data):
@@ -80,11 +81,11 @@ def test_npz_and_csv_round_trip(checkpoint, tiny_data, tmp_path):
 
 
 def test_single_task_model_writes_only_m(checkpoint, tiny_data, tmp_path):
-    state = load_checkpoint(checkpoint)
-    state["config"]["model"]["use_slgm"] = False
-    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith(("heads.heads.T", "heads.heads.A", "heads.heads.V"))}
-    save_checkpoint(state, tmp_path / "m_only.pt")
-    sem = predict_semantics(tmp_path / "m_only.pt", tiny_data, ["test"])
+    state = load_sentiment_checkpoint(checkpoint)
+    state.meta["config"]["model"]["use_slgm"] = False
+    weights = {k: v for k, v in state.group("model").items() if not k.startswith(("heads.heads.T", "heads.heads.A", "heads.heads.V"))}
+    save_sentiment_checkpoint(tmp_path / "m_only.safetensors", state.meta, weights)
+    sem = predict_semantics(tmp_path / "m_only.safetensors", tiny_data, ["test"])
     assert list(sem["tasks"]) == ["M"] and sem["sentiment"].shape == (32, 1)
     full = predict_semantics(checkpoint, tiny_data, ["test"])
     np.testing.assert_allclose(sem["sentiment"][:, 0], full["sentiment"][:, 0], rtol=1e-6, atol=1e-6)

@@ -70,7 +70,7 @@ def test_unknown_categories_are_scored_as_oov_or_refused(engine, tiny):
 
 def test_text_vectors_come_from_memory_after_the_first_request(engine, tiny):
     rows = records(tiny.frame.head(20))
-    encoder = engine.artifact.pipeline.text_encoder(engine.artifact.pipeline.spec.fields[6])
+    encoder = engine.artifact.pipeline.sentence_cache(engine.artifact.pipeline.spec.fields[6])
     engine.score(rows)
     calls = encoder.encoder_calls
     engine.score(rows)

@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
+from mmcore.config import build
 from xdeepfm.data import load_splits
 from xdeepfm.data.movielens import default_root
-from xdeepfm.data.shards import ParquetConfig, ShardStream, list_units, main as shards_main, shard_files, write_shards
+from xdeepfm.data.parquet import ParquetConfig, ShardStream, iter_frames, list_units, shard_files
+from xdeepfm.data.shards import main as shards_main
+from xdeepfm.data.shards import write_shards
 from xdeepfm.features import FeaturePipeline, FeatureSpec, FittedField
-from mmfusion.config import build
 
 
 def frame(n: int, seed: int = 0) -> pd.DataFrame:
@@ -77,8 +79,6 @@ def test_streaming_fit_matches_fit_in_memory(sharded):
                                           {"name": "genres", "kind": "multi_valued", "max_len": 2},
                                           {"name": "age", "kind": "numeric"}]})
     units = list_units(shard_files(str(directory / "*.parquet"), "data.train"))
-    from xdeepfm.data.shards import iter_frames
-
     streamed = FeaturePipeline(spec).fit_stream(iter_frames(units)).fitted
     whole = FeaturePipeline(spec).fit(source).fitted
     for name in ("user_id", "genres"):

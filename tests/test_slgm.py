@@ -1,12 +1,13 @@
-"""SLGM (seed 002 eq. 18-22 / GUIDE §2) on a 6-sample toy case computed by hand."""
+"""SLGM (the source paper's eq. 18-22, docs/references.md) on a 6-sample toy case computed by hand."""
 
 import math
 
 import pytest
 import torch
 
+from mmfusion.losses import multitask_loss
 from mmfusion.model import ModelOutput
-from mmfusion.slgm import SLGM, multitask_loss
+from mmfusion.slgm import SLGM
 
 # y_m: samples 0-2 positive, 3-4 negative, 5 zero (in neither class).
 Y_M = torch.tensor([2.0, 1.0, 0.5, -1.0, -2.0, 0.0])

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from mmfusion.checkpoint import save_checkpoint
+from mmfusion.checkpoint import save_sentiment_checkpoint
 from mmfusion.data.synthetic import generate, write_pickle
 from mmfusion.slgm_report import format_report, main, relative_distance, slgm_report
+
+META = {"config": {}, "data_dims": {}, "norm": None, "epoch": 1}  # a run's config without slgm_distance
+
+
+def save_last(run, slgm=None):
+    save_sentiment_checkpoint(run / "last.safetensors", META, {}, {"slgm": slgm} if slgm else None)
 
 
 def test_relative_distance_known_values():
@@ -37,7 +43,7 @@ def test_report_on_a_known_state(tmp_path):
         slgm[f"features_{task}"] = torch.tensor(np.c_[truth, 0.01 * rng.normal(size=(len(truth), 2))])
     run = tmp_path / "run"
     run.mkdir()
-    save_checkpoint({"config": {}, "model": {}, "slgm": slgm}, run / "last.pt")
+    save_last(run, slgm)
 
     report = slgm_report(run, path)
     assert list(report) == ["T", "A", "V"]
@@ -66,9 +72,9 @@ def test_report_on_a_known_state(tmp_path):
         slgm_report(run, path, distance="cosine")
 
     slgm["labels_M"] = y_m + 1.0
-    save_checkpoint({"config": {}, "model": {}, "slgm": slgm}, run / "last.pt")
+    save_last(run, slgm)
     with pytest.raises(ValueError, match="do not match the train split"):
         slgm_report(run, path)
-    save_checkpoint({"config": {}, "model": {}}, run / "last.pt")
+    save_last(run)
     with pytest.raises(ValueError, match="has no SLGM state"):
         slgm_report(run, path)

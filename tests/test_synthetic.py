@@ -1,4 +1,4 @@
-"""SynthMOSI generator: format (GUIDE section 4), determinism, labels, padding, text round trip."""
+"""SynthMOSI generator: format (MMSA pickles), determinism, labels, padding, text round trip."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmcore.hf import default_model_path
 from mmfusion.data import synthetic
-from mmfusion.text_encoder import default_model_path
 from mmfusion.data.synthetic import (
     KIND_AMBIGUOUS,
     KIND_CLEAR,

@@ -13,10 +13,12 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mmfusion.checkpoint import load_checkpoint
-from mmfusion.cli import evaluate_main, train_main
-from mmfusion.config import build
-from mmfusion.trainer import SentimentConfig, train
+from mmapp.cli import evaluate_main, train_main
+from mmcore.checkpoint import CheckpointError
+from mmcore.config import build
+from mmfusion.checkpoint import load_sentiment_checkpoint
+from mmfusion.experiment import SentimentExperiment
+from mmfusion.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
@@ -27,14 +29,14 @@ def tiny_data(tiny_synthmosi) -> Path:
     return tiny_synthmosi
 
 
-def tiny_config(data: Path, **train_overrides) -> SentimentConfig:
+def tiny_config(data: Path, **train_overrides) -> SentimentExperiment:
     """The tiny config on precomputed text features (no BERT in the loop: fast)."""
     raw = yaml.safe_load(TINY.read_text())
     raw["data"]["path"] = str(data)
     raw["data"].pop("synthetic", None)
     raw["model"]["text"] = {"source": "features"}
     raw["train"].update(train_overrides)
-    return build(SentimentConfig, raw, where=str(TINY))
+    return build(SentimentExperiment, raw, where=str(TINY))
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +51,13 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 
 
 def test_run_directory_contents(tiny_run):
-    assert {"model.pt", "last.pt", "metrics.json"} <= {p.name for p in tiny_run.iterdir()}
+    assert {"best.safetensors", "last.safetensors", "metrics.json", "tensorboard"} <= {p.name for p in tiny_run.iterdir()}
     summary = json.loads((tiny_run / "metrics.json").read_text())
     assert set(summary["test"]) == {"Has0_acc_2", "Has0_F1", "Non0_acc_2", "Non0_F1", "Acc_5", "Acc_7", "MAE", "Corr"}
     assert 0.0 <= summary["test"]["MAE"] < 3.0
-    state = load_checkpoint(tiny_run / "model.pt")
-    assert len(state["norm"]["mean"]["audio"]) == 5  # normalisation statistics travel with the checkpoint
-    assert state["config"]["task"] == "sentiment"
+    state = load_sentiment_checkpoint(tiny_run / "best.safetensors")
+    assert len(state.meta["norm"]["mean"]["audio"]) == 5  # normalisation statistics travel with the checkpoint
+    assert state.meta["config"]["task"] == "sentiment"
 
 
 def test_tensorboard_tags(tiny_run):
@@ -76,7 +78,7 @@ def test_tensorboard_tags(tiny_run):
 
 
 def test_evaluate_writes_metrics_and_predictions(tiny_run, tiny_data, tmp_path):
-    assert evaluate_main(["--checkpoint", str(tiny_run / "model.pt"), "--data", str(tiny_data),
+    assert evaluate_main(["--checkpoint", str(tiny_run), "--data", str(tiny_data),
                           "--out", str(tmp_path), "--log-level", "WARNING"]) == 0
     metrics = json.loads((tmp_path / "metrics_test.json").read_text())["metrics"]
     summary = json.loads((tiny_run / "metrics.json").read_text())
@@ -99,11 +101,74 @@ def test_resume_matches_uninterrupted(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, epochs=4, patience=10)
     full = train(cfg, tmp_path / "full")
     assert train(cfg, tmp_path / "cut", stop_after=2) == {"stopped_after_epoch": 2}
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    assert load_sentiment_checkpoint(tmp_path / "cut" / "last.safetensors").meta["epoch"] == 2
     resumed = train(cfg, tmp_path / "cut", resume=True)
     assert resumed == full
-    a = load_checkpoint(tmp_path / "full" / "last.pt")
-    b = load_checkpoint(tmp_path / "cut" / "last.pt")
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
-    torch.testing.assert_close(a["slgm"], b["slgm"], rtol=0, atol=0)
+    a = load_sentiment_checkpoint(tmp_path / "full" / "last.safetensors")
+    b = load_sentiment_checkpoint(tmp_path / "cut" / "last.safetensors")
+    for group in ("model", "slgm", "optim"):
+        assert a.group(group) and a.group(group).keys() == b.group(group).keys()
+        for key in a.group(group):
+            torch.testing.assert_close(a.group(group)[key], b.group(group)[key], rtol=0, atol=0)
+
+
+def test_stop_after_and_resume_through_the_command_line(tiny_data, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"]["path"] = str(tiny_data)
+    config.write_text(yaml.safe_dump(raw))
+    common = ["--config", str(config), "--out", str(tmp_path / "run"), "--log-level", "WARNING",
+              "--set", "train.epochs=2", "--set", "model.text.source=features"]
+    assert train_main([*common, "--stop-after", "1"]) == 0
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert load_sentiment_checkpoint(tmp_path / "run" / "last.safetensors").meta["epoch"] == 1
+    assert train_main([*common, "--resume"]) == 0
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert load_sentiment_checkpoint(tmp_path / "run" / "last.safetensors").meta["epoch"] == 2
+    assert summary["best_epoch"] in (1, 2)
+
+
+def test_set_overrides_reach_the_sentiment_trainer_and_bad_ones_are_named(tiny_data, tmp_path, caplog):
+    config = tmp_path / "tiny.yaml"
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"]["path"] = str(tiny_data)
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert train_main(["--config", str(config), "--out", str(out), "--log-level", "WARNING",
+                       "--set", "train.epochs=1", "--set", "model.text.source=features", "--set", "model.d_model=16"]) == 0
+    stored = load_sentiment_checkpoint(out / "best.safetensors").meta["config"]
+    assert stored["train"]["epochs"] == 1 and stored["model"]["d_model"] == 16
+    assert stored["model"]["text"]["source"] == "features"
+    for override, message in (("model.n_layrs=2", "model.n_layrs: unknown key"),
+                              ("train.lr=fast", "train.lr: expected a number, got str 'fast'"),
+                              ("train.epochs=1.5", "train.epochs: expected an integer, got float 1.5"),
+                              ("train", "expected key=value")):
+        caplog.clear()
+        assert train_main(["--config", str(config), "--out", str(tmp_path / "bad"), "--set", override]) == 2
+        assert message in caplog.text
+
+
+def test_resume_refuses_a_changed_model_and_a_best_checkpoint(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, epochs=2, patience=10)
+    assert train(cfg, tmp_path / "run", stop_after=1) == {"stopped_after_epoch": 1}
+    wider = tiny_config(tiny_data, epochs=2, patience=10)
+    wider.model.d_model = 64
+    with pytest.raises(CheckpointError, match=r"last.safetensors: does not fit the model this config builds"):
+        train(wider, tmp_path / "run", resume=True)
+    (tmp_path / "run" / "best.safetensors").replace(tmp_path / "run" / "last.safetensors")
+    with pytest.raises(CheckpointError, match=r"last.safetensors: not a resume checkpoint"):
+        train(cfg, tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-0.001", "train.lr=-0.001: must be > 0.0"),
+    ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
+    ("train.epochs=0", "train.epochs=0: must be >= 1"),
+    ("train.patience=0", "train.patience=0: must be >= 1"),
+])
+def test_values_that_make_no_sense_are_refused(override, message, tmp_path, caplog):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.read_text())
+    assert train_main(["--config", str(config), "--out", str(tmp_path / "run"), "--set", override]) == 2
+    assert f"tiny.yaml.{message}" in caplog.text
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from mmfusion.config import ConfigError
+from mmcore.config import ConfigError
 from tests.xdeepfm_factory import make_tiny_bert, small_frame
-from xdeepfm.features import FeatureError, FeaturePipeline, TextEncoder, load_spec
+from xdeepfm.features import FeatureError, FeaturePipeline, SentenceVectorCache, load_spec
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_text_cache_hit_on_second_run_counts_encoder_calls(tmp_path, tiny_bert):
     spec = load_spec(spec_mapping(tmp_path / "cache", tiny_bert))
     first = FeaturePipeline(spec).fit(small_frame())
     vectors = first.transform(small_frame())["title"]
-    encoder = first.text_encoder(spec.fields[-1])
+    encoder = first.sentence_cache(spec.fields[-1])
     assert encoder.encoder_calls == 2  # 4 unique titles, batch_size 2
     assert vectors.shape == (5, 32)
     np.testing.assert_array_equal(vectors[0], vectors[3])  # same title, same vector
@@ -95,16 +95,16 @@ def test_text_cache_hit_on_second_run_counts_encoder_calls(tmp_path, tiny_bert):
 
     second = FeaturePipeline(spec).fit(small_frame())  # fresh encoder: everything from disk
     np.testing.assert_array_equal(second.transform(small_frame())["title"], vectors)
-    assert second.text_encoder(spec.fields[-1]).encoder_calls == 0
+    assert second.sentence_cache(spec.fields[-1]).encoder_calls == 0
 
     frame = small_frame()
     frame.loc[0, "title"] = "A brand new title"
     second.transform(frame)
-    assert second.text_encoder(spec.fields[-1]).encoder_calls == 1  # only the new text
+    assert second.sentence_cache(spec.fields[-1]).encoder_calls == 1  # only the new text
 
 
 def test_mean_pooling_ignores_padding(tmp_path, tiny_bert):
-    encoder = TextEncoder(str(tiny_bert), tmp_path, max_tokens=16, batch_size=8, normalize=False)
+    encoder = SentenceVectorCache(str(tiny_bert), tmp_path, max_tokens=16, batch_size=8, normalize=False)
     alone = encoder._encode_batch(["heat"])
     padded = encoder._encode_batch(["heat", "a much longer title with many more word pieces"])
     np.testing.assert_allclose(padded[0], alone[0], rtol=1e-4, atol=1e-5)
@@ -112,8 +112,8 @@ def test_mean_pooling_ignores_padding(tmp_path, tiny_bert):
 
 def test_cache_key_depends_on_model_weights(tmp_path, tiny_bert):
     other = make_tiny_bert(tmp_path / "other_bert", seed=1)
-    a = TextEncoder(str(tiny_bert), tmp_path / "cache")
-    b = TextEncoder(str(other), tmp_path / "cache")
+    a = SentenceVectorCache(str(tiny_bert), tmp_path / "cache")
+    b = SentenceVectorCache(str(other), tmp_path / "cache")
     assert a.model_key != b.model_key
     a.encode(["Heat"])
     b.encode(["Heat"])
@@ -121,7 +121,7 @@ def test_cache_key_depends_on_model_weights(tmp_path, tiny_bert):
 
 
 def test_bundled_minilm_gives_384_dim_vectors(tmp_path):
-    encoder = TextEncoder(None, tmp_path, max_tokens=16)
+    encoder = SentenceVectorCache(None, tmp_path, max_tokens=16)
     out = encoder.encode(["Toy Story", "GoldenEye"])
     assert out.shape == (2, 384) and out.dtype == np.float32
     assert float(out[0] @ out[1]) < 0.99

@@ -13,7 +13,7 @@ import torch
 
 from xdeepfm._deepctr import CIN
 from xdeepfm.features import FieldSpec, FittedField
-from xdeepfm.model import ModelConfig, XDeepFMRanker, cin_output_size, stack_inputs
+from xdeepfm.model import RankerConfig, XDeepFMRanker, cin_output_size, stack_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def encoded(n: int = 5) -> dict[str, np.ndarray]:
 
 
 def test_ranker_fields_shapes_and_text_projection():
-    config = ModelConfig(embedding_dim=4, fields_per_vector=2, cin_layer_sizes=[4, 2], dnn_hidden_units=[8])
+    config = RankerConfig(embedding_dim=4, fields_per_vector=2, cin_layer_sizes=[4, 2], dnn_hidden_units=[8])
     model = XDeepFMRanker(fitted_fields(), config)
     X = torch.from_numpy(stack_inputs(encoded(), model.columns))
     assert X.shape == (5, 1 + 3 + 1 + 6)
@@ -104,7 +104,7 @@ def test_ranker_fields_shapes_and_text_projection():
 
 
 def test_regularization_loss_is_the_weighted_squared_norm():
-    config = ModelConfig(embedding_dim=4, cin_layer_sizes=[], dnn_hidden_units=[], l2_linear=0.0, l2_embedding=0.5)
+    config = RankerConfig(embedding_dim=4, cin_layer_sizes=[], dnn_hidden_units=[], l2_linear=0.0, l2_embedding=0.5)
     model = XDeepFMRanker(fitted_fields(), config)
     expected = 0.5 * sum((p * p).sum() for p in [*model.embedding_dict.parameters(), model.projections["title"].weight])
     assert model.regularization_loss().item() == pytest.approx(expected.item())
@@ -112,9 +112,9 @@ def test_regularization_loss_is_the_weighted_squared_norm():
 
 def test_model_config_validation():
     with pytest.raises(ValueError, match="all but the last must be even"):
-        ModelConfig(cin_layer_sizes=[3, 2])
+        RankerConfig(cin_layer_sizes=[3, 2])
     with pytest.raises(ValueError, match="dnn_dropout 1.5"):
-        ModelConfig(dnn_dropout=1.5)
+        RankerConfig(dnn_dropout=1.5)
 
 
 def test_deepctr_import_is_silent_and_offline():

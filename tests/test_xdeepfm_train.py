@@ -1,4 +1,5 @@
-"""End to end on a few thousand real ML-100K rows: train 1 epoch, checkpoint, TensorBoard, evaluate."""
+"""End to end on a few thousand real ML-100K rows: train 1 epoch, checkpoint, TensorBoard, evaluate; resume,
+--stop-after and the device choice."""
 
 from __future__ import annotations
 
@@ -6,16 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from mmfusion.config import ConfigError, build
+from mmcore.config import ConfigError, build
+from mmcore.loop import RunDir
 from tests.xdeepfm_factory import make_tiny_bert
-from xdeepfm import evaluate
-from xdeepfm.checkpoint import load_checkpoint
+from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.data.movielens import MovieLensConfig, default_root, load_movielens_100k, split_frame
-from xdeepfm.train import RankingConfig, load_config, run_config
+from xdeepfm.evaluate import evaluate_checkpoint
+from xdeepfm.experiment import RankingExperiment, load_experiment
+from xdeepfm.train import train
 
 DATA = default_root()
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def tiny_bert(tmp_path_factory):
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
-def tiny_config(tmp_path: Path, model_path: Path | None, split: str = "random", implementation: str = "ours") -> RankingConfig:
+def tiny_config(tmp_path: Path, model_path: Path | None, split: str = "random", implementation: str = "ours") -> RankingExperiment:
     fields = [
         {"name": "user_id", "kind": "categorical"},
         {"name": "item_id", "kind": "categorical"},
@@ -33,7 +36,7 @@ def tiny_config(tmp_path: Path, model_path: Path | None, split: str = "random", 
     ]
     if model_path is not None:
         fields.append({"name": "title", "kind": "text", "model_path": str(model_path), "max_tokens": 12})
-    return build(RankingConfig, {
+    return build(RankingExperiment, {
         "task": "ranking",
         "data": {"root": str(DATA), "split": split, "max_rows": 3000},
         "features": {"fields": fields, "text_cache_dir": str(tmp_path / "cache")},
@@ -61,60 +64,76 @@ def test_movielens_columns_and_splits():
 
 def test_train_one_epoch_writes_checkpoint_events_and_reloads(tmp_path, tiny_bert):
     out = tmp_path / "run"
-    result = run_config(tiny_config(tmp_path, tiny_bert), out)
+    result = train(tiny_config(tmp_path, tiny_bert), out)
     assert (out / "best.safetensors").is_file() and (out / "last.safetensors").is_file()
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] == 0
     assert not list(out.glob("*.tmp"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1
     for split in ("valid", "test"):
         assert 0.0 <= metrics[split]["auc"] <= 1.0 and metrics[split]["logloss"] > 0
-    ckpt = load_checkpoint(out / "best.safetensors")
+    ckpt = load_ranking_checkpoint(out / "best.safetensors")
     assert ckpt.config["model"]["embedding_dim"] == 4
     assert "title" in ckpt.features.fitted and ckpt.features.fitted["item_id"].vocabulary_size > 1
-    # evaluate.run rebuilds everything from the checkpoint and reproduces the metrics
-    again = evaluate.run(out / "best.safetensors", out=out / "eval.json")
-    assert again["test"] == pytest.approx(result["test"])
-    assert json.loads((out / "eval.json").read_text())["test"] == pytest.approx(result["test"])
+    # evaluate_checkpoint rebuilds everything from the checkpoint (given as its run directory) and reproduces the metrics
+    again = evaluate_checkpoint(out, out_dir=out / "eval")
+    assert again["test"] == pytest.approx(result["test"]) and again["checkpoint"] == str(out / "best.safetensors")
+    assert json.loads((out / "eval" / "eval_metrics.json").read_text())["test"] == pytest.approx(result["test"])
 
 
 def test_resume_continues_from_last_epoch(tmp_path, tiny_bert):
     out = tmp_path / "run"
     config = tiny_config(tmp_path, None)
-    run_config(config, out)
+    train(config, out)
     config.train.epochs = 2
-    resumed = run_config(config, out, resume=True)
+    resumed = train(config, out, resume=True)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
 
 
 def test_stock_deepctr_baseline_runs_on_same_features(tmp_path, tiny_bert, capsys):
     out = tmp_path / "stock"
-    result = run_config(tiny_config(tmp_path, tiny_bert, split="cold_item", implementation="deepctr"), out)
+    result = train(tiny_config(tmp_path, tiny_bert, split="cold_item", implementation="deepctr"), out)
     assert result["implementation"] == "deepctr" and 0.0 <= result["test"]["auc"] <= 1.0
-    assert "title" not in load_checkpoint(out / "best.safetensors").features.fitted  # text dropped
-    assert evaluate.run(out / "best.safetensors")["test"] == pytest.approx(result["test"])
+    assert "title" not in load_ranking_checkpoint(out / "best.safetensors").features.fitted  # text dropped
+    assert evaluate_checkpoint(out / "best.safetensors")["test"] == pytest.approx(result["test"])
     assert capsys.readouterr().out == ""  # deepctr's prints go to the log
-
-
-def test_shipped_configs_load():
-    for path in sorted((REPO / "xdeepfm" / "configs").glob("*.yaml")):
-        config = load_config(path)
-        assert config.task == "ranking", path
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "metrics.json"]
+    with pytest.raises(ValueError, match="the stock baseline.*trains in one go"):
+        train(tiny_config(tmp_path, None, implementation="deepctr"), tmp_path / "stock2", stop_after=1)
 
 
 def test_config_error_names_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("task: ranking\nfeatures: {fields: [{name: a, kind: numeric}]}\ntrain: {epocs: 3}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml.train.epocs: unknown key"):
-        load_config(path)
+        load_experiment(path)
+    path.write_text("task: ranking\nseed: 3\nfeatures: {fields: [{name: a, kind: numeric}]}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.seed: unknown key"):  # the seed is train.seed
+        load_experiment(path)
+
+
+def test_load_experiment_base_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("task: ranking\nfeatures: {fields: [{name: a, kind: numeric}]}\ntrain: {epochs: 3, lr: 0.01}\n")
+    (tmp_path / "variant.yaml").write_text("base: base.yaml\ndata: {split: cold_item}\n")
+    cfg = load_experiment(tmp_path / "variant.yaml", ["train.seed=7", "train.grad_clip=1.5", "train.device=cpu"])
+    assert (cfg.data.split, cfg.train.epochs, cfg.train.lr) == ("cold_item", 3, 0.01)
+    assert (cfg.train.seed, cfg.train.grad_clip, cfg.train.device) == (7, 1.5, "cpu")
+    defaults = load_experiment(base)
+    assert (defaults.train.seed, defaults.train.grad_clip, defaults.train.device) == (0, None, "auto")
+    with pytest.raises(ConfigError, match=r"variant.yaml.train.sed: unknown key"):
+        load_experiment(tmp_path / "variant.yaml", ["train.sed=1"])
+    with pytest.raises(ConfigError, match=r"train.grad_clip=-1.0: must be >= 0"):
+        load_experiment(base, ["train.grad_clip=-1"])
 
 
 def test_train_and_evaluate_command_lines_dispatch_ranking(tmp_path):
     """train.py / evaluate.py run a `task: ranking` YAML through the xDeepFM trainer."""
     import yaml
 
-    from mmfusion.cli import evaluate_main, train_main
-    from mmfusion.config import to_dict
+    from mmapp.cli import evaluate_main, train_main
+    from mmcore.config import to_dict
 
     config = tmp_path / "ranking.yaml"
     config.write_text(yaml.safe_dump(to_dict(tiny_config(tmp_path, None))))
@@ -155,5 +174,70 @@ def test_oov_dropout_replaces_only_the_named_field(tmp_path):
     with pytest.raises(ValueError, match="train.oov_dropout.genres: only single categorical fields"):
         drop_to_oov(model, X, {"genres": 0.1}, torch.Generator())
     with pytest.raises(ConfigError, match=r"oov_dropout.item_id=1.5: must be in \[0, 1\)"):
-        build(RankingConfig, {"features": {"fields": [{"name": "item_id", "kind": "categorical"}]},
+        build(RankingExperiment, {"features": {"fields": [{"name": "item_id", "kind": "categorical"}]},
                               "train": {"oov_dropout": {"item_id": 1.5}}})
+
+
+def _weights(path: Path) -> dict:
+    return load_ranking_checkpoint(path).model_state
+
+
+def test_stop_after_then_resume_equals_uninterrupted_run(tmp_path):
+    """--stop-after 1, then --resume twice (the second stops again, the third finishes): the same
+    weights, history and metrics as one uninterrupted run, bit for bit (dropout and OOV dropout on,
+    so the per-epoch seeds must be replayed)."""
+    config = tiny_config(tmp_path, None)
+    config.model.dnn_dropout = 0.2
+    config.train.oov_dropout = {"item_id": 0.3}
+    config.train.epochs, config.train.patience = 3, 5
+    full = train(config, tmp_path / "full")
+    cut = tmp_path / "cut"
+    assert train(config, cut, stop_after=1) == {"stopped_after_epoch": 1}
+    assert RunDir(cut).last.is_file() and not RunDir(cut).metrics.exists()
+    assert load_ranking_checkpoint(RunDir(cut).last).state["epoch"] == 1
+    assert train(config, cut, resume=True, stop_after=1) == {"stopped_after_epoch": 2}
+    resumed = train(config, cut, resume=True)
+    for key in ("best_epoch", "valid", "test", "history"):
+        assert resumed[key] == full[key], key
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for name in ("best.safetensors", "last.safetensors"):
+        ours, theirs = _weights(cut / name), _weights(tmp_path / "full" / name)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), (name, key)
+    # stop_after beyond the last epoch simply finishes the run
+    assert "test" in train(config, tmp_path / "long", stop_after=10)
+
+
+def test_device_cpu_and_auto_train_and_cuda_is_refused_without_cuda(tmp_path):
+    for device in ("cpu", "auto"):
+        config = tiny_config(tmp_path, None)
+        config.train.device = device
+        result = train(config, tmp_path / device)
+        assert 0.0 <= result["test"]["auc"] <= 1.0
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    for device, message in (("cuda", r"train.device: 'cuda' but CUDA is not available on this machine"),
+                            ("cuda:1", r"train.device: 'cuda:1' but CUDA is not available"),
+                            ("gpu", r"train.device: 'gpu' is not one of auto \| cpu \| cuda \| cuda:N")):
+        config = tiny_config(tmp_path, None)
+        config.train.device = device
+        with pytest.raises(ValueError, match=message):
+            train(config, tmp_path / "refused")
+        config.model.implementation = "deepctr"  # the baseline takes the same device
+        with pytest.raises(ValueError, match=message):
+            train(config, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+
+
+def test_grad_clip_is_applied_to_every_step(tmp_path, monkeypatch):
+    import xdeepfm.train as trainer
+
+    calls = []
+    original = trainer.clip_gradients
+    monkeypatch.setattr(trainer, "clip_gradients", lambda model, max_norm: calls.append(max_norm) or original(model, max_norm))
+    config = tiny_config(tmp_path, None)
+    config.train.grad_clip = 1e-9
+    clipped = train(config, tmp_path / "clipped")
+    assert calls and set(calls) == {1e-9}  # one call per step, with the configured norm
+    assert clipped["history"][0]["train_bce"] != train(tiny_config(tmp_path, None), tmp_path / "free")["history"][0]["train_bce"]

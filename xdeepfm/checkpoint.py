@@ -1,35 +1,38 @@
-"""Checkpoints as single safetensors files (no pickle), written atomically (temp + rename).
+"""Ranking training checkpoints in the shared format (``mmcore.checkpoint``: safetensors + JSON, checksummed).
 
-Layout of ``best.safetensors`` / ``last.safetensors``:
+Kind ``xdeepfm-checkpoint-v2``. ``best.safetensors`` / ``last.safetensors`` of a run directory hold:
 
-- tensors ``model.<state_dict key>``: the model weights;
-- tensors ``features.<field>.vectors``: vector-field tables of the fitted feature pipeline;
-- tensors ``optim.<param index>.<state key>`` (``last`` only): optimizer state (Adam/AdamW);
-- metadata (strings): ``format`` = ``xdeepfm-checkpoint-v1``, and JSON under ``config``,
-  ``features`` (the fitted pipeline: spec, vocabularies, statistics), ``metrics``, ``state``
-  (epoch, best score, history; for resuming) and ``optim_param_groups``.
+- tensors ``model.<state_dict key>``: the model weights (``XDeepFMRanker``, or the stock deepctr model);
+- tensors ``features.<field>.vectors``: the vector-field tables of the fitted feature pipeline;
+- tensors ``optim.<param index>.<state key>`` (``last`` only): the optimizer state (Adam/AdamW);
+- metadata (JSON): ``config`` (the experiment), ``features`` (the fitted pipeline: spec,
+  vocabularies, statistics), ``metrics``, ``state`` (the loop state for resuming: epoch, early
+  stopping, history) and, with the optimizer, ``optim_param_groups``.
+
+:func:`load_ranking_checkpoint` verifies the digest and decodes all of it into a
+:class:`RankingCheckpoint` (the pipeline rebuilt, the optimizer state reassembled); it never unpickles.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmfusion.files import write_bytes
+from mmcore.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, with_prefix
 from xdeepfm.features import FeaturePipeline
 
-FORMAT = "xdeepfm-checkpoint-v1"
+KIND = "xdeepfm-checkpoint-v2"
+REQUIRED = ("config", "features", "metrics", "state")
 
 
 @dataclass
-class Checkpoint:
-    """What a checkpoint file holds, decoded."""
+class RankingCheckpoint:
+    """What a ranking checkpoint file holds, decoded."""
 
-    config: dict[str, Any]
+    config: dict[str, Any]  # the experiment, as to_dict wrote it
     features: FeaturePipeline
     model_state: dict[str, torch.Tensor]
     metrics: dict[str, Any]
@@ -37,50 +40,23 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
 
 
-def save_checkpoint(path: str | Path, *, config: dict, features: FeaturePipeline, model: torch.nn.Module,
-                    metrics: dict, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
-    from safetensors.torch import save
-
+def save_ranking_checkpoint(path: str | Path, *, config: dict, features: FeaturePipeline, model: torch.nn.Module,
+                            metrics: dict, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Write the model, the fitted features, the metadata (and the optimizer, for resuming) atomically."""
     feature_meta, feature_arrays = features.to_payload()
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tensors.update({f"features.{k}": torch.from_numpy(v) for k, v in feature_arrays.items()})
-    metadata = {
-        "format": FORMAT,
-        "config": json.dumps(config),
-        "features": json.dumps(feature_meta),
-        "metrics": json.dumps(metrics),
-        "state": json.dumps(state),
-    }
-    if optimizer is not None:
-        optim = optimizer.state_dict()
-        for index, values in optim["state"].items():
-            for key, value in values.items():
-                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
-        metadata["optim_param_groups"] = json.dumps(optim["param_groups"])
-    write_bytes(Path(path), save(tensors, metadata=metadata))
+    tensors = with_prefix("model", model.state_dict())
+    tensors.update(with_prefix("features", {k: torch.from_numpy(v) for k, v in feature_arrays.items()}))
+    meta = {"config": config, "features": feature_meta, "metrics": metrics, "state": state}
+    save_checkpoint(path, KIND, tensors, meta, optimizer)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an xdeepfm checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    arrays = {k[len("features."):]: v.numpy() for k, v in tensors.items() if k.startswith("features.")}
-    features = FeaturePipeline.from_payload(json.loads(metadata["features"]), arrays, f"{path}:features")
-    optimizer_state = None
-    if "optim_param_groups" in metadata:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        optimizer_state = {"state": state, "param_groups": json.loads(metadata["optim_param_groups"])}
-    return Checkpoint(json.loads(metadata["config"]), features, model_state, json.loads(metadata["metrics"]),
-                      json.loads(metadata["state"]), optimizer_state)
+def load_ranking_checkpoint(path: str | Path) -> RankingCheckpoint:
+    """A verified ranking checkpoint, decoded; errors (``CheckpointError``) name the file."""
+    checkpoint = load_checkpoint(path, KIND)
+    missing = [key for key in REQUIRED if key not in checkpoint.meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {missing}")
+    arrays = {key: value.numpy() for key, value in checkpoint.group("features").items()}
+    features = FeaturePipeline.from_payload(checkpoint.meta["features"], arrays, f"{path}:features")
+    return RankingCheckpoint(checkpoint.meta["config"], features, checkpoint.group("model"), checkpoint.meta["metrics"],
+                             checkpoint.meta["state"], checkpoint.optimizer_state())

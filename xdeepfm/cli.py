@@ -1,11 +1,10 @@
-"""The ``xdeepfm`` command: ``export`` a trained model as an artifact directory, ``serve`` one over HTTP.
+"""The ``xdeepfm`` command: ``export`` a trained ranking model as an artifact directory, ``serve`` one over HTTP.
 
     python -m xdeepfm export --checkpoint runs/ml100k/best.safetensors --out artifacts/ranker
-    python -m xdeepfm export --checkpoint runs/default/model.pt --out artifacts/sentiment   # mmfusion model
     python -m xdeepfm serve --artifact artifacts/ranker --host 127.0.0.1 --port 8000
 
-A ``.safetensors`` ranking checkpoint is exported by ``xdeepfm.export``, an mmfusion ``model.pt``
-by ``mmfusion.export`` (for ``python -m mmfusion.predict --checkpoint DIR``).
+``--checkpoint`` is a ranking checkpoint or a run directory (its ``best.safetensors``), exported by
+``xdeepfm.export``.
 """
 
 from __future__ import annotations
@@ -14,6 +13,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from mmcore.runtime import setup_logging
+from xdeepfm.export import export_checkpoint
+from xdeepfm.server import serve
 
 log = logging.getLogger("xdeepfm")
 
@@ -31,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write a self-contained artifact directory from a checkpoint")
     export.add_argument("--checkpoint", required=True, type=Path,
-                        help="a ranking run's best.safetensors, or an mmfusion run's model.pt")
+                        help="a ranking run's best.safetensors, or the run directory")
     export.add_argument("--out", required=True, type=Path, help="artifact directory to create")
     export.add_argument("--item-field", help="ranking: the input column that identifies an item in /v1/rank "
                                              "responses (default: item_id or video_id when present)")
@@ -53,23 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mmfusion.cli import setup_logging
-
     setup_logging(args.log_level.upper())
     try:
         if args.command == "export":
-            if args.checkpoint.suffix == ".pt":
-                from mmfusion.export import export_checkpoint as export_sentiment
-
-                export_sentiment(args.checkpoint, args.out, args.overwrite)
-            else:
-                from xdeepfm.export import export_checkpoint
-
-                export_checkpoint(args.checkpoint, args.out, args.item_field, args.overwrite)
+            export_checkpoint(args.checkpoint, args.out, args.item_field, args.overwrite)
             print(f"wrote {args.out}")
         else:
-            from xdeepfm.server import serve
-
             serve(args.artifact, args.host, args.port, args.max_candidates, args.max_body_bytes, args.text_cache,
                   args.threads, args.log_level)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:  # ArtifactError is a ValueError

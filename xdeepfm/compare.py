@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfusion.files import write_text
-from xdeepfm.train import RankingConfig, load_config, run_config
+from mmcore.files import write_text
+from xdeepfm.experiment import RankingExperiment, load_experiment
+from xdeepfm.train import train
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ METRICS = ("auc", "logloss", "gauc", "ndcg@10", "hr@10", "precision@10")
 SECTION_START, SECTION_END = "<!-- ecommerce:start -->", "<!-- ecommerce:end -->"
 
 
-def variant_config(base: RankingConfig, variant: str, split: str, seed: int) -> RankingConfig:
+def variant_config(base: RankingExperiment, variant: str, split: str, seed: int) -> RankingExperiment:
     config = copy.deepcopy(base)
-    config.seed = seed
+    config.train.seed = seed
     config.data.split = split
     if variant == "ours_notext":
         config.features.fields = config.features.of_kind("categorical", "multi_valued", "numeric")
@@ -141,7 +142,7 @@ def _catalogue_sizes(data_path: str) -> str:
     return ", ".join(parts)
 
 
-def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingConfig], labels: list[str],
+def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingExperiment], labels: list[str],
                       seeds: list[int], command: str, note: str = "") -> None:
     """Write the e-commerce section (one row per config) into ``doc``, keeping the rest of the file."""
     first = next(iter(configs.values()))
@@ -206,7 +207,7 @@ def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[i
     if labels is not None and len(labels) != len(config_paths):
         raise ValueError(f"--labels {labels}: expected {len(config_paths)} labels, one per --configs file")
     labels = labels if labels is not None else stems
-    configs = {stem: load_config(p) for stem, p in zip(stems, config_paths)}
+    configs = {stem: load_experiment(p) for stem, p in zip(stems, config_paths)}
     for config in configs.values():
         config.train.progress = False
     for seed in seeds:
@@ -216,9 +217,9 @@ def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[i
                 log.info("reusing %s", run_dir)
                 continue
             config = copy.deepcopy(base)
-            config.seed = seed
+            config.train.seed = seed
             t0 = time.perf_counter()
-            result = run_config(config, run_dir)
+            result = train(config, run_dir)
             log.info("%s seed %d: test auc %.4f (%.0f s)", stem, seed, result["test"]["auc"], time.perf_counter() - t0)
             write_configs_doc(doc, out, configs, labels, seeds, command, note)
     write_configs_doc(doc, out, configs, labels, seeds, command, note)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         run_configs(args.configs, args.labels, args.seeds, out, doc, command, args.note)
         print(doc.read_text())
         return 0
-    base = load_config(args.config)
+    base = load_experiment(args.config)
     base.train.progress = False
     for split in args.splits:
         for seed in args.seeds:
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("reusing %s", run_dir)
                     continue
                 t0 = time.perf_counter()
-                result = run_config(variant_config(base, variant, split, seed), run_dir)
+                result = train(variant_config(base, variant, split, seed), run_dir)
                 log.info("%s %s seed %d: test auc %.4f (%.0f s)", split, variant, seed, result["test"]["auc"],
                          time.perf_counter() - t0)
                 write_doc(doc, out, args.splits, args.seeds, command)

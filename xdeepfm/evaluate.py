@@ -1,7 +1,8 @@
-"""Evaluate a ranking checkpoint: ``run(checkpoint, config=None, out=None) -> dict``.
+"""Evaluate a ranking checkpoint: ``evaluate_checkpoint(checkpoint, data_config_path=None, out_dir=None) -> dict``.
 
-The checkpoint carries its run config and fitted feature pipeline, so by default it is
-evaluated on the same data and split it was trained with. Passing ``config`` (a ranking YAML)
+``checkpoint`` is a checkpoint file or a run directory (then its ``best.safetensors``). The
+checkpoint carries its experiment and fitted feature pipeline, so by default it is evaluated on
+the same data and split it was trained with. Passing ``data_config_path`` (a ranking YAML)
 replaces the ``data`` and ``eval`` sections (e.g. to score a random-split model on the
 cold-item split); the fitted features and model always come from the checkpoint.
 """
@@ -15,64 +16,68 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfusion.config import build, load_yaml
-from xdeepfm.checkpoint import load_checkpoint
+from mmcore.config import build, load_yaml
+from mmcore.files import write_bytes
+from mmcore.loop import RunDir
+from xdeepfm.baseline import build_stock_model
+from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.data import load_splits
-from mmfusion.files import write_bytes
+from xdeepfm.experiment import RankingExperiment
 from xdeepfm.metrics import ranking_metrics
 from xdeepfm.model import XDeepFMRanker, stack_inputs
-from xdeepfm.train import RankingConfig, predict
+from xdeepfm.train import predict
 
 log = logging.getLogger(__name__)
 
 
-def run(checkpoint: str | Path, config: str | Path | None = None, out: str | Path | None = None,
-        splits: tuple[str, ...] = ("valid", "test")) -> dict:
+def evaluate_checkpoint(checkpoint: str | Path, data_config_path: str | Path | None = None,
+                        out_dir: str | Path | None = None, splits: tuple[str, ...] = ("valid", "test")) -> dict:
     """Metrics per split, e.g. ``{"test": {"auc": ..., "gauc": ..., "ndcg@10": ...}, ...}``.
 
-    ``out``: a ``.json`` file path, or a directory that receives ``eval_metrics.json``.
+    ``checkpoint``: a ranking checkpoint file, or a run directory (its ``best.safetensors``).
+    ``out_dir``: a directory that receives ``eval_metrics.json`` (or a path ending in ``.json``: that file).
     """
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = RunDir(checkpoint).best
+    ckpt = load_ranking_checkpoint(checkpoint)
     mapping = dict(ckpt.config)
-    if config is not None:
-        override = load_yaml(config)
+    if data_config_path is not None:
+        override = load_yaml(data_config_path)
         for section in ("data", "eval"):
             if section in override:
                 mapping[section] = override[section]
-    run_config = build(RankingConfig, mapping, f"{checkpoint}:config")
+    cfg = build(RankingExperiment, mapping, f"{checkpoint}:config")
     pipeline = ckpt.features
-    frames = load_splits(run_config.data)
+    frames = load_splits(cfg.data)
     unknown = sorted(set(splits) - set(frames))
     if unknown:
         raise ValueError(f"splits {unknown}: expected some of {sorted(frames)}")
 
-    if run_config.model.implementation == "deepctr":
-        from xdeepfm.baseline import build_stock_model
-
-        model = build_stock_model(pipeline, run_config.model, run_config.seed)
+    if cfg.model.implementation == "deepctr":
+        model = build_stock_model(pipeline, cfg.model, cfg.train.seed)
         model.load_state_dict(ckpt.model_state)
 
         def scores(frame, name):
-            return model.predict(pipeline.transform(frame, name), batch_size=run_config.train.eval_batch_size).reshape(-1)
+            return model.predict(pipeline.transform(frame, name), batch_size=cfg.train.eval_batch_size).reshape(-1)
     else:
         fields = [pipeline.fitted[f.name] for f in pipeline.spec.fields]
-        model = XDeepFMRanker(fields, run_config.model, seed=run_config.seed)
+        model = XDeepFMRanker(fields, cfg.model, seed=cfg.train.seed)
         model.load_state_dict(ckpt.model_state)
 
         def scores(frame, name):
             X = torch.from_numpy(stack_inputs(pipeline.transform(frame, name), model.columns))
-            return predict(model, X, run_config.train.eval_batch_size)
+            return predict(model, X, cfg.train.eval_batch_size)
 
-    result: dict = {"checkpoint": str(checkpoint), "implementation": run_config.model.implementation,
-                    "split": run_config.data.split}
+    result: dict = {"checkpoint": str(checkpoint), "implementation": cfg.model.implementation,
+                    "split": cfg.data.split}
     for name in splits:
         frame = frames[name]
         result[name] = ranking_metrics(frame["label"].to_numpy(np.float32), scores(frame, name),
-                                       frame["user_id"].to_numpy(), run_config.eval.k)
+                                       frame["user_id"].to_numpy(), cfg.eval.k)
         log.info("%s %s: %s", checkpoint.name, name, result[name])
-    if out is not None:
-        out = Path(out)
+    if out_dir is not None:
+        out = Path(out_dir)
         path = out if out.suffix == ".json" else out / "eval_metrics.json"
         write_bytes(path, json.dumps(result, indent=2).encode())
     return result

@@ -2,13 +2,13 @@
 
 ``xdeepfm export --checkpoint RUN/best.safetensors --out DIR`` writes::
 
-    DIR/model.json            {"model": ModelConfig, "seed", "item_field", "inputs": [{name, kind, column}, ...]}
+    DIR/model.json            {"model": RankerConfig, "seed", "item_field", "inputs": [{name, kind, column}, ...]}
     DIR/features.json         the fitted FeaturePipeline: feature spec, vocabularies, numeric statistics,
                               text-model identities, vector-field ids (FeaturePipeline.to_payload)
     DIR/features.safetensors  the vector-field tables (e.g. video semantics), float32
     DIR/weights.safetensors   the XDeepFMRanker state dict
     DIR/manifest.json         format, source checkpoint + sha256, library versions, training metrics,
-                              sha256 and size of every file above (mmfusion.export.write_artifact)
+                              sha256 and size of every file above (mmcore.artifact.write_artifact)
 
 ``load_artifact`` verifies every checksum first (a missing, truncated or modified file is refused
 with its name), then rebuilds the feature pipeline and the model from JSON and safetensors only:
@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mmfusion.config import ConfigError, build, to_dict
-from mmfusion.export import (
+from mmcore.artifact import (
     ArtifactError,
     export_manifest,
     library_versions,
@@ -38,8 +37,11 @@ from mmfusion.export import (
     state_dict_bytes,
     write_artifact,
 )
+from mmcore.config import ConfigError, build, to_dict
+from mmcore.loop import RunDir
+from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.features import FeatureError, FeaturePipeline
-from xdeepfm.model import ModelConfig, XDeepFMRanker
+from xdeepfm.model import RankerConfig, XDeepFMRanker
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +67,22 @@ def _inputs(pipeline: FeaturePipeline) -> list[dict[str, str]]:
     return [{"name": f.name, "kind": f.kind, "column": f.column} for f in pipeline.spec.fields]
 
 
-def build_model(pipeline: FeaturePipeline, config: ModelConfig, seed: int = 0) -> XDeepFMRanker:
+def build_model(pipeline: FeaturePipeline, config: RankerConfig, seed: int = 0) -> XDeepFMRanker:
     """The ranker for a fitted pipeline, in the field order of its spec."""
     return XDeepFMRanker([pipeline.fitted[f.name] for f in pipeline.spec.fields], config, seed=seed)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, item_field: str | None = None,
                       overwrite: bool = False) -> Path:
-    """Write the artifact of a ranking checkpoint (``best.safetensors``) to directory ``out``."""
+    """Write the artifact of a ranking checkpoint (``best.safetensors``, or a run directory: its best) to directory ``out``."""
     from safetensors.numpy import save
 
-    from xdeepfm.checkpoint import load_checkpoint
-
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = RunDir(checkpoint).best
+    ckpt = load_ranking_checkpoint(checkpoint)
     model_dict = ckpt.config.get("model", {})
-    config = build(ModelConfig, model_dict, f"{checkpoint}:config.model")
+    config = build(RankerConfig, model_dict, f"{checkpoint}:config.model")
     if config.implementation != "ours":
         raise ValueError(f"{checkpoint}: model.implementation is {config.implementation!r}; only the 'ours' ranker "
                          "(XDeepFMRanker) is exported for serving (the stock deepctr-torch model is a training baseline)")
@@ -90,7 +92,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, item_field: str |
         item_field = next((c for c in ITEM_FIELD_GUESSES if c in columns), None)
     elif item_field not in columns:
         raise ValueError(f"--item-field {item_field!r}: not an input column of {checkpoint} (columns: {sorted(columns)})")
-    seed = int(ckpt.config.get("seed", 0))
+    seed = int(ckpt.config.get("train", {}).get("seed", 0))
     model = build_model(pipeline, config, seed)
     try:
         model.load_state_dict(ckpt.model_state)
@@ -128,7 +130,7 @@ def load_artifact(directory: str | Path, text_cache_dir: str | Path | None = Non
     except (ConfigError, FeatureError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{features_path}: not a fitted feature pipeline ({exc})") from None
     try:
-        config = build(ModelConfig, info["model"], f"{directory / MODEL_JSON}:model")
+        config = build(RankerConfig, info["model"], f"{directory / MODEL_JSON}:model")
     except (ConfigError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{directory / MODEL_JSON}: no valid model config ({exc})") from None
     if not pipeline.is_fitted:
@@ -136,7 +138,7 @@ def load_artifact(directory: str | Path, text_cache_dir: str | Path | None = Non
     if text_cache_dir is not None:
         pipeline.spec.text_cache_dir = str(text_cache_dir)
     for spec in pipeline.spec.of_kind("text"):
-        encoder = pipeline.text_encoder(spec)  # FileNotFoundError names a missing model directory
+        encoder = pipeline.sentence_cache(spec)  # FileNotFoundError names a missing model directory
         if encoder.model_key != pipeline.fitted[spec.name].text_model_key:
             raise ArtifactError(f"{features_path}: text field {spec.name!r} was fitted with text model key "
                                 f"{pipeline.fitted[spec.name].text_model_key}, but {encoder.model_path} has key "

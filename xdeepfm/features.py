@@ -1,4 +1,5 @@
-"""Declarative feature spec -> fitted feature pipeline (seed paper II.C.3, "input layer").
+"""Declarative feature spec -> fitted feature pipeline (the input layer of the source paper's ranking model,
+section II.C.3; docs/references.md).
 
 A feature spec is a list of fields in YAML, each with a ``kind``::
 
@@ -21,9 +22,9 @@ What fitting (on the training split only) learns and how ``transform`` encodes e
 - numeric: z-score with mean/std fitted on train (std 0 -> 1). NaN, inf or non-numbers are
   errors naming the column and the first bad row. Output float32 (N,).
 - text: BERT-family sentence vector, mean-pooled over the attention mask (Reimers & Gurevych
-  2019), optionally L2-normalised; computed in batches under ``torch.inference_mode`` for the
-  unique texts only and cached on disk (see ``TextEncoder``). Missing text is "". Output
-  float32 (N, hidden).
+  2019, [SBERT] in docs/references.md), optionally L2-normalised; computed in batches under
+  ``torch.inference_mode`` for the unique texts only and cached on disk (see
+  ``SentenceVectorCache``). Missing text is "". Output float32 (N, hidden).
 - vector: pre-computed vectors (e.g. video semantics from the multimodal model) read from an
   ``.npz`` with arrays ``ids`` and ``vectors`` (or the 2-D array named by ``array``, so one file
   from ``mmfusion.predict`` can feed a ``sentiment`` and an ``embedding`` field) and joined on
@@ -47,8 +48,9 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from mmfusion.config import build
-from mmfusion.files import sha256_file, write_bytes
+from mmcore.config import build
+from mmcore.files import sha256_file, write_bytes
+from mmcore.hf import default_model_path, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +119,16 @@ def load_spec(mapping: dict, where: str = "features") -> FeatureSpec:
     return build(FeatureSpec, mapping, where)
 
 
-# --------------------------------------------------------------------------- text encoder
+# --------------------------------------------------------------------------- sentence vectors
 
 
 def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class TextEncoder:
-    """Sentence vectors from a local BERT-family model, with an on-disk cache.
+class SentenceVectorCache:
+    """Sentence vectors from a local BERT-family model, with an on-disk cache (the text-field service;
+    the sentiment model's trainable text encoder is ``mmfusion.text_encoder``).
 
     vector(text) = sum_t h_t m_t / sum_t m_t  (mean of the last hidden states over the attention
     mask m), then L2-normalised when ``normalize``. The cache key is (model identity, text):
@@ -146,9 +149,7 @@ class TextEncoder:
         normalize: bool = True,
     ) -> None:
         if model_path is None:
-            from mmfusion.text_encoder import default_model_path  # the bundled all-MiniLM-L6-v2
-
-            model_path = default_model_path()
+            model_path = default_model_path()  # the bundled all-MiniLM-L6-v2
         self.model_path = Path(model_path)
         if not (self.model_path / "config.json").is_file():
             raise FileNotFoundError(f"text model {self.model_path}: no config.json (expected a local model directory)")
@@ -200,10 +201,8 @@ class TextEncoder:
     # -- model -----------------------------------------------------------------------------
     def _load_model(self) -> None:
         if self._model is None:
-            import transformers
-
-            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
-            self._model = transformers.AutoModel.from_pretrained(str(self.model_path), local_files_only=True).eval()
+            self._tokenizer = load_tokenizer(self.model_path, "text field")
+            self._model = load_model(self.model_path, "text field").eval()
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -339,19 +338,20 @@ class FeaturePipeline:
         self.spec = spec
         self.fitted = fitted or {}
         self.vector_tables = vector_tables or {}  # name -> (ids as str array, vectors)
-        self._encoders: dict[str, TextEncoder] = {}
+        self._sentence_caches: dict[str, SentenceVectorCache] = {}
 
     # -- fitting ---------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
         return len(self.fitted) == len(self.spec.fields)
 
-    def text_encoder(self, spec: FieldSpec) -> TextEncoder:
+    def sentence_cache(self, spec: FieldSpec) -> SentenceVectorCache:
+        """The sentence-vector service of text field ``spec`` (one per field, created on first use)."""
         key = spec.name
-        if key not in self._encoders:
-            self._encoders[key] = TextEncoder(spec.model_path, self.spec.text_cache_dir, spec.max_tokens,
-                                              spec.batch_size, spec.normalize)
-        return self._encoders[key]
+        if key not in self._sentence_caches:
+            self._sentence_caches[key] = SentenceVectorCache(spec.model_path, self.spec.text_cache_dir, spec.max_tokens,
+                                                             spec.batch_size, spec.normalize)
+        return self._sentence_caches[key]
 
     def fit(self, df: pd.DataFrame, where: str = "train") -> "FeaturePipeline":
         return self.fit_stream([(where, df)])
@@ -386,7 +386,7 @@ class FeaturePipeline:
                 std = float(np.sqrt(m2 / n)) if n else float("nan")
                 fitted[spec.name] = FittedField(spec, mean=mean if n else float("nan"), std=std if std > 0 else 1.0)
             elif spec.kind == "text":
-                encoder = self.text_encoder(spec)
+                encoder = self.sentence_cache(spec)
                 fitted[spec.name] = FittedField(spec, dim=encoder.dim, text_model_key=encoder.model_key)
             elif spec.kind == "vector":
                 ids, vectors = self._read_vector_file(spec)
@@ -434,7 +434,7 @@ class FeaturePipeline:
                 values = _numeric_values(series, spec, where)
                 out[spec.name] = ((values - fit.mean) / fit.std).astype(np.float32)
             elif spec.kind == "text":
-                encoder = self.text_encoder(spec)
+                encoder = self.sentence_cache(spec)
                 if encoder.model_key != fit.text_model_key:
                     raise FeatureError(f"field {spec.name!r}: text model {encoder.model_path} differs from the one fitted "
                                        f"(model key {encoder.model_key} != {fit.text_model_key})")

@@ -1,4 +1,5 @@
-"""BERT-enhanced xDeepFM (seed paper II.C, Fig. 2; Lian et al. KDD 2018) on deepctr-torch blocks.
+"""BERT-enhanced xDeepFM on deepctr-torch blocks: the source paper's ranking model (section II.C, Fig. 2) over
+xDeepFM, Lian et al. KDD 2018 (both in docs/references.md).
 
     logit(x) = b + linear(x) + w_cin^T p^+ + w_dnn^T DNN(e)
 
@@ -42,7 +43,7 @@ VECTOR_KINDS = ("text", "vector")
 
 
 @dataclass
-class ModelConfig:
+class RankerConfig:
     """Sizes and regularisation of the ranking model."""
 
     implementation: str = "ours"  # "ours" (this module) or "deepctr" (stock xDeepFM, xdeepfm.baseline)
@@ -110,7 +111,7 @@ def cin_output_size(layer_sizes: list[int], split_half: bool) -> int:
 class XDeepFMRanker(nn.Module):
     """Linear + CIN + DNN over id, multi-valued, numeric and projected text/vector fields."""
 
-    def __init__(self, fields: list[FittedField], config: ModelConfig, seed: int = 0) -> None:
+    def __init__(self, fields: list[FittedField], config: RankerConfig, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.config = config

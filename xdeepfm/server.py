@@ -21,6 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
+from xdeepfm.app import Limits, create_app
+from xdeepfm.serving import ScoringEngine
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,11 +36,7 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
           max_body_bytes: int = 2_000_000, text_cache_dir: str | Path | None = None, threads: int | None = None,
           log_level: str = "info") -> None:
     """Load ``artifact`` and serve it until interrupted (SIGINT/SIGTERM end it cleanly)."""
-    import torch
     import uvicorn
-
-    from xdeepfm.app import Limits, create_app
-    from xdeepfm.serving import ScoringEngine
 
     if threads:
         torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ rest. Per field kind, with the fitted pipeline's vocabularies and statistics:
   values outside the vocabulary, and null, go to the OOV bucket 0;
 - multi_valued: a ``sep``-joined string or a list of tokens (or null); unknown tokens -> 0;
 - numeric: a finite JSON number (not a bool), z-scored with the training mean/std;
-- text: a string (null = ""); sentence vectors come from the pipeline's ``TextEncoder`` (its
+- text: a string (null = ""); sentence vectors come from the pipeline's ``SentenceVectorCache`` (its
   disk cache, keyed by model and text) and are kept in memory, so a known text costs a dict lookup;
 - vector: the key of a row of the exported table (e.g. a video id); unknown keys get zeros.
 
@@ -304,7 +304,7 @@ class ScoringEngine:
             raise column.error(i, f"expected a string, got {_type_name(values[i])}")
         texts = [v or "" for v in values]
         with self._lock:
-            rows, table = self._memo[spec.name].rows(texts, self.artifact.pipeline.text_encoder(spec).encode)
+            rows, table = self._memo[spec.name].rows(texts, self.artifact.pipeline.sentence_cache(spec).encode)
         return table[rows], None
 
     def _encode_vector(self, spec, fit, column):

@@ -1,105 +1,69 @@
-"""Training loop for the ranking model: ``run(config_path, out_dir, seed, resume) -> dict``.
+"""The ranking trainer: ``train(cfg, out_dir, *, resume, stop_after) -> dict`` (the sentiment trainer's signature).
 
-BCE-with-logits + the model's L2 terms, Adam or AdamW, early stopping on validation AUC
-(``patience`` epochs without improvement), TensorBoard scalars under ``<out_dir>/tb``, the best
-model in ``<out_dir>/best.safetensors`` and the latest in ``last.safetensors`` (for
-``resume``), both atomic, plus ``metrics.json`` and ``config.json``.
+``train`` runs four phases, in the order of this file: :func:`setup` (data, the fitted feature
+pipeline, the model on its device, the optimizer, the resume state), :func:`run_epoch` (the
+epoch's seeds and batches, then :func:`train_epoch`: per step the OOV dropout, forward,
+``xdeepfm.losses.ranking_loss`` (BCE-with-logits + the model's L2 terms), backward, gradient
+clipping, Adam/AdamW step), :func:`validate_and_checkpoint` (validation metrics, early stopping
+on validation AUC after ``train.patience`` epochs without improvement, TensorBoard,
+``best.safetensors`` and ``last.safetensors``, both atomic) and :func:`finish` (the best
+checkpoint on valid and test, ``metrics.json``). ``model.implementation: deepctr`` trains the
+stock baseline instead (``xdeepfm.baseline``). The loop vocabulary (run directory, early
+stopping, epoch seeds, checkpoint format, device, DDP) is ``mmcore.loop`` / ``mmcore.checkpoint``
+/ ``mmcore.distributed``, shared with the sentiment trainer.
 
-Seeds: ``seed`` drives model initialisation, the per-epoch shuffle and dropout (epoch e uses
-seed * 1000 + e, so a resumed run replays the same order); the data split uses the fixed
-``data.split_seed`` so all seeds see the same split.
+Seeds: ``train.seed`` drives model initialisation, the per-epoch shuffle, the OOV dropout and
+dropout (epoch e, counted from 0, uses ``epoch_seed(seed, e, 1000)`` = seed * 1000 + e, so a
+resumed run replays the same order); the data split uses the fixed ``data.split_seed`` so all
+seeds see the same split. ``stop_after`` ends an invocation after that many epochs, leaving
+``last.safetensors``; ``resume`` continues from it and reaches the uninterrupted run's result.
 
-Under ``torchrun`` (``mmfusion/distributed.py``) the model is wrapped in DistributedDataParallel
+Under ``torchrun`` (``mmcore/distributed.py``) the model is wrapped in DistributedDataParallel
 and ``train.batch_size`` is the global batch: each rank takes ``batch_size / N`` rows of every
 step from a ``DistributedSampler`` over the single-process permutation, so the ranks' step-k rows
 together are the single-process step-k batch. Validation and test rows are split across ranks
 and gathered; rank 0 decides early stopping and alone writes checkpoints, TensorBoard and JSON.
-With ``data: kind: parquet`` the splits are streamed from Parquet shards (``xdeepfm/data/shards.py``):
+With ``data: kind: parquet`` the splits are streamed from Parquet shards (``xdeepfm/data/parquet.py``):
 the features are fitted in one pass over the train shards and every row is read once per epoch
 by one (rank, worker) pair; ranks that run out of rows first wait in DDP's ``Join``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from contextlib import nullcontext
-from typing import Iterable, Literal
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.distributed.algorithms.join import Join
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mmfusion import distributed
-from mmfusion.config import build, load_yaml, to_dict
-from xdeepfm.checkpoint import load_checkpoint, save_checkpoint
+from mmcore import distributed
+from mmcore.config import to_dict
+from mmcore.files import write_json
+from mmcore.loop import EarlyStopping, RunDir, clip_gradients, epoch_seed, stop_requested
+from xdeepfm.baseline import train_baseline
+from xdeepfm.checkpoint import RankingCheckpoint, load_ranking_checkpoint, save_ranking_checkpoint
 from xdeepfm.data import load_splits
-from xdeepfm.data.ecommerce import EcommerceConfig
-from xdeepfm.data.movielens import MovieLensConfig
-from xdeepfm.data.shards import ParquetConfig, ShardStream, iter_frames, list_units, shard_files
-from mmfusion.files import write_json
+from xdeepfm.data.parquet import SPLITS, ParquetConfig, ShardStream, iter_frames, list_units, shard_files
+from xdeepfm.experiment import RankingExperiment, RankingTrainConfig
 from xdeepfm.features import FeaturePipeline, FeatureSpec
+from xdeepfm.losses import ranking_loss
 from xdeepfm.metrics import ranking_metrics
-from xdeepfm.model import ModelConfig, XDeepFMRanker, stack_inputs
+from xdeepfm.model import XDeepFMRanker, stack_inputs
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings."""
-
-    epochs: int = 10
-    batch_size: int = 1024
-    eval_batch_size: int = 8192
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 2
-    device: str = "cpu"
-    progress: bool = True  # tqdm bars
-    # cold-start training: per categorical field, the share of training rows whose value is
-    # replaced by the out-of-vocabulary bucket (0) in each batch, so the OOV embedding learns what
-    # an unseen item looks like and the model learns to lean on content (text, semantics) for it
-    oov_dropout: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name, rate in self.oov_dropout.items():
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"train.oov_dropout.{name}={rate}: must be in [0, 1)")
-
-
-@dataclass
-class EvalConfig:
-    """Metrics: top-K lists are each user's impressions in the split, ranked by score."""
-
-    k: int = 10
-
-
-@dataclass
-class RankingConfig:
-    """A full ranking run, as written in ``configs/*.yaml``."""
-
-    features: FeatureSpec
-    task: Literal["ranking"] = "ranking"
-    seed: int = 0
-    # ecommerce: `kind: ecommerce`; Parquet shards: `kind: parquet`
-    data: MovieLensConfig | EcommerceConfig | ParquetConfig = field(default_factory=MovieLensConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-def load_config(path: str | Path) -> RankingConfig:
-    """Read and validate a ranking YAML (errors name the file and key)."""
-    return build(RankingConfig, load_yaml(path), str(path))
+SHUFFLE_STRIDE = 1000  # epoch e of seed s shuffles with seed s * 1000 + e (epochs count from 0)
 
 
 def set_seed(seed: int) -> None:
@@ -150,18 +114,16 @@ def _frame_columns(spec: FeatureSpec) -> list[str]:
 def stream(units, pipeline: FeaturePipeline, columns: list, batch_rows: int, ctx: distributed.Context,
            shuffle: bool = False, seed: int = 0) -> ShardStream:
     """This rank's share of a sharded split, encoded batch by batch (in the DataLoader workers)."""
-    from functools import partial
-
     return ShardStream(units, batch_rows=batch_rows, rank=ctx.rank, world_size=ctx.world_size, shuffle=shuffle,
                        seed=seed, columns=_frame_columns(pipeline.spec), encode=partial(_encode_rows, pipeline, columns))
 
 
-def fit_on_shards(config: RankingConfig, units: list) -> FeaturePipeline:
+def fit_on_shards(cfg: RankingExperiment, units: list) -> FeaturePipeline:
     """The feature pipeline fitted in one streaming pass over the train shards, on rank 0, sent to every rank."""
     payload = None
     if distributed.is_rank0():
         log.info("fitting features on %d train row groups in one pass", len(units))
-        fitted = FeaturePipeline(config.features).fit_stream(iter_frames(units, _frame_columns(config.features)))
+        fitted = FeaturePipeline(cfg.features).fit_stream(iter_frames(units, _frame_columns(cfg.features)))
         payload = fitted.to_payload()
     return FeaturePipeline.from_payload(*distributed.broadcast_object(payload), where="fit_on_shards")
 
@@ -181,7 +143,7 @@ def evaluate_data(model: nn.Module, data: SplitData | ShardStream, k: int, batch
     return distributed.broadcast_object(ranking_metrics(labels, scores, users, k) if ctx.is_rank0 else None)
 
 
-def epoch_batches(data: SplitData | ShardStream, config: TrainConfig, seed: int, epoch: int, ctx: distributed.Context,
+def epoch_batches(data: SplitData | ShardStream, config: RankingTrainConfig, epoch: int, ctx: distributed.Context,
                   num_workers: int = 0):
     """Epoch ``epoch``'s training batches of this rank: ``data`` itself in one process (``train_epoch``
     shuffles it), else rows from a ``DistributedSampler`` (in-memory) or this rank's shards."""
@@ -192,13 +154,14 @@ def epoch_batches(data: SplitData | ShardStream, config: TrainConfig, seed: int,
         return ((X, y) for X, y, _, _ in loader)
     if not ctx.enabled:
         return data
-    sampler = DistributedSampler(range(len(data.X)), ctx.world_size, ctx.rank, shuffle=True, seed=seed * 1000)
+    sampler = DistributedSampler(range(len(data.X)), ctx.world_size, ctx.rank, shuffle=True,
+                                 seed=epoch_seed(config.seed, 0, SHUFFLE_STRIDE))
     sampler.set_epoch(epoch)  # torch.randperm with seed * 1000 + epoch: the single-process permutation
     order = torch.tensor(list(sampler))
     return ((data.X[idx], data.y[idx]) for idx in order.split(per_rank))
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: RankingTrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -226,9 +189,9 @@ def _shuffled(data: SplitData, batch_size: int, generator: torch.Generator):
         yield data.X[idx], data.y[idx]
 
 
-def train_epoch(model: XDeepFMRanker, optimizer: torch.optim.Optimizer, data: SplitData | Iterable, config: TrainConfig,
-                generator: torch.Generator, desc: str = "train", forward: nn.Module | None = None,
-                uneven: bool = False) -> float:
+def train_epoch(model: XDeepFMRanker, optimizer: torch.optim.Optimizer, data: SplitData | Iterable,
+                config: RankingTrainConfig, generator: torch.Generator, desc: str = "train",
+                forward: nn.Module | None = None, uneven: bool = False) -> float:
     """One pass over mini-batches; returns the mean BCE (without the L2 term), over all ranks under torchrun.
 
     ``data`` is a ``SplitData`` (shuffled here with ``generator``) or an iterable of ``(X, y)``
@@ -250,10 +213,10 @@ def train_epoch(model: XDeepFMRanker, optimizer: torch.optim.Optimizer, data: Sp
         for X, y in tqdm(batches, desc=desc, total=total_batches, leave=False,
                          disable=not config.progress or not distributed.is_rank0()):
             logits = net(drop_to_oov(model, X, config.oov_dropout, generator).to(device))
-            bce = nn.functional.binary_cross_entropy_with_logits(logits, y.to(device))
-            loss = bce + model.regularization_loss()
+            loss, bce = ranking_loss(logits, y.to(device), model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            clip_gradients(model, config.grad_clip)
             optimizer.step()
             total += bce.item() * len(y)
             seen += len(y)
@@ -267,129 +230,199 @@ def _log_scalars(writer, prefix: str, metrics: dict, step: int) -> None:
             writer.add_scalar(f"{prefix}/{name}", value, step)
 
 
-def run_config(config: RankingConfig, out_dir: str | Path, resume: bool = False) -> dict:
-    """Train (or resume) one run described by ``config``; returns the metrics dict."""
-    ctx = distributed.init()
-    if config.model.implementation == "deepctr":
-        if ctx.enabled:
-            raise ValueError("model.implementation: deepctr (the stock baseline) trains in one process; run it without torchrun")
-        from xdeepfm.baseline import run_baseline
+# --------------------------------------------------------------------------- the four phases
 
-        return run_baseline(config, out_dir)
+
+@dataclass
+class TrainingRun:
+    """What :func:`setup` builds and the other phases share."""
+
+    cfg: RankingExperiment
+    ctx: distributed.Context
+    run: RunDir
+    pipeline: FeaturePipeline
+    model: XDeepFMRanker
+    net: nn.Module  # the model, or its DDP wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    data: dict[str, SplitData | ShardStream]
+    stopper: EarlyStopping
+    writer: Any  # a SummaryWriter on rank 0, a NullWriter elsewhere
+    config_dict: dict  # the experiment as every checkpoint and config.json record it
+    started: float  # perf_counter() when setup began
+    prepare_seconds: float = 0.0
+    train_seconds: float = 0.0  # this invocation's training loops only
+    epoch: int = 0  # epochs done so far: the 0-based index of the next one
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.cfg.data, ParquetConfig)
+
+    def loop_state(self) -> dict:
+        """What ``--resume`` needs besides the weights and the optimizer."""
+        return {"epoch": self.epoch, "early_stopping": dataclasses.asdict(self.stopper), "history": self.history}
+
+    def save(self, path: Path, metrics: dict, optimizer: bool = False) -> None:
+        save_ranking_checkpoint(path, config=self.config_dict, features=self.pipeline, model=self.model,
+                                metrics=metrics, state=self.loop_state(), optimizer=self.optimizer if optimizer else None)
+
+
+def _fit_features(cfg: RankingExperiment, resumed: RankingCheckpoint | None) -> tuple[FeaturePipeline, dict]:
+    """The fitted pipeline (the resume checkpoint's, when there is one) and the raw splits: frames in
+    memory, or the row groups of the Parquet shards."""
+    if isinstance(cfg.data, ParquetConfig):
+        units = {name: list_units(shard_files(cfg.data.pattern(name), f"data.{name}")) for name in SPLITS}
+        return (resumed.features if resumed else fit_on_shards(cfg, units["train"])), units
+    with distributed.rank0_first():  # rank 0 fills the text-vector cache, the others read it
+        splits = load_splits(cfg.data)
+        pipeline = resumed.features if resumed else FeaturePipeline(cfg.features).fit(splits["train"], "train")
+    return pipeline, splits
+
+
+def _model_inputs(cfg: RankingExperiment, ctx: distributed.Context, pipeline: FeaturePipeline, columns: list,
+                  raw: dict) -> dict[str, SplitData | ShardStream]:
+    """Every split as model inputs: in memory, or streams over this rank's share of the shards."""
+    tc = cfg.train
+    if isinstance(cfg.data, ParquetConfig):
+        batch_rows = distributed.check_divisible(tc.batch_size, ctx, "train.batch_size")
+        return {"train": stream(raw["train"], pipeline, columns, batch_rows, ctx, shuffle=True, seed=tc.seed),
+                **{name: stream(raw[name], pipeline, columns, tc.eval_batch_size, ctx) for name in ("valid", "test")}}
+    with distributed.rank0_first():
+        return {name: SplitData.build(frame, pipeline, columns, name) for name, frame in raw.items()}
+
+
+def setup(cfg: RankingExperiment, out_dir: str | Path, ctx: distributed.Context, *, resume: bool = False) -> TrainingRun:
+    """Phase 1: data and features, the model on its device, the optimizer, and the resume state."""
     from torch.utils.tensorboard import SummaryWriter
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed, tc = config.seed, config.train
-    set_seed(seed)
-    t0 = time.perf_counter()
-    sharded = isinstance(config.data, ParquetConfig)
-    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
-    resumed = load_checkpoint(last_path) if resume and last_path.is_file() else None
+    started = time.perf_counter()
+    run = RunDir(out_dir).create()
+    set_seed(cfg.train.seed)
+    resumed = load_ranking_checkpoint(run.last) if resume and run.last.is_file() else None
     if resume and resumed is None:
-        log.info("resume requested but %s does not exist; starting from scratch", last_path)
-    if sharded:
-        units = {name: list_units(shard_files(config.data.pattern(name), f"data.{name}")) for name in ("train", "valid", "test")}
-        pipeline = resumed.features if resumed else fit_on_shards(config, units["train"])
-    else:
-        with distributed.rank0_first():  # rank 0 fills the text-vector cache, the others read it
-            splits = load_splits(config.data)
-            pipeline = resumed.features if resumed else FeaturePipeline(config.features).fit(splits["train"], "train")
-    fields = [pipeline.fitted[f.name] for f in pipeline.spec.fields]
-    model = XDeepFMRanker(fields, config.model, seed=seed).to(ctx.device if ctx.enabled else tc.device)
-    if sharded:
-        batch_rows = distributed.check_divisible(tc.batch_size, ctx, "train.batch_size")
-        data = {"train": stream(units["train"], pipeline, model.columns, batch_rows, ctx, shuffle=True, seed=seed),
-                **{name: stream(units[name], pipeline, model.columns, tc.eval_batch_size, ctx) for name in ("valid", "test")}}
-    else:
-        with distributed.rank0_first():
-            data = {name: SplitData.build(frame, pipeline, model.columns, name) for name, frame in splits.items()}
-    prep_seconds = time.perf_counter() - t0
-    net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.enabled else model
-    optimizer = _make_optimizer(model, tc)
-    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+        log.info("resume requested but %s does not exist; starting from scratch", run.last)
+    pipeline, raw = _fit_features(cfg, resumed)
+    model = XDeepFMRanker([pipeline.fitted[f.name] for f in pipeline.spec.fields], cfg.model, seed=cfg.train.seed)
+    model = model.to(ctx.device)
+    data = _model_inputs(cfg, ctx, pipeline, model.columns, raw)
+    state = TrainingRun(cfg=cfg, ctx=ctx, run=run, pipeline=pipeline, model=model, net=distributed.wrap_ddp(model, ctx),
+                        optimizer=make_optimizer(model, cfg.train), data=data,
+                        stopper=EarlyStopping("auc", cfg.train.patience, "max"), writer=distributed.NullWriter(),
+                        config_dict=to_dict(cfg), started=started)
+    state.prepare_seconds = time.perf_counter() - started
     if resumed:
-        model.load_state_dict(resumed.model_state)
-        if resumed.optimizer_state is not None:
-            optimizer.load_state_dict(resumed.optimizer_state)
-        state = resumed.state
-        log.info("resumed from %s after epoch %d", last_path, state["epoch"])
-    config_dict = to_dict(config)
+        _restore(state, resumed)
     if ctx.is_rank0:
-        write_json(out_dir / "config.json", config_dict)
-    log.info("model: %d fields, %d parameters; train %d rows", model.n_fields, sum(p.numel() for p in model.parameters()),
-             data["train"].total_rows if sharded else len(data["train"].X))
+        write_json(run.config, state.config_dict)
+        state.writer = SummaryWriter(str(run.tensorboard), purge_step=state.epoch + 1 if resumed else None)
+    log.info("model: %d fields, %d parameters on %s; train %d rows", model.n_fields,
+             sum(p.numel() for p in model.parameters()), ctx.device,
+             data["train"].total_rows if state.sharded else len(data["train"].X))
+    return state
 
-    writer = SummaryWriter(str(out_dir / "tb")) if ctx.is_rank0 else distributed.NullWriter()
-    train_seconds = 0.0
-    try:
-        for epoch in range(state["epoch"], tc.epochs):
-            if state["bad_epochs"] >= tc.patience:
-                break
-            torch.manual_seed(seed * 1000 + epoch)
-            generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-            t_epoch = time.perf_counter()
-            batches = epoch_batches(data["train"], tc, seed, epoch, ctx, config.data.num_workers if sharded else 0)
-            loss = train_epoch(model, optimizer, batches, tc, generator, f"epoch {epoch + 1}/{tc.epochs}",
-                               forward=net, uneven=sharded and ctx.enabled)
-            train_seconds += time.perf_counter() - t_epoch
-            valid = evaluate_data(model, data["valid"], config.eval.k, tc.eval_batch_size, ctx)  # rank 0's decision
-            writer.add_scalar("train/bce", loss, epoch + 1)
-            _log_scalars(writer, "valid", valid, epoch + 1)
-            auc = valid["auc"] if valid["auc"] is not None else -1.0
-            state["history"].append({"epoch": epoch + 1, "train_bce": loss, **{f"valid_{k}": v for k, v in valid.items()}})
-            log.info("epoch %d: train bce %.4f, valid auc %.4f logloss %.4f gauc %s", epoch + 1, loss, auc,
-                     valid["logloss"], valid["gauc"])
-            state["epoch"] = epoch + 1
-            improved = auc > state["best_auc"]
-            if improved:
-                state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-            if ctx.is_rank0:
-                if improved:
-                    save_checkpoint(best_path, config=config_dict, features=pipeline, model=model,
-                                    metrics={"valid": valid, "epoch": epoch + 1}, state=state)
-                save_checkpoint(last_path, config=config_dict, features=pipeline, model=model,
-                                metrics={"valid": valid, "epoch": epoch + 1}, state=state, optimizer=optimizer)
-            distributed.barrier()  # every rank sees this epoch's checkpoints before going on
-        if not best_path.is_file():
-            raise RuntimeError(f"{out_dir}: no epoch was trained (epochs={tc.epochs}); nothing to evaluate")
-        best = load_checkpoint(best_path)
-        model.load_state_dict(best.model_state)
-        result = {
-            "task": "ranking",
-            "implementation": "ours",
-            "seed": seed,
-            "split": config.data.split,
-            "best_epoch": state["best_epoch"],
-            "valid": evaluate_data(model, data["valid"], config.eval.k, tc.eval_batch_size, ctx),
-            "test": evaluate_data(model, data["test"], config.eval.k, tc.eval_batch_size, ctx),
-            "history": state["history"],
-            "seconds": {"prepare": prep_seconds, "train": train_seconds, "total": time.perf_counter() - t0},
-            "checkpoint": str(best_path),
-        }
-        _log_scalars(writer, "test", result["test"], state["best_epoch"])
-    finally:
-        writer.close()
+
+def _restore(state: TrainingRun, resumed: RankingCheckpoint) -> None:
+    """Continue from ``last.safetensors``: weights, optimizer, early stopping, epoch and history."""
+    state.model.load_state_dict(resumed.model_state)
+    if resumed.optimizer_state is not None:
+        state.optimizer.load_state_dict(resumed.optimizer_state)
+    loop = resumed.state
+    state.epoch, state.history = loop["epoch"], loop["history"]
+    state.stopper = EarlyStopping(**loop["early_stopping"])
+    log.info("resumed from %s after epoch %d", state.run.last, state.epoch)
+
+
+def run_epoch(state: TrainingRun, epoch: int) -> float:
+    """Phase 2: epoch ``epoch`` (0-based): its seeds, its batches, one pass; returns the mean train BCE."""
+    cfg, tc = state.cfg, state.cfg.train
+    seed = epoch_seed(tc.seed, epoch, SHUFFLE_STRIDE)
+    torch.manual_seed(seed)  # dropout
+    generator = torch.Generator().manual_seed(seed)  # the in-memory shuffle and the OOV dropout
+    started = time.perf_counter()
+    workers = cfg.data.num_workers if state.sharded else 0
+    batches = epoch_batches(state.data["train"], tc, epoch, state.ctx, workers)
+    loss = train_epoch(state.model, state.optimizer, batches, tc, generator, f"epoch {epoch + 1}/{tc.epochs}",
+                       forward=state.net, uneven=state.sharded and state.ctx.enabled)
+    state.train_seconds += time.perf_counter() - started
+    return loss
+
+
+def validate_and_checkpoint(state: TrainingRun, epoch: int, loss: float) -> None:
+    """Phase 3: validation metrics (rank 0's, on every rank), TensorBoard, early stopping, best and last checkpoints."""
+    cfg = state.cfg
+    valid = evaluate_data(state.model, state.data["valid"], cfg.eval.k, cfg.train.eval_batch_size, state.ctx)
+    state.writer.add_scalar("train/bce", loss, epoch + 1)
+    _log_scalars(state.writer, "valid", valid, epoch + 1)
+    state.history.append({"epoch": epoch + 1, "train_bce": loss, **{f"valid_{k}": v for k, v in valid.items()}})
+    state.epoch = epoch + 1
+    improved = state.stopper.step(valid["auc"], epoch + 1)  # an undefined AUC (None) never improves
+    log.info("epoch %d: train bce %.4f, valid auc %s logloss %.4f gauc %s%s", epoch + 1, loss, valid["auc"],
+             valid["logloss"], valid["gauc"], "  *best*" if improved else "")
+    if state.ctx.is_rank0:
+        metrics = {"valid": valid, "epoch": epoch + 1}
+        if improved:
+            state.save(state.run.best, metrics)
+        state.save(state.run.last, metrics, optimizer=True)
+    distributed.barrier()  # every rank sees this epoch's checkpoints before going on
+
+
+def finish(state: TrainingRun) -> dict:
+    """Phase 4: the best checkpoint on valid and test; ``metrics.json``, and the best checkpoint with its test metrics."""
+    cfg, ctx, run = state.cfg, state.ctx, state.run
+    if not run.best.is_file():
+        raise ValueError(f"{run.path}: no epoch was trained (train.epochs={cfg.train.epochs}); nothing to evaluate")
+    state.model.load_state_dict(load_ranking_checkpoint(run.best).model_state)
+    k, batch_size = cfg.eval.k, cfg.train.eval_batch_size
+    result = {
+        "task": "ranking",
+        "implementation": "ours",
+        "seed": cfg.train.seed,
+        "split": cfg.data.split,
+        "best_epoch": state.stopper.best_epoch,
+        "valid": evaluate_data(state.model, state.data["valid"], k, batch_size, ctx),
+        "test": evaluate_data(state.model, state.data["test"], k, batch_size, ctx),
+        "history": state.history,
+        "seconds": {"prepare": state.prepare_seconds, "train": state.train_seconds,
+                    "total": time.perf_counter() - state.started},
+        "checkpoint": str(run.best),
+    }
+    _log_scalars(state.writer, "test", result["test"], state.stopper.best_epoch)
+    state.writer.close()
     if ctx.is_rank0:
-        save_checkpoint(best_path, config=config_dict, features=pipeline, model=model,
-                        metrics={k: result[k] for k in ("valid", "test", "best_epoch")}, state=state)
-        write_json(out_dir / "metrics.json", result)
+        state.save(run.best, {key: result[key] for key in ("valid", "test", "best_epoch")})
+        write_json(run.metrics, result)
     distributed.barrier()
-    log.info("test: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result["test"].items()})
+    log.info("test: %s", {key: round(v, 4) if isinstance(v, float) else v for key, v in result["test"].items()})
     return result
 
 
-def run(config_path: str | Path, out_dir: str | Path | None = None, seed: int | None = None,
-        resume: bool = False) -> dict:
-    """Entry point for the top-level ``train.py`` (YAML with ``task: ranking``).
+def train(cfg: RankingExperiment, out_dir: str | Path, *, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train, early-stop, evaluate the best checkpoint; returns the result written to ``metrics.json``.
 
-    ``out_dir`` defaults to ``runs/<config stem>/seed<seed>``; ``seed`` overrides ``config.seed``.
+    ``stop_after`` ends this invocation after that many epochs (leaving ``last.safetensors``) and
+    returns ``{"stopped_after_epoch": E}``; ``resume`` continues from ``last.safetensors`` in
+    ``out_dir``. ``train.device`` is checked here (``auto``: CUDA when available, else the CPU).
     """
-    config = load_config(config_path)
-    if seed is not None:
-        config.seed = seed
-    if out_dir is None:
-        out_dir = Path("runs") / Path(config_path).stem / f"seed{config.seed}"
-    return run_config(config, out_dir, resume)
+    ctx = distributed.init(cfg.train.device)
+    if cfg.model.implementation == "deepctr":
+        if ctx.enabled:
+            raise ValueError("model.implementation: deepctr (the stock baseline) trains in one process; run it without torchrun")
+        if resume or stop_after is not None:
+            raise ValueError("model.implementation: deepctr (the stock baseline) trains in one go; "
+                             "--resume and --stop-after are for the 'ours' trainer")
+        return train_baseline(cfg, out_dir, ctx.device)
+    state = setup(cfg, out_dir, ctx, resume=resume)
+    try:
+        epochs_run = 0
+        for epoch in range(state.epoch, cfg.train.epochs):
+            if state.stopper.should_stop:
+                break
+            loss = run_epoch(state, epoch)
+            epochs_run += 1
+            validate_and_checkpoint(state, epoch, loss)
+            if stop_requested(epochs_run, stop_after, epoch + 1, cfg.train.epochs):
+                log.info("stopped after %d epoch(s) as asked; continue with --resume", epochs_run)
+                return {"stopped_after_epoch": epoch + 1}
+        return finish(state)
+    finally:
+        state.writer.close()

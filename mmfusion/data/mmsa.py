@@ -1,14 +1,15 @@
 """MMSA pickles (CMU-MOSI / MOSEI / CH-SIMS as MMSA distributes them): load, check, normalise, batch.
 
 The file is a pickled dict ``{"train": ..., "valid": ..., "test": ...}``; each split is a dict of
-arrays over its N clips (GUIDE section 4):
+arrays over its N clips (the MMSA distribution format, docs/references.md):
 
 =========================  ==============================  =========================================
 key                        shape                           notes
 =========================  ==============================  =========================================
-``id``                     (N,) str                        required
+``id``                     (N,) str                        required; unique across all three splits
 ``raw_text``               (N,) str                        optional (empty strings when absent)
-``text_bert``              (N, 3, L) int                   token ids, attention mask, segment ids
+``text_bert``              (N, 3, L) int                   token ids (>= 0, < vocab_size when given),
+                                                           attention mask (0/1), segment ids (0/1)
 ``text``                   (N, L, Dt) float                precomputed text features
 ``text_lengths``           (N,) int                        optional, only used without ``text_bert``
 ``audio``                  (N, La, Da) float               required
@@ -28,8 +29,15 @@ padding after them. True lengths are:
 * audio / vision: ``audio_lengths`` / ``vision_lengths``; when absent (the aligned release) the
   full sequence length.
 
-A clip whose true length is 0 is kept; in a batch it gets one all-zero frame marked real, so that
-every mask row has a True position and attention or pooling over it stays defined.
+A clip whose true length is 0 is kept (MMSA's own releases have none, but ``mmfusion.extract``
+writes audio length 0 for a video without an audio track); in a batch it gets one all-zero frame
+marked real, so that every mask row has a True position and attention or pooling over it stays
+defined. Every sequence array has at least one position (L >= 1) and one feature (D >= 1).
+
+Numbers must be real: complex values, strings and other objects where numbers belong are refused,
+never converted. ``text_bert`` holds integral values that fit int64 (ids >= 0, mask and segment
+ids 0 or 1); ``load_mmsa(path, vocab_size=text_vocab_size(model_path))`` also bounds the ids by
+the text model's vocabulary, so that no id reaches the embedding lookup out of range.
 
 **Pickle runs code on load: only load files you trust.**
 """
@@ -37,6 +45,7 @@ every mask row has a True position and attention or pooling over it stays define
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pickle
 import sys
@@ -48,6 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmcore.hf import default_model_path, load_tokenizer
 from mmfusion.data.batch import MMSABatch
 
 logger = logging.getLogger(__name__)
@@ -55,6 +65,8 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 UNIMODAL_TASKS = ("T", "A", "V")
 LABEL_RANGE = (-3.0, 3.0)
+BINARY_ROWS = {1: "the attention mask", 2: "segment ids"}  # rows of text_bert that hold only 0 / 1
+INT64_LIMIT = 2.0**63  # floats in [-2**63, 2**63) convert to int64 exactly enough to check
 Nonfinite = Literal["error", "zero"]
 
 
@@ -130,8 +142,9 @@ class MMSAData:
 class _SplitReader:
     """Turns one raw split dict into checked numpy arrays; every error names file/split/key."""
 
-    def __init__(self, path: Path, name: str, raw: dict, nonfinite: Nonfinite) -> None:
+    def __init__(self, path: Path, name: str, raw: dict, nonfinite: Nonfinite, vocab_size: int | None = None) -> None:
         self.path, self.name, self.raw, self.nonfinite = path, name, raw, nonfinite
+        self.vocab_size = vocab_size
         self.n: int | None = None
         self.n_key = ""
 
@@ -139,24 +152,65 @@ class _SplitReader:
         at = "" if index is None else f" sample {index}:"
         return MMSAFormatError(f"{self.path}: split '{self.name}', key '{key}':{at} {message}")
 
-    def array(self, key: str, dtype: Any = None) -> np.ndarray:
-        """``raw[key]`` as an array (lists and object arrays of equal-shaped rows are stacked)."""
+    def array(self, key: str, dtype: Any = None, *, keep_int: bool = False) -> np.ndarray:
+        """``raw[key]`` as an array (lists and object arrays of equal-shaped rows are stacked).
+
+        With a ``dtype`` the values must be real numbers (complex values, strings and other objects
+        are refused, never converted) and are cast to it, refusing floats the cast would overflow;
+        ``keep_int`` leaves integer arrays uncast (exact).
+        """
         value = self.raw[key]
         try:
             arr = np.asarray(value)
-            if arr.dtype == object and dtype is not None:
-                arr = np.stack([np.asarray(row) for row in arr]) if arr.ndim == 1 else arr.astype(dtype)
+            if arr.dtype == object and dtype is not None and arr.ndim == 1 and len(arr):
+                arr = np.stack([np.asarray(row) for row in arr])
         except (ValueError, TypeError):
-            rows = list(value)
+            try:
+                rows = list(value)
+            except TypeError:
+                raise self.fail(key, f"expected an array over samples, got {type(value).__name__}") from None
             shape0 = np.shape(rows[0]) if rows else ()
             bad = next((i for i, row in enumerate(rows) if np.shape(row) != shape0), None)
             raise self.fail(key, f"rows of unequal shape: expected {shape0} like sample 0", bad) from None
-        if dtype is not None:
-            try:
-                arr = arr.astype(dtype, copy=False)
-            except (ValueError, TypeError) as exc:
-                raise self.fail(key, f"cannot convert to {np.dtype(dtype).name}: {exc}") from None
-        return arr
+        if arr.ndim == 0:
+            raise self.fail(key, f"expected an array over samples, got {type(value).__name__} {_short(value)}")
+        if dtype is None:
+            return arr
+        self.check_real(key, arr)
+        if keep_int and arr.dtype.kind in "iub":
+            return arr
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = arr.astype(dtype, copy=False)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise self.fail(key, f"cannot convert to {np.dtype(dtype).name}: {exc}") from None
+        if arr.dtype.kind == "f" and out.dtype.kind == "f" and out.dtype.itemsize < arr.dtype.itemsize:
+            overflow = np.isfinite(arr) & ~np.isfinite(out)
+            if overflow.any():
+                sample, rest = _first_bad(overflow)
+                raise self.fail(key, f"expected values within the {out.dtype.name} range, got {arr[(sample, *rest)]:g}",
+                                sample)
+        return out
+
+    def check_real(self, key: str, arr: np.ndarray) -> None:
+        """Refuse arrays that do not hold real numbers: complex, strings, dates, other objects."""
+        kind = arr.dtype.kind
+        if kind == "c":
+            raise self.fail(key, f"expected real numbers, got complex values ({arr.dtype})")
+        if kind in "US":
+            raise self.fail(key, f"expected numbers, got strings ({arr.dtype})")
+        if kind in "mMV":
+            raise self.fail(key, f"expected numbers, got {arr.dtype}")
+        if kind != "O":
+            return
+        for flat, item in enumerate(arr.flat):
+            if isinstance(item, (bool, int, float, np.bool_, np.integer, np.floating)):
+                continue
+            sample = int(np.unravel_index(flat, arr.shape)[0])
+            if isinstance(item, (complex, np.complexfloating)):
+                raise self.fail(key, f"expected real numbers, got complex values ({_short(item)})", sample)
+            what = "strings" if isinstance(item, (str, bytes)) else type(item).__name__
+            raise self.fail(key, f"expected numbers, got {what} ({_short(item)})", sample)
 
     def check_rows(self, key: str, arr: np.ndarray) -> None:
         """Every array of a split has the same number of rows N (the first one read sets N)."""
@@ -191,11 +245,13 @@ class _SplitReader:
         raise self.fail(key, f"expected finite values, found {count} NaN/inf{hint}", first)
 
     def sequence(self, key: str) -> np.ndarray:
-        """A required (N, L, D) float feature array."""
+        """A required (N, L, D) float feature array (L, D >= 1 unless the split is empty)."""
         arr = self.array(key, np.float32)
         self.check_rows(key, arr)
         if arr.ndim != 3:
             raise self.fail(key, f"expected a 3-D array (N, L, D), got shape {arr.shape}")
+        if len(arr) and 0 in arr.shape[1:]:
+            raise self.fail(key, f"expected at least one frame and one feature (L >= 1, D >= 1), got shape {arr.shape}")
         return self.finite(key, arr)
 
     def vector(self, key: str, dtype: Any) -> np.ndarray:
@@ -206,9 +262,11 @@ class _SplitReader:
             arr = arr[:, 0]
         if arr.ndim != 1:
             raise self.fail(key, f"expected shape (N,) or (N, 1), got {arr.shape}")
+        if np.dtype(dtype).kind in "fiub":
+            self.check_real(key, arr)
         try:
             return arr.astype(dtype)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise self.fail(key, f"cannot convert to {np.dtype(dtype).name}: {exc}") from None
 
     def labels(self, key: str) -> np.ndarray:
@@ -235,17 +293,50 @@ class _SplitReader:
         return arr.astype(np.int64)
 
     def text_bert(self) -> tuple[np.ndarray, np.ndarray]:
-        """``text_bert`` as int64 (N, 3, L) and its lengths (attention-mask sums)."""
+        """``text_bert`` as int64 (N, 3, L) and its lengths (attention-mask sums).
+
+        Always: integral values that fit int64, token ids >= 0 (and < ``vocab_size`` when the
+        reader has one), attention mask and segment ids 0 or 1, the mask a block of leading ones.
+        """
         key = "text_bert"
-        arr = self.array(key, np.float64)
+        arr = self.array(key, np.float64, keep_int=True)
         self.check_rows(key, arr)
         if arr.ndim != 3 or arr.shape[1] != 3:
             raise self.fail(key, f"expected shape (N, 3, L) (ids, attention mask, segment ids), got {arr.shape}")
-        arr = self.finite(key, arr, allow_zero_fill=False)
-        not_int = (arr != np.round(arr)).any(axis=(1, 2))
-        if not_int.any():
-            raise self.fail(key, "expected integer token ids / mask / segment ids", int(np.argmax(not_int)))
+        if len(arr) and arr.shape[2] == 0:
+            raise self.fail(key, f"expected at least one token position (L >= 1), got shape {arr.shape}")
+        if arr.dtype.kind == "f":
+            arr = self.finite(key, arr, allow_zero_fill=False)
+            not_int = (arr != np.round(arr)).any(axis=(1, 2))
+            if not_int.any():
+                raise self.fail(key, "expected integer token ids / mask / segment ids", int(np.argmax(not_int)))
+            too_big = (arr < -INT64_LIMIT) | (arr >= INT64_LIMIT)
+        else:
+            too_big = arr > np.iinfo(np.int64).max if arr.dtype.kind == "u" else np.zeros(arr.shape, dtype=bool)
+        if too_big.any():
+            sample, (row, position) = _first_bad(too_big)
+            value = arr[sample, row, position]
+            raise self.fail(key, f"expected integer values that fit in int64, got {_number(value)} at row {row}, "
+                            f"position {position}", sample)
         arr = arr.astype(np.int64)
+        for row, what in BINARY_ROWS.items():
+            bad = (arr[:, row] != 0) & (arr[:, row] != 1)
+            if bad.any():
+                sample, (position,) = _first_bad(bad)
+                raise self.fail(key, f"expected {what} (row {row}) to be 0 or 1, got {arr[sample, row, position]} "
+                                f"at position {position}", sample)
+        ids = arr[:, 0]
+        bad = ids < 0
+        if bad.any():
+            sample, (position,) = _first_bad(bad)
+            raise self.fail(key, f"expected token ids (row 0) >= 0, got {ids[sample, position]} at position {position}",
+                            sample)
+        if self.vocab_size is not None:
+            bad = ids >= self.vocab_size
+            if bad.any():
+                sample, (position,) = _first_bad(bad)
+                raise self.fail(key, f"expected token ids (row 0) in [0, {self.vocab_size}) (the text model's vocabulary), "
+                                f"got {ids[sample, position]} at position {position}", sample)
         mask = arr[:, 1, :]
         lengths = mask.sum(axis=1)
         prefix = (np.arange(arr.shape[2])[None, :] < lengths[:, None]).astype(np.int64)
@@ -258,6 +349,36 @@ class _SplitReader:
             )
         return arr, lengths.astype(np.int64)
 
+    def ids(self) -> np.ndarray:
+        """``id`` as (N,) str: every id a non-empty string (an integer id becomes its decimal
+        string), no id twice in the split."""
+        key = "id"
+        arr = self.array(key, None)
+        self.check_rows(key, arr)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise self.fail(key, f"expected shape (N,) or (N, 1), got {arr.shape}")
+        ids: list[str] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(arr.tolist()):
+            if isinstance(item, bytes):
+                try:
+                    item = item.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise self.fail(key, f"expected a clip id in UTF-8, got {_short(item)}", i) from None
+            if isinstance(item, int) and not isinstance(item, bool):
+                item = str(item)
+            if not isinstance(item, str):
+                raise self.fail(key, f"expected a non-empty clip id (a string), got {type(item).__name__} {_short(item)}", i)
+            if not item.strip():
+                raise self.fail(key, f"expected a non-empty clip id, got {item!r}", i)
+            if item in seen:
+                raise self.fail(key, f"id {item!r} repeats sample {seen[item]}; expected every clip id once", i)
+            seen[item] = i
+            ids.append(item)
+        return np.array(ids, dtype=str)
+
     def read(self) -> MMSASplit:
         raw = self.raw
         for key in ("id", "audio", "vision", "regression_labels"):
@@ -267,7 +388,7 @@ class _SplitReader:
             raise self.fail("text_bert", "missing: need 'text_bert' (token ids) or 'text' (features)")
 
         labels = self.labels("regression_labels")
-        ids = self.vector("id", str)
+        ids = self.ids()
         raw_text = self.vector("raw_text", str) if "raw_text" in raw else np.full(len(ids), "", dtype=object)
         if "classification_labels" in raw:
             self.vector("classification_labels", np.float64)  # not used, but must cover the same clips
@@ -338,6 +459,24 @@ class _SplitReader:
         )
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (error messages stay one short line)."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _number(value: Any) -> str:
+    """An array scalar for a message: integers in full, floats with ``%g``."""
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _first_bad(bad: np.ndarray) -> tuple[int, tuple[int, ...]]:
+    """The first sample with a True in ``bad`` (N, ...) and the index of its first True inside it."""
+    sample = int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
+    rest = np.unravel_index(int(np.argmax(bad[sample])), bad.shape[1:])
+    return sample, tuple(int(i) for i in rest)
+
+
 def _trailing_nonzero_length(text: np.ndarray) -> np.ndarray:
     """Per clip, one past the last row of ``text`` (N, L, D) that is not all zeros (0 if none)."""
     nonzero = (text != 0).any(axis=2)  # (N, L)
@@ -346,7 +485,18 @@ def _trailing_nonzero_length(text: np.ndarray) -> np.ndarray:
 
 
 def _check_across_splits(path: Path, splits: dict[str, MMSASplit], raws: dict[str, dict]) -> None:
-    """Every split has the same optional keys and the same feature dims as ``train``."""
+    """Every split has the same optional keys and the same feature dims as ``train``; no clip id
+    is in two splits (a test clip copied from train would leak into the evaluation)."""
+    owner: dict[str, tuple[str, int]] = {}
+    for name in SPLITS:
+        for i, clip_id in enumerate(splits[name].ids.tolist()):
+            if clip_id in owner:
+                other, j = owner[clip_id]
+                raise MMSAFormatError(
+                    f"{path}: split '{name}', key 'id': sample {i}: id {clip_id!r} is also sample {j} of split "
+                    f"'{other}'; expected each clip in one split"
+                )
+            owner[clip_id] = (name, i)
     ref = splits["train"]
     for name in SPLITS[1:]:
         split = splits[name]
@@ -369,17 +519,48 @@ def _check_across_splits(path: Path, splits: dict[str, MMSASplit], raws: dict[st
                 )
 
 
-def load_mmsa(path: str | Path, *, nonfinite: Nonfinite = "error") -> MMSAData:
+def text_vocab_size(model_path: str | Path | None = None) -> int:
+    """The vocabulary size of a BERT-family text model directory (None: the bundled MiniLM, 30522).
+
+    Read from the directory's ``config.json`` (``vocab_size``: the size of the embedding table the
+    ids index); a config without it falls back to the tokenizer (``len(tokenizer)``). The result
+    is what ``load_mmsa(path, vocab_size=...)`` bounds ``text_bert`` token ids by. Raises
+    ``FileNotFoundError`` / ``ValueError`` naming the path.
+    """
+    path = Path(model_path if model_path is not None else default_model_path())
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"text model_path {str(path)!r} is not a Hugging Face model directory "
+                                "(expected a folder with config.json)")
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"text model {config}: not readable JSON ({exc})") from None
+    if not isinstance(values, dict) or "vocab_size" not in values:
+        return len(load_tokenizer(path, "text model"))
+    size = values["vocab_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"text model {config}: vocab_size {size!r}: expected a positive integer")
+    return size
+
+
+def load_mmsa(path: str | Path, *, nonfinite: Nonfinite = "error", vocab_size: int | None = None) -> MMSAData:
     """Read and check an MMSA pickle.
 
     **Pickle runs arbitrary code while loading: only load files you trust.**
 
     ``nonfinite="zero"`` replaces NaN/inf in ``text``/``audio``/``vision`` features with 0 and logs
     the count (real MOSI audio holds -inf); non-finite labels, lengths or token ids always raise.
+    ``vocab_size`` (the text model's, ``text_vocab_size(model_path)``): every ``text_bert`` token
+    id must be below it, so the model's embedding lookup cannot go out of range; without it ids
+    are only checked to be integers >= 0 that fit int64.
     Raises ``FileNotFoundError`` for a missing file and ``MMSAFormatError`` for anything else wrong.
     """
     if nonfinite not in ("error", "zero"):
         raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
+                                   or vocab_size < 1):
+        raise ValueError(f"vocab_size must be a positive integer or None, got {vocab_size!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MMSA pickle not found")
@@ -399,7 +580,7 @@ def load_mmsa(path: str | Path, *, nonfinite: Nonfinite = "error") -> MMSAData:
             )
         if not isinstance(raw[name], dict):
             raise MMSAFormatError(f"{path}: split '{name}': expected a dict of arrays, got {type(raw[name]).__name__}")
-        splits[name] = _SplitReader(path, name, raw[name], nonfinite).read()
+        splits[name] = _SplitReader(path, name, raw[name], nonfinite, None if vocab_size is None else int(vocab_size)).read()
     _check_across_splits(path, splits, {name: raw[name] for name in SPLITS})
     aligned = not any(k in raw[s] for s in SPLITS for k in ("audio_lengths", "vision_lengths"))
     data = MMSAData(splits=splits, path=path, aligned=aligned)
@@ -464,6 +645,9 @@ class NormStats:
             sources["text"] = (split.text, split.text_lengths)
         mean, std = {}, {}
         for modality, (x, lengths) in sources.items():
+            if int(np.minimum(lengths, x.shape[1]).sum()) == 0:
+                raise ValueError(f"split '{split.name}', key '{modality}': no valid frames to compute "
+                                 "normalisation statistics from (every clip has length 0, or the split is empty)")
             m, s = _masked_mean_std(x, lengths)
             mean[modality] = m.astype(np.float32)
             std[modality] = np.maximum(s, eps).astype(np.float32)
@@ -699,8 +883,25 @@ def describe(data: MMSAData) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Command-line errors as one line (``prog: error: ...``) and exit code 2, without the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m mmfusion.data.mmsa",
         description="Check an MMSA pickle and print a summary. Pickle runs code: only trusted files.",
     )
@@ -708,11 +909,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--nonfinite", choices=("error", "zero"), default="error", help="NaN/inf in features: fail or replace by 0"
     )
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab-size", type=_positive_int, help="refuse text_bert token ids >= this")
+    vocab.add_argument("--text-model", type=Path,
+                       help="refuse text_bert token ids outside this BERT-family model's vocabulary")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        data = load_mmsa(args.path, nonfinite=args.nonfinite)
-    except (MMSAFormatError, FileNotFoundError) as exc:
+        vocab_size = text_vocab_size(args.text_model) if args.text_model is not None else args.vocab_size
+        data = load_mmsa(args.path, nonfinite=args.nonfinite, vocab_size=vocab_size)
+    except (MMSAFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(describe(data))

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from mmfusion.files import atomic_write
+from mmcore.files import atomic_write
+from mmcore.hf import default_model_path, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -435,9 +436,7 @@ def modality_sequences(
 
 def tokenize(texts: list[str], tokenizer_path: str) -> np.ndarray:
     """(N, 3, 50) int64 ``text_bert``: input ids, attention mask, segment ids (one batched call)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     lengths = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
     if lengths.max(initial=0) > TEXT_LEN:
         bad = int(np.flatnonzero(lengths > TEXT_LEN)[0])
@@ -451,9 +450,7 @@ def encode_text_features(text_bert: np.ndarray, model_path: str, batch_size: int
     padded positions (SynthMOSI: L = 50, hidden = 384)."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(model_path).eval()
+    model = load_model(model_path).eval()
     out = np.zeros((text_bert.shape[0], text_bert.shape[2], model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for start in tqdm(range(0, text_bert.shape[0], batch_size), desc="text features", leave=False):
@@ -469,7 +466,7 @@ def encode_text_features(text_bert: np.ndarray, model_path: str, batch_size: int
 # --------------------------------------------------------------------------------------------
 
 
-def _lengths(rng: np.random.Generator, n_tokens: np.ndarray, preset: Preset) -> tuple[np.ndarray, np.ndarray]:
+def clip_lengths(rng: np.random.Generator, n_tokens: np.ndarray, preset: Preset) -> tuple[np.ndarray, np.ndarray]:
     """Unaligned clip lengths, proportional to the number of tokens (speech duration)."""
     rate = rng.uniform(0.75, 1.0, n_tokens.size)
     audio = np.clip(np.round(preset.max_audio_len * rate * n_tokens / TEXT_LEN), 4, preset.max_audio_len)
@@ -496,8 +493,6 @@ def generate(
     preset = PRESETS[size]
     params = params or GeneratorParams()
     if tokenizer_path is None:
-        from mmfusion.text_encoder import default_model_path
-
         tokenizer_path = default_model_path()
     world_seq, *split_seqs = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
     world = np.random.default_rng(world_seq)
@@ -521,7 +516,7 @@ def generate(
             audio_len = vision_len = n_tokens
             max_a = max_v = TEXT_LEN
         else:
-            audio_len, vision_len = _lengths(rng, n_tokens, preset)
+            audio_len, vision_len = clip_lengths(rng, n_tokens, preset)
             max_a, max_v = preset.max_audio_len, preset.max_vision_len
         split_data = {
             "id": np.array([f"synth_{offset + i:06d}" for i in range(n)]),

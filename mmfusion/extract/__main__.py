@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mmcore.runtime import setup_logging
 from mmfusion.extract.audio import AudioConfig
 from mmfusion.extract.pipeline import ExtractConfig, MetaError, default_workers, extract, format_report, write_pickle
 from mmfusion.extract.visual import BACKBONES, VisualConfig, load_backbone, resolve
@@ -45,8 +46,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mmfusion.cli import setup_logging
-
     setup_logging(args.log_level)
     try:
         visual = resolve(VisualConfig(backbone=args.visual, weights=args.vision_weights))

@@ -30,17 +30,19 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from mmcore.files import atomic_write
+from mmcore.hf import default_model_path
 from mmfusion.data.mmsa import LABEL_RANGE, SPLITS
-from mmfusion.data.synthetic import encode_text_features
-from mmfusion.data.synthetic import write_pickle  # noqa: F401 -- atomic pickle writer, re-exported
+from mmfusion.data.synthetic import (
+    encode_text_features,
+    write_pickle,  # noqa: F401 -- atomic pickle writer, re-exported
+)
 from mmfusion.extract import audio as audio_mod
 from mmfusion.extract import text as text_mod
 from mmfusion.extract import visual as visual_mod
 from mmfusion.extract.audio import AudioConfig
 from mmfusion.extract.decode import SAMPLE_RATE, DecodeError, decode_clip
 from mmfusion.extract.visual import VisualConfig
-from mmfusion.files import atomic_write
-from mmfusion.text_encoder import default_model_path
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mmcore.hf import load_tokenizer
+
 log = logging.getLogger(__name__)
 
 
 def tokenize(texts: list[str], transcripts: list[str], model_path: str | Path, max_len: int = 50) -> np.ndarray:
     """(N, 3, max_len) int64 ``text_bert``; a clip without transcript ("") is a single segment."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    tokenizer = load_tokenizer(model_path)
     rows, truncated = [], 0
     for text, transcript in zip(texts, transcripts):
         pair = (text, transcript) if transcript else (text,)

@@ -140,7 +140,7 @@ def split_frame(frame: pd.DataFrame, split: str, seed: int, item_column: str = "
     return {name: frame.iloc[idx].reset_index(drop=True) for name, idx in parts.items()}
 
 
-def load_splits(config: MovieLensConfig) -> dict[str, pd.DataFrame]:
+def load_movielens_splits(config: MovieLensConfig) -> dict[str, pd.DataFrame]:
     """Load ML-100K and split it as ``config.split`` says."""
     splits = split_frame(load_movielens_100k(config), config.split, config.split_seed)
     log.info("ml-100k %s split: %s", config.split, {k: len(v) for k, v in splits.items()})

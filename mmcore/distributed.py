@@ -58,27 +58,63 @@ def _env_int(name: str) -> int:
         raise ValueError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
 
 
-def init(timeout_s: float = 1800.0) -> Context:
-    """Join the process group torchrun describes (idempotent); a one-process context without torchrun.
+DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
 
-    Backend: ``nccl`` with one GPU per process (``LOCAL_RANK`` picks it) when CUDA is available,
-    else ``gloo`` on the CPU.
+
+def select_device(spec: str = "auto", *, local_rank: int | None = None, cuda_available: bool | None = None,
+                  cuda_count: int | None = None) -> torch.device:
+    """The device ``train.device`` names: ``auto`` (CUDA when available, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``.
+
+    Under torchrun (``local_rank`` given) ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``, one GPU per
+    process; an explicit ``cuda:N`` is refused there, since every process would take the same GPU.
+    ``cuda_available`` and ``cuda_count`` default to what torch sees (tests pass them).
+    """
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    count = (torch.cuda.device_count() if available else 0) if cuda_count is None else cuda_count
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "auto" and not available:
+        return torch.device("cpu")
+    if spec in ("auto", "cuda"):
+        index = local_rank or 0
+    elif spec.startswith("cuda:") and spec[5:].isdigit():
+        if local_rank is not None:
+            raise ValueError(f"train.device: {spec!r} under torchrun: use 'auto' or 'cuda' (each process takes "
+                             "cuda:LOCAL_RANK)")
+        index = int(spec[5:])
+    else:
+        raise ValueError(f"train.device: {spec!r} is not one of {DEVICE_CHOICES}")
+    if not available:
+        raise ValueError(f"train.device: {spec!r} but CUDA is not available on this machine (use 'auto' or 'cpu')")
+    if index >= count:
+        raise ValueError(f"train.device: {spec!r} but this machine has {count} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def init(device: str = "auto", timeout_s: float = 1800.0) -> Context:
+    """This process's context: the device ``device`` names (:func:`select_device`) and, under torchrun,
+    the process group it describes (idempotent).
+
+    Backend: ``nccl`` when the processes train on CUDA (one GPU each, ``LOCAL_RANK`` picks it), else
+    ``gloo`` on the CPU.
     """
     if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") <= 1:
-        return Context()
+        return Context(device=select_device(device))
     missing = [name for name in ENV_VARS if name not in os.environ]
     if missing:
         raise ValueError(f"WORLD_SIZE is set but {missing} are not: launch with torchrun (see README, multi-process training)")
     rank, world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    chosen = select_device(device, local_rank=local_rank)
+    cuda = chosen.type == "cuda"
     if not dist.is_initialized():
         if cuda:
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(chosen)
         backend = "nccl" if cuda else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        log.info("process group: rank %d of %d (%s, %s)", rank, world, backend, device)
-    return Context(rank, world, local_rank, device)
+        log.info("process group: rank %d of %d (%s, %s)", rank, world, backend, chosen)
+    return Context(rank, world, local_rank, chosen)
 
 
 def shutdown() -> None:
@@ -192,3 +228,12 @@ class NullWriter:
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
 
+
+
+def wrap_ddp(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel under torchrun (one device per process); ``model`` itself otherwise."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)

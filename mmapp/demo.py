@@ -30,11 +30,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmfusion.cli import setup_logging
-from mmfusion.config import build, load_yaml
+from mmapp.catalogue import generate_catalogue, write_catalogue
+from mmcore.loop import RunDir
+from mmcore.runtime import setup_logging
+from mmfusion.data.mmsa import describe
+from mmfusion.evaluate import evaluate_checkpoint
+from mmfusion.experiment import load_experiment as load_sentiment_experiment
+from mmfusion.export import export_checkpoint as export_sentiment
 from mmfusion.metrics import format_metrics
+from mmfusion.predict import predict_semantics, write_semantics
+from mmfusion.train import prepare_data
+from mmfusion.train import train as train_sentiment_model
+from xdeepfm.data.ecommerce import load_ecommerce_splits
+from xdeepfm.experiment import load_experiment as load_ranking_experiment
+from xdeepfm.export import export_checkpoint as export_ranker
+from xdeepfm.server import RankingServer
+from xdeepfm.train import train as train_ranking_model
 
-log = logging.getLogger("mmfusion.demo")
+log = logging.getLogger("mmapp.demo")
 
 USER_COLUMNS = ("user_id", "user_segment", "user_fav_category", "user_age")
 ITEM_COLUMNS = ("video_id", "category", "product", "brand", "price_band", "price", "title")
@@ -67,23 +80,18 @@ class Stages:
 
 def train_sentiment(config_path: Path, run_dir: Path) -> tuple[object, dict]:
     """Stage 1: SynthMOSI (generated if missing) -> trained checkpoint -> test metrics."""
-    from mmfusion.data.mmsa import describe
-    from mmfusion.evaluate import evaluate_checkpoint
-    from mmfusion.trainer import SentimentConfig, prepare_data, train
-
-    cfg = build(SentimentConfig, load_yaml(config_path), where=str(config_path))
+    cfg = load_sentiment_experiment(config_path)
     data = prepare_data(cfg.data)
     print(describe(data), flush=True)
-    train(cfg, run_dir)
-    metrics = evaluate_checkpoint(run_dir / "model.pt", cfg.data.path, "test", run_dir)
-    print(f"test metrics ({cfg.data.path}, best checkpoint {run_dir / 'model.pt'}):\n{format_metrics(metrics)}")
+    train_sentiment_model(cfg, run_dir)
+    best = RunDir(run_dir).best
+    metrics = evaluate_checkpoint(best, cfg.data.path, "test", run_dir)
+    print(f"test metrics ({cfg.data.path}, best checkpoint {best}):\n{format_metrics(metrics)}")
     return cfg, metrics
 
 
 def make_catalogue(folder: Path, world_seed: int, preset: str, sizes: dict[str, int]) -> None:
     """Stage 2a: the e-commerce catalogue in the SynthMOSI world of the sentiment data (reused if there)."""
-    from xdeepfm.data.ecommerce import generate_catalogue, write_catalogue
-
     meta_path = folder / "catalogue.json"
     if meta_path.is_file() and (folder / "videos.pkl").is_file() and (folder / "impressions.csv").is_file():
         meta = json.loads(meta_path.read_text())
@@ -101,14 +109,12 @@ def make_catalogue(folder: Path, world_seed: int, preset: str, sizes: dict[str, 
 def train_ranker(config_path: Path, catalogue: Path, semantics: Path, run_dir: Path):
     """Stage 3: the ranking config, pointed at this catalogue and these semantics, trained and
     tested; returns the config (its ``data`` section says which impressions are the test split)."""
-    from xdeepfm.train import load_config, run_config
-
-    config = load_config(config_path)
+    config = load_ranking_experiment(config_path)
     config.data.path = str(catalogue)
     for spec in config.features.fields:
         if spec.kind == "vector" and spec.path and Path(spec.path).name == "semantics.npz":
             spec.path = str(semantics)
-    result = run_config(config, run_dir)
+    result = train_ranking_model(config, run_dir)
     test = result["test"]
     print("test metrics (new videos only): " + "  ".join(
         f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float)))
@@ -123,9 +129,7 @@ def _plain(value):
 def candidate_lists(data, n_users: int, max_candidates: int, seed: int = 0) -> list[tuple[dict, pd.DataFrame]]:
     """A few users with their test impressions from the ranker's own split (``data``: its config's
     data section; with ``cold_video`` these are videos it never saw in training)."""
-    from xdeepfm.data.ecommerce import load_splits
-
-    test = load_splits(data)["test"]
+    test = load_ecommerce_splits(data)["test"]
     test = test.drop_duplicates(["user_id", "video_id"])  # a video shown twice is one candidate
     counts = test.groupby("user_id").size()
     eligible = counts[counts >= min(8, int(counts.max()))].index.to_numpy()  # users with the longest lists
@@ -140,8 +144,6 @@ def candidate_lists(data, n_users: int, max_candidates: int, seed: int = 0) -> l
 
 def rank_over_http(artifact: Path, lists: list[tuple[dict, pd.DataFrame]], top_k: int, log_path: Path) -> None:
     """Stage 4b: start the service, rank every list through POST /v1/rank, print, stop the service."""
-    from xdeepfm.server import RankingServer
-
     with RankingServer(artifact, log_path=log_path) as server:
         print(f"ranking service up at {server.url} (access log {log_path})")
         for user, rows in lists:
@@ -162,10 +164,6 @@ def rank_over_http(artifact: Path, lists: list[tuple[dict, pd.DataFrame]], top_k
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmfusion.export import export_checkpoint as export_sentiment
-    from mmfusion.predict import predict_semantics, write_semantics
-    from xdeepfm.export import export_checkpoint as export_ranker
-
     parser = argparse.ArgumentParser(prog="mmfusion-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentiment-config", type=Path, default=Path("configs/synthmosi_default.yaml"))
     parser.add_argument("--ranking-config", type=Path, default=Path("configs/ecommerce_xdeepfm.yaml"))
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"n_videos": args.n_videos, "n_users": args.n_users, "impressions_per_user": args.impressions_per_user}
     make_catalogue(args.catalogue, synthetic.seed, synthetic.size, sizes)
     semantics_path = out / "semantics.npz"
-    semantics = predict_semantics(out / "sentiment" / "model.pt", args.catalogue / "videos.pkl")
+    semantics = predict_semantics(RunDir(out / "sentiment").best, args.catalogue / "videos.pkl")
     write_semantics(semantics, semantics_path)
     print(f"wrote {semantics_path}: semantics of {len(semantics['ids'])} videos")
 
@@ -199,15 +197,15 @@ def main(argv: list[str] | None = None) -> int:
 
     stages.begin("serving: export both models, rank over HTTP")
     artifacts = out / "artifacts"
-    export_sentiment(out / "sentiment" / "model.pt", artifacts / "sentiment", overwrite=True)
-    export_ranker(out / "ranking" / "best.safetensors", artifacts / "ranker", overwrite=True)
+    export_sentiment(RunDir(out / "sentiment").best, artifacts / "sentiment", overwrite=True)
+    export_ranker(RunDir(out / "ranking").best, artifacts / "ranker", overwrite=True)
     print(f"artifacts: {artifacts / 'sentiment'} (mmfusion predict --checkpoint DIR), "
           f"{artifacts / 'ranker'} (xdeepfm serve --artifact DIR)")
     lists = candidate_lists(ranking.data, args.users, args.candidates)
     rank_over_http(artifacts / "ranker", lists, args.top_k, out / "serve.log")
 
     print(f"\n== done\n{stages.summary()}")
-    print(f"   TensorBoard logs: {out / 'sentiment' / 'tensorboard'}, {out / 'ranking' / 'tb'}   "
+    print(f"   TensorBoard logs: {RunDir(out / 'sentiment').tensorboard}, {RunDir(out / 'ranking').tensorboard}   "
           f"(.venv/bin/tensorboard --logdir {out})")
     print(f"   artifacts:        {artifacts}")
     return 0

@@ -3,11 +3,17 @@
 ``build(Cls, mapping, where)`` fills a (possibly nested) dataclass from a plain mapping, checks
 every value against the field's annotation, and rejects unknown keys, so a typo in a YAML file
 fails at load time with ``configs/x.yaml: model.n_layrs: unknown key (expected one of ...)``.
+
+``load_yaml`` reads one file; a top-level ``base: other.yaml`` (relative to the file) is read
+first and the file's own keys are merged over it, so a variant states only what differs.
+``apply_overrides`` sets dotted keys from ``--set key=value`` (the value read as YAML:
+``--set train.lr=3e-4 --set model.use_slgm=false``); ``build`` then checks them like any other key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -72,6 +78,23 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def check_range(key: str, value: float | int | None, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> None:
+    """Refuse ``value`` outside [low, high] (``(low, high]`` with ``low_open``); None passes (an unset option).
+
+    Config dataclasses call it from ``__post_init__`` with the field's own name (``"lr"``); ``build``
+    reports it under the full key: ``configs/x.yaml.train.lr=-0.1: must be > 0.0``.
+    """
+    if value is None:
+        return
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{key}={value}: expected a number, got NaN")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{key}={value}: must be {'>' if low_open else '>='} {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}={value}: must be <= {high}")
+
+
 def build(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data`` (a mapping), validating names and types."""
     if data is None:
@@ -94,12 +117,27 @@ def build(cls: type[T], data: Any, where: str = "config") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        message = str(exc)
+        if isinstance(exc, ConfigError) and message.split("=", 1)[0] in known:  # check_range names its field
+            raise ConfigError(f"{where}.{message}") from exc
+        raise ConfigError(f"{where}: {message}") from exc
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; the error names the file."""
-    path = Path(path)
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def merge(base: dict, delta: dict) -> dict:
+    """``delta``'s keys over ``base``'s, recursively for mappings (neither is modified)."""
+    merged = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -109,6 +147,53 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML mapping, merged over its ``base:`` file when it names one; errors name the file."""
+    path = Path(path)
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {type(base).__name__} {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: base: {base!r} refers back to itself")
+    return merge(load_yaml(base_path, (*_seen, path.resolve())), data)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], where: str = "--set") -> dict:
+    """``raw`` with each ``key.sub=value`` of ``overrides`` set (values parsed as YAML scalars/lists).
+
+    The keys are not checked here: ``build`` refuses an unknown key or a wrong type with its name.
+    """
+    result = merge(raw, {})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{where} {item!r}: expected key=value with a dotted key, e.g. train.lr=0.001")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where} {item!r}: the value is not valid YAML ({exc})") from None
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
+        node = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{where} {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return result
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,0 +1,35 @@
+"""Every shipped ``configs/*.yaml`` builds with the schema of its task (and fails the test when one breaks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmapp.cli import load_experiment
+from mmcore.config import ConfigError, load_yaml
+from mmfusion.experiment import SentimentExperiment
+from xdeepfm.experiment import RankingExperiment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+SCHEMA = {"sentiment": SentimentExperiment, "ranking": RankingExperiment}
+
+
+def test_there_are_configs_of_both_tasks():
+    tasks = {load_yaml(path).get("task", "sentiment") for path in CONFIGS}
+    assert len(CONFIGS) >= 10 and tasks == {"sentiment", "ranking"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_config_builds(path):
+    task, cfg = load_experiment(path, [])
+    assert isinstance(cfg, SCHEMA[task])
+    task_again, tweaked = load_experiment(path, ["train.epochs=1"])
+    assert task_again == task and tweaked.train.epochs == 1
+
+
+def test_unknown_task_is_refused(tmp_path):
+    (tmp_path / "x.yaml").write_text("task: clustering\n")
+    with pytest.raises(ConfigError, match=r"x.yaml: task: 'clustering' is not one of \['ranking', 'sentiment'\]"):
+        load_experiment(tmp_path / "x.yaml", [])

@@ -1,0 +1,74 @@
+"""The ranking experiment schema: what ``configs/*.yaml`` with ``task: ranking`` holds.
+
+``load_experiment(path, overrides)`` reads the YAML (with its ``base:`` file), applies
+``--set key=value`` overrides and builds a :class:`RankingExperiment`, refusing an unknown key or
+a wrong type with its name. The trainer (``xdeepfm.train``), the baseline, evaluation and the
+comparison take the built object; none of them defines configuration of its own. The same
+vocabulary as the sentiment experiment (``mmfusion.experiment``): ``train.seed``,
+``train.device``, ``train.grad_clip``, ``train.patience``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mmcore.config import apply_overrides, build, load_yaml
+from xdeepfm.data import DataConfig
+from xdeepfm.data.movielens import MovieLensConfig
+from xdeepfm.features import FeatureSpec
+from xdeepfm.model import RankerConfig
+
+
+@dataclass
+class RankingTrainConfig:
+    """Optimisation settings of the ranking trainer."""
+
+    epochs: int = 10
+    batch_size: int = 1024  # the global batch (split over the processes under torchrun)
+    eval_batch_size: int = 8192
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    seed: int = 0  # model initialisation, per-epoch shuffle and dropout (the data split has its own seed)
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N; checked when training starts
+    progress: bool = True  # tqdm bars
+    # cold-start training: per categorical field, the share of training rows whose value is
+    # replaced by the out-of-vocabulary bucket (0) in each batch, so the OOV embedding learns what
+    # an unseen item looks like and the model learns to lean on content (text, semantics) for it
+    oov_dropout: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, rate in self.oov_dropout.items():
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"train.oov_dropout.{name}={rate}: must be in [0, 1)")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"train.grad_clip={self.grad_clip}: must be >= 0 (or null for no clipping)")
+
+
+@dataclass
+class EvalConfig:
+    """Metrics: top-K lists are each user's impressions in the split, ranked by score."""
+
+    k: int = 10
+
+
+@dataclass
+class RankingExperiment:
+    """A whole ranking experiment: data, features, model, training and evaluation."""
+
+    features: FeatureSpec
+    task: Literal["ranking"] = "ranking"
+    # MovieLens-100K by default; the e-commerce catalogue: `kind: ecommerce`; Parquet shards: `kind: parquet`
+    data: DataConfig = field(default_factory=MovieLensConfig)
+    model: RankerConfig = field(default_factory=RankerConfig)
+    train: RankingTrainConfig = field(default_factory=RankingTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RankingExperiment:
+    """Read a ranking YAML, apply ``--set`` overrides, build and check it (errors name the file and key)."""
+    return build(RankingExperiment, apply_overrides(load_yaml(path), list(overrides)), where=str(path))
