@@ -55,7 +55,7 @@ class FullTensorFusion(nn.Module):
 
     def __init__(self, n_modalities: int, in_dim: int, fusion_dim: int, out_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.project = _Projections(n_modalities, in_dim, fusion_dim)
+        self.project = _Projections(n_modalities=n_modalities, in_dim=in_dim, fusion_dim=fusion_dim)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear((fusion_dim + 1) ** n_modalities, out_dim)
 
@@ -68,7 +68,7 @@ class LowRankFusion(nn.Module):
 
     def __init__(self, n_modalities: int, in_dim: int, fusion_dim: int, out_dim: int, rank: int, dropout: float = 0.0):
         super().__init__()
-        self.project = _Projections(n_modalities, in_dim, fusion_dim)
+        self.project = _Projections(n_modalities=n_modalities, in_dim=in_dim, fusion_dim=fusion_dim)
         self.dropout = nn.Dropout(dropout)
         self.factors = nn.ParameterList(
             nn.Parameter(nn.init.xavier_normal_(torch.empty(rank, fusion_dim + 1, out_dim))) for _ in range(n_modalities)
@@ -89,7 +89,7 @@ class ConcatFusion(nn.Module):
 
     def __init__(self, n_modalities: int, in_dim: int, fusion_dim: int, out_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.project = _Projections(n_modalities, in_dim, fusion_dim)
+        self.project = _Projections(n_modalities=n_modalities, in_dim=in_dim, fusion_dim=fusion_dim)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(n_modalities * fusion_dim, out_dim)
 
@@ -102,9 +102,9 @@ def build_fusion(
 ) -> nn.Module:
     """The fusion of the pooled unimodal vectors ``model.fusion`` names (keywords only)."""
     if kind == "uff_full":
-        return FullTensorFusion(n_modalities, in_dim, fusion_dim, out_dim, dropout)
+        return FullTensorFusion(n_modalities=n_modalities, in_dim=in_dim, fusion_dim=fusion_dim, out_dim=out_dim, dropout=dropout)
     if kind == "uff_lowrank":
-        return LowRankFusion(n_modalities, in_dim, fusion_dim, out_dim, rank, dropout)
+        return LowRankFusion(n_modalities=n_modalities, in_dim=in_dim, fusion_dim=fusion_dim, out_dim=out_dim, rank=rank, dropout=dropout)
     if kind == "concat":
-        return ConcatFusion(n_modalities, in_dim, fusion_dim, out_dim, dropout)
+        return ConcatFusion(n_modalities=n_modalities, in_dim=in_dim, fusion_dim=fusion_dim, out_dim=out_dim, dropout=dropout)
     raise ValueError(f"fusion={kind!r}: expected 'uff_lowrank', 'uff_full' or 'concat'")

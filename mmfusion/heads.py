@@ -29,7 +29,8 @@ class MultiTaskHeads(nn.Module):
 
     def __init__(self, in_dims: dict[str, int], hidden_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.heads = nn.ModuleDict({task: TaskHead(dim, hidden_dim, dropout) for task, dim in in_dims.items()})
+        self.heads = nn.ModuleDict({task: TaskHead(in_dim=dim, hidden_dim=hidden_dim, dropout=dropout)
+                                     for task, dim in in_dims.items()})
 
     @property
     def tasks(self) -> list[str]:

@@ -73,7 +73,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.attn = MultiHeadAttention(d_model=d_model, n_heads=n_heads, dropout=dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model))
         self.norm2 = nn.LayerNorm(d_model)
@@ -106,7 +106,8 @@ class LGTLayer(nn.Module):
         self.modalities = list(modalities)
         self.guided = guided
         self.blocks = nn.ModuleDict(
-            {self.block_name(m): AttentionBlock(d_model, n_heads, ffn_dim, dropout) for m in self.modalities}
+            {self.block_name(m): AttentionBlock(d_model=d_model, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout)
+             for m in self.modalities}
         )
 
     def block_name(self, modality: str) -> str:
@@ -144,7 +145,8 @@ class LGT(nn.Module):
         super().__init__()
         self.guided = guided
         self.layers = nn.ModuleList(
-            LGTLayer(modalities, d_model, n_heads, ffn_dim, dropout, guided) for _ in range(n_layers)
+            LGTLayer(modalities=modalities, d_model=d_model, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout, guided=guided)
+            for _ in range(n_layers)
         )
 
     def forward(

@@ -70,7 +70,8 @@ class SequenceEncoder(nn.Module):
                 dropout=dropout if n_layers > 1 else 0.0,
             )
         elif kind == "transformer":
-            layer = nn.TransformerEncoderLayer(d_model, n_heads, ffn_dim, dropout, batch_first=True)
+            layer = nn.TransformerEncoderLayer(d_model=d_model, nhead=n_heads, dim_feedforward=ffn_dim, dropout=dropout,
+                                               batch_first=True)
             self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         else:
             raise ValueError(f"sequence encoder kind={kind!r}: expected 'conv', 'lstm' or 'transformer'")

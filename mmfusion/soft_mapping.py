@@ -75,7 +75,8 @@ class SoftMappingFusion(nn.Module):
     def __init__(self, modalities: list[str], d_model: int, hidden_dim: int, n_slots: int, dropout: float = 0.0):
         super().__init__()
         self.modalities = list(modalities)
-        self.maps = nn.ModuleDict({m: SoftMapping(d_model, hidden_dim, n_slots, dropout) for m in self.modalities})
+        self.maps = nn.ModuleDict({m: SoftMapping(d_model=d_model, hidden_dim=hidden_dim, n_slots=n_slots, dropout=dropout)
+                                   for m in self.modalities})
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> AggregateOutput:

@@ -96,7 +96,7 @@ class LoaderOrderSampler(DistributedSampler):
     through the same ``DataLoader`` + ``tqdm`` path (``seed + epoch``, like ``DistributedSampler``)
     and gives rank r the positions r, r + N, r + 2N, ... With a per-rank batch of
     ``batch_size / N``, the ranks' step-k batches together are exactly the single-process step-k
-    batch (tests/test_distributed.py checks it against the real loop).
+    batch (tests/mmapp/test_distributed.py checks it against the real loop).
     """
 
     def __iter__(self):

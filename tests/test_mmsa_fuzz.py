@@ -109,7 +109,12 @@ def retype(draw: st.DrawFn, value: Any) -> Any:
 
 def text_bert_value(draw: st.DrawFn, value: Any) -> Any:
     """``text_bert`` with a targeted bad value: an id, mask or segment entry out of its range."""
-    arr = np.array(value, dtype=np.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):  # an earlier mutation made it something else
+        return value
     if arr.ndim != 3 or arr.shape[1] != 3 or arr.size == 0:
         return arr
     row = draw(st.integers(0, 2))
@@ -134,9 +139,9 @@ def mutated_dataset(draw: st.DrawFn) -> tuple[dict, list[str]]:
         part = raw.get(split)
         kind = draw(st.sampled_from(["poke", "poke", "text_bert", "reshape", "retype", "delete", "replace", "junk_key",
                                      "duplicate_id", "shared_id", "list", "split_level"]))
-        if not isinstance(part, dict):
+        keys = sorted(k for k in part if isinstance(k, str)) if isinstance(part, dict) else []
+        if not keys:
             continue
-        keys = sorted(k for k in part if isinstance(k, str))
         key = draw(st.sampled_from(keys))
         n = len(part["id"]) if "id" in part and np.ndim(part["id"]) else 3
         notes.append(f"{kind} {split}.{key}")
@@ -154,19 +159,24 @@ def mutated_dataset(draw: st.DrawFn) -> tuple[dict, list[str]]:
             part[key] = junk_value(draw, n)
         elif kind == "junk_key":
             part[draw(st.sampled_from(JUNK_KEYS))] = junk_value(draw, n)
-        elif kind == "duplicate_id" and n >= 2 and "id" in part:
+        elif kind == "duplicate_id" and "id" in part:
             ids = list(np.asarray(part["id"]).reshape(-1))
-            ids[draw(st.integers(1, len(ids) - 1))] = ids[0]
-            part["id"] = ids
-        elif kind == "shared_id" and "id" in part and n >= 1:
+            if len(ids) >= 2:
+                ids[draw(st.integers(1, len(ids) - 1))] = ids[0]
+                part["id"] = ids
+        elif kind == "shared_id" and "id" in part:
             other = draw(st.sampled_from([s for s in SPLITS if s != split]))
-            if isinstance(raw.get(other), dict) and "id" in raw[other] and len(raw[other]["id"]):
-                ids = list(np.asarray(part["id"]).reshape(-1))
-                ids[draw(st.integers(0, len(ids) - 1))] = raw[other]["id"][0]
+            ids = list(np.asarray(part["id"]).reshape(-1))
+            theirs = raw[other].get("id") if isinstance(raw.get(other), dict) else None
+            if ids and theirs is not None and np.size(theirs):
+                ids[draw(st.integers(0, len(ids) - 1))] = np.asarray(theirs).reshape(-1)[0]
                 part["id"] = ids
         elif kind == "list":
             value = part[key]
-            part[key] = value.tolist() if isinstance(value, np.ndarray) else list(value)
+            if isinstance(value, np.ndarray):
+                part[key] = value.tolist()
+            elif isinstance(value, (list, tuple)):
+                part[key] = list(value)
         elif kind == "split_level":
             action = draw(st.sampled_from(["drop", "not_a_dict", "junk_top_key"]))
             if action == "drop":

@@ -66,7 +66,7 @@ SPLITS = ("train", "valid", "test")
 UNIMODAL_TASKS = ("T", "A", "V")
 LABEL_RANGE = (-3.0, 3.0)
 BINARY_ROWS = {1: "the attention mask", 2: "segment ids"}  # rows of text_bert that hold only 0 / 1
-INT64_LIMIT = 2.0**63  # floats in [-2**63, 2**63) convert to int64 exactly enough to check
+FLOAT_EXACT_INT = 2.0**53  # a float64 holds every integer below this exactly (ids beyond it are not ids)
 Nonfinite = Literal["error", "zero"]
 
 
@@ -179,16 +179,23 @@ class _SplitReader:
         self.check_real(key, arr)
         if keep_int and arr.dtype.kind in "iub":
             return arr
+        return self.cast(key, arr, dtype)
+
+    def cast(self, key: str, arr: np.ndarray, dtype: Any) -> np.ndarray:
+        """``arr.astype(dtype)``; a float that would overflow the narrower type is refused, not made inf."""
+        target = np.dtype(dtype)
         try:
             with np.errstate(over="ignore", invalid="ignore"):
-                out = arr.astype(dtype, copy=False)
+                if arr.dtype.kind == "O" and target.kind == "f":
+                    arr = arr.astype(np.float64)
+                out = arr.astype(target, copy=False)
         except (ValueError, TypeError, OverflowError) as exc:
-            raise self.fail(key, f"cannot convert to {np.dtype(dtype).name}: {exc}") from None
-        if arr.dtype.kind == "f" and out.dtype.kind == "f" and out.dtype.itemsize < arr.dtype.itemsize:
+            raise self.fail(key, f"cannot convert to {target.name}: {exc}") from None
+        if arr.dtype.kind == "f" and target.kind == "f" and target.itemsize < arr.dtype.itemsize:
             overflow = np.isfinite(arr) & ~np.isfinite(out)
             if overflow.any():
                 sample, rest = _first_bad(overflow)
-                raise self.fail(key, f"expected values within the {out.dtype.name} range, got {arr[(sample, *rest)]:g}",
+                raise self.fail(key, f"expected values within the {target.name} range, got {arr[(sample, *rest)]:g}",
                                 sample)
         return out
 
@@ -264,10 +271,7 @@ class _SplitReader:
             raise self.fail(key, f"expected shape (N,) or (N, 1), got {arr.shape}")
         if np.dtype(dtype).kind in "fiub":
             self.check_real(key, arr)
-        try:
-            return arr.astype(dtype)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise self.fail(key, f"cannot convert to {np.dtype(dtype).name}: {exc}") from None
+        return self.cast(key, arr, dtype)
 
     def labels(self, key: str) -> np.ndarray:
         arr = self.finite(key, self.vector(key, np.float32), allow_zero_fill=False)
@@ -310,14 +314,16 @@ class _SplitReader:
             not_int = (arr != np.round(arr)).any(axis=(1, 2))
             if not_int.any():
                 raise self.fail(key, "expected integer token ids / mask / segment ids", int(np.argmax(not_int)))
-            too_big = (arr < -INT64_LIMIT) | (arr >= INT64_LIMIT)
+            too_big = np.abs(arr) >= FLOAT_EXACT_INT
+            why = " (a float holds integers exactly only below 2**53)"
         else:
             too_big = arr > np.iinfo(np.int64).max if arr.dtype.kind == "u" else np.zeros(arr.shape, dtype=bool)
+            why = ""
         if too_big.any():
             sample, (row, position) = _first_bad(too_big)
             value = arr[sample, row, position]
             raise self.fail(key, f"expected integer values that fit in int64, got {_number(value)} at row {row}, "
-                            f"position {position}", sample)
+                            f"position {position}{why}", sample)
         arr = arr.astype(np.int64)
         for row, what in BINARY_ROWS.items():
             bad = (arr[:, row] != 0) & (arr[:, row] != 1)

@@ -6,7 +6,7 @@ import yaml
 
 from mmfusion import ablate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ablation_table_and_late_average(tmp_path, tiny_synthmosi):

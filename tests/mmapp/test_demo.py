@@ -9,7 +9,7 @@ import yaml
 
 from mmapp.demo import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_the_whole_product(tmp_path, capsys):

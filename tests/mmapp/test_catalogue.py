@@ -22,7 +22,7 @@ from xdeepfm.data.ecommerce import EcommerceConfig, load_ecommerce_splits
 from xdeepfm.experiment import RankingExperiment, load_experiment
 from xdeepfm.train import train as train_ranking
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(n_videos=40, n_users=30, impressions_per_user=10, preset="tiny")
 
 

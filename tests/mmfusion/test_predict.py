@@ -19,7 +19,7 @@ from mmfusion.experiment import SentimentExperiment
 from mmfusion.predict import main, predict_semantics, write_semantics
 from mmfusion.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
 
 

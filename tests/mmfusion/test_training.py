@@ -20,7 +20,7 @@ from mmfusion.checkpoint import load_sentiment_checkpoint
 from mmfusion.experiment import SentimentExperiment
 from mmfusion.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
 
 

@@ -15,7 +15,7 @@ from xdeepfm._deepctr import CIN
 from xdeepfm.features import FieldSpec, FittedField
 from xdeepfm.model import RankerConfig, XDeepFMRanker, cin_output_size, stack_inputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def numpy_cin(x0: np.ndarray, weights: list[np.ndarray], biases: list[np.ndarray], split_half: bool) -> np.ndarray:

@@ -24,7 +24,7 @@ import yaml
 
 from mmfusion.checkpoint import load_sentiment_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
 METRIC_TOL, SLGM_TOL = 1e-4, 1e-3
 
