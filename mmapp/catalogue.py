@@ -103,6 +103,7 @@ import pandas as pd
 
 from mmcore.files import write_bytes
 from mmcore.hf import default_model_path
+from mmcore.runtime import setup_logging
 from mmfusion.data.synthetic import (
     AUDIO_LATENT,
     PRESETS,
@@ -417,25 +418,35 @@ def write_catalogue(catalogue: Catalogue, out_dir: str | Path) -> dict[str, Path
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmapp.catalogue",
-                                     description="Generate the synthetic e-commerce catalogue (videos, users, clicks).")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. datasets/ecommerce")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-videos", type=int, default=3000)
-    parser.add_argument("--n-users", type=int, default=2000)
-    parser.add_argument("--impressions-per-user", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0, help="catalogue seed (default 0)")
+    parser.add_argument("--n-videos", type=int, default=3000, help="product videos (default 3000)")
+    parser.add_argument("--n-users", type=int, default=2000, help="users (default 2000)")
+    parser.add_argument("--impressions-per-user", type=int, default=150, help="impressions per user (default 150)")
     parser.add_argument("--world-seed", type=int, default=0, help="SynthMOSI seed whose world the clips share")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mosi", help="SynthMOSI size of that world")
     parser.add_argument("--text-features", action="store_true", help="write `text` (MiniLM states) into videos.pkl")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.is_file():
+        raise ValueError(f"{args.out}: is a file, expected the output folder")
     catalogue = generate_catalogue(args.seed, args.n_videos, args.n_users, args.impressions_per_user,
                                    world_seed=args.world_seed, preset=args.preset, text_features=args.text_features)
     write_catalogue(catalogue, args.out)
     print(f"wrote {args.out}: {len(catalogue.videos)} videos, {len(catalogue.users)} users, "
           f"{len(catalogue.impressions)} impressions, click rate {catalogue.meta['click_rate']:.3f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmapp.catalogue",
+                                     description="Generate the synthetic e-commerce catalogue (videos, users, clicks).")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The main job: the whole product on bundled data, from clips to a ranked list served over HTTP.
 
-    .venv/bin/mmfusion-demo [--out runs/demo] [--users 3] [--top-k 5]
+    .venv/bin/mmfusion demo [--out runs/demo] [--users 3] [--top-k 5]
 
 1. **Sentiment model.** SynthMOSI (MOSI size, seed 0) is generated into ``datasets/`` when
    missing; the model of ``configs/synthmosi_default.yaml`` is trained and evaluated on test.
@@ -83,7 +83,7 @@ def train_sentiment(config_path: Path, run_dir: Path) -> tuple[object, dict]:
     cfg = load_sentiment_experiment(config_path)
     data = prepare_data(cfg.data)
     print(describe(data), flush=True)
-    train_sentiment_model(cfg, run_dir)
+    train_sentiment_model(cfg, run_dir, overwrite=True)  # the demo is rerunnable: it replaces its own runs
     best = RunDir(run_dir).best
     metrics = evaluate_checkpoint(best, cfg.data.path, "test", run_dir)
     print(f"test metrics ({cfg.data.path}, best checkpoint {best}):\n{format_metrics(metrics)}")
@@ -114,7 +114,7 @@ def train_ranker(config_path: Path, catalogue: Path, semantics: Path, run_dir: P
     for spec in config.features.fields:
         if spec.kind == "vector" and spec.path and Path(spec.path).name == "semantics.npz":
             spec.path = str(semantics)
-    result = train_ranking_model(config, run_dir)
+    result = train_ranking_model(config, run_dir, overwrite=True)
     test = result["test"]
     print("test metrics (new videos only): " + "  ".join(
         f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float)))
@@ -163,27 +163,39 @@ def rank_over_http(artifact: Path, lists: list[tuple[dict, pd.DataFrame]], top_k
         print("\n(true s* and clicked are the catalogue's hidden truth, shown for the demo; the service never sees them)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmfusion-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sentiment-config", type=Path, default=Path("configs/synthmosi_default.yaml"))
-    parser.add_argument("--ranking-config", type=Path, default=Path("configs/ecommerce_xdeepfm.yaml"))
-    parser.add_argument("--catalogue", type=Path, default=Path("datasets/ecommerce"))
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sentiment-config", type=Path, default=Path("configs/synthmosi_default.yaml"),
+                        help="the sentiment model's YAML (default configs/synthmosi_default.yaml)")
+    parser.add_argument("--ranking-config", type=Path, default=Path("configs/ecommerce_xdeepfm.yaml"),
+                        help="the ranker's YAML (default configs/ecommerce_xdeepfm.yaml)")
+    parser.add_argument("--catalogue", type=Path, default=Path("datasets/ecommerce"),
+                        help="where the e-commerce catalogue is (generated when missing)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="the demo's runs and artifacts (default runs/demo)")
     parser.add_argument("--users", type=int, default=3, help="users whose candidate lists are ranked over HTTP")
     parser.add_argument("--candidates", type=int, default=20, help="candidates per user (at most)")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=int, default=5, help="items printed per user")
     parser.add_argument("--n-videos", type=int, default=3000, help="catalogue size (videos)")
     parser.add_argument("--n-users", type=int, default=2000, help="catalogue size (users)")
-    parser.add_argument("--impressions-per-user", type=int, default=150)
+    parser.add_argument("--impressions-per-user", type=int, default=150, help="impressions per user in the catalogue")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmfusion-demo", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging()
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The four stages; every run directory under ``--out`` is replaced (the demo is rerunnable)."""
     stages = Stages()
     out = args.out
 
     stages.begin("sentiment model: SynthMOSI -> train -> test")
     cfg, _ = train_sentiment(args.sentiment_config, out / "sentiment")
 
-    stages.begin("video semantics: e-commerce catalogue -> mmfusion predict")
+    stages.begin("video semantics: e-commerce catalogue -> sentiment model")
     synthetic = cfg.data.synthetic
     sizes = {"n_videos": args.n_videos, "n_users": args.n_users, "impressions_per_user": args.impressions_per_user}
     make_catalogue(args.catalogue, synthetic.seed, synthetic.size, sizes)
@@ -199,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = out / "artifacts"
     export_sentiment(RunDir(out / "sentiment").best, artifacts / "sentiment", overwrite=True)
     export_ranker(RunDir(out / "ranking").best, artifacts / "ranker", overwrite=True)
-    print(f"artifacts: {artifacts / 'sentiment'} (mmfusion predict --checkpoint DIR), "
-          f"{artifacts / 'ranker'} (xdeepfm serve --artifact DIR)")
+    print(f"artifacts: {artifacts / 'sentiment'} (mmfusion predict --checkpoint DIR --data CLIPS.pkl --out FILE), "
+          f"{artifacts / 'ranker'} (mmfusion serve --artifact DIR)")
     lists = candidate_lists(ranking.data, args.users, args.candidates)
     rank_over_http(artifacts / "ranker", lists, args.top_k, out / "serve.log")
 

@@ -13,6 +13,7 @@ first and the file's own keys are merged over it, so a variant states only what 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -26,6 +27,20 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+# What yaml.safe_load raises besides YAMLError: its constructors fail with plain exceptions
+# ("!!float abc", "!!timestamp x", the date 2020-13-45) and deep nesting exhausts the stack.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
+                  RecursionError)
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """One line saying why YAML text could not be read."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, yaml.YAMLError) else f"{type(exc).__name__}: {text}"
 
 
 def _check(value: Any, annotation: Any, where: str) -> Any:
@@ -66,7 +81,10 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: expected a number, got an integer too large for a float") from None
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
@@ -89,6 +107,8 @@ def check_range(key: str, value: float | int | None, *, low: float | None = None
         return
     if isinstance(value, float) and value != value:
         raise ConfigError(f"{key}={value}: expected a number, got NaN")
+    if isinstance(value, float) and math.isinf(value):
+        raise ConfigError(f"{key}={value}: expected a finite number")
     if low is not None and (value <= low if low_open else value < low):
         raise ConfigError(f"{key}={value}: must be {'>' if low_open else '>='} {low}")
     if high is not None and value > high:
@@ -105,9 +125,11 @@ def build(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     hints = get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(data) - set(known), key=str)  # YAML keys need not be strings (1:, null:, true:)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (expected one of {sorted(known)})")
+        name = unknown[0]  # a key that is not a plain name ('', 'lr ', 1, None) is shown quoted
+        at = f"{where}.{name}" if isinstance(name, str) and name.isidentifier() else f"{where}[{name!r}]"
+        raise ConfigError(f"{at}: unknown key (expected one of {sorted(known)})")
     kwargs = {}
     for name, field in known.items():
         if name in data:
@@ -142,8 +164,10 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    except _YAML_FAILURES as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -177,8 +201,8 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], where: st
             raise ConfigError(f"{where} {item!r}: expected key=value with a dotted key, e.g. train.lr=0.001")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where} {item!r}: the value is not valid YAML ({exc})") from None
+        except _YAML_FAILURES as exc:
+            raise ConfigError(f"{where} {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
         node = result

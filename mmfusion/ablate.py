@@ -1,13 +1,15 @@
 """The ablation study in one command: every variant × every seed, then a markdown table.
 
-    python -m mmfusion.ablate --config configs/synthmosi_ablation.yaml --seeds 0,1,2,3,4
+    mmfusion ablate --config configs/synthmosi_ablation.yaml --seeds 0 1 2 3 4 --out runs/ablation \
+        [--doc docs/results_synthmosi.md]
 
 Variants are the source paper's switches (section IV.B, docs/references.md) plus the baselines: the full model; LGT off;
 soft mapping off; both off; UFF replaced by concatenation; SLGM off (multimodal task only);
 single-modality models; and a late average of the three single-modality models' test predictions.
 Each run lives in ``<out>/<variant>/seed<k>`` and is skipped when its ``metrics.json`` exists, so an
-interrupted study continues where it stopped. Text written below the ``<!-- notes -->`` marker of
-an existing results file is kept.
+interrupted study continues where it stopped. The tables go to ``<out>/results.md``, and to the
+tracked ``docs/`` file only when ``--doc`` names it; text below the ``<!-- notes -->`` marker of an
+existing results file is kept.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def run_variant(base: dict, variant: str, seed: int, out: Path) -> dict:
     raw.setdefault("train", {})["seed"] = seed
     cfg = build(SentimentExperiment, raw, where=f"ablation {variant}")
     log.info("variant %s seed %d -> %s", variant, seed, run_dir)
-    return train(cfg, run_dir)
+    return train(cfg, run_dir, overwrite=True)  # a finished run was returned above; an unfinished one restarts
 
 
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -154,31 +156,53 @@ label copied unchanged (what a model without SLGM would use).
     write_text(path, body)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfusion.ablate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--doc", type=Path, default=Path("docs/results_synthmosi.md"))
-    args = parser.parse_args(argv)
-    setup_logging()
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        parser.error(f"unknown variant {unknown[0]!r}; expected some of {list(VARIANTS)}")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="the base sentiment YAML every variant overrides")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="model seeds (default 0 1 2 3 4)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                        help=f"subset of: {' '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"),
+                        help="study directory: <out>/<variant>/seed<k>/ per run and <out>/results.md (default runs/ablation)")
+    parser.add_argument("--doc", type=Path,
+                        help="also rewrite this tracked results file (e.g. docs/results_synthmosi.md), keeping its notes")
+    parser.set_defaults(prog=parser.prog)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_paths(args.out / "results.md", args.doc)
     base = load_yaml(args.config)
-    results: dict[str, list[dict]] = {v: [] for v in variants}
-    for seed in seeds:  # seed-major: a study cut short still has every variant for its first seeds
-        for variant in variants:
+    results: dict[str, list[dict]] = {v: [] for v in args.variants}
+    for seed in args.seeds:  # seed-major: a study cut short still has every variant for its first seeds
+        for variant in args.variants:
             results[variant].append(run_variant(base, variant, seed, args.out))
-    if {"text_only", "audio_only", "vision_only"} <= set(variants):
-        results[LATE_AVERAGE[0]] = [late_average(args.out, seed) for seed in seeds]
-    command = "python -m mmfusion.ablate " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_doc(args.doc, command, args.config, seeds, results)
+    if {"text_only", "audio_only", "vision_only"} <= set(args.variants):
+        results[LATE_AVERAGE[0]] = [late_average(args.out, seed) for seed in args.seeds]
+    command = (f"{args.prog} --config {args.config} --seeds {' '.join(map(str, args.seeds))} --out {args.out}"
+               + ("" if args.variants == list(VARIANTS) else f" --variants {' '.join(args.variants)}"))
+    for path in (args.out / "results.md", args.doc):
+        if path is not None:
+            write_doc(path, command, args.config, args.seeds, results)
     print(results_table(results))
     return 0
+
+
+def check_output_paths(*paths: Path | None) -> None:
+    """Fail before any training when an output file cannot be written (a directory, a missing parent)."""
+    for path in paths:
+        if path is not None and path.is_dir():
+            raise ValueError(f"{path}: is a directory, expected a markdown file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.ablate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ in eval mode under ``torch.inference_mode`` and keeps
 
 Usage::
 
-    python -m mmfusion.predict --checkpoint runs/synthmosi/model.pt --data clips.pkl \\
-        --splits train,valid,test --out semantics.npz
+    mmfusion predict --checkpoint runs/synthmosi --data clips.pkl --splits train valid test --out semantics.npz
 """
 
 from __future__ import annotations
@@ -126,28 +125,45 @@ def write_semantics(semantics: dict[str, np.ndarray], path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfusion.predict",
-                                     description="Write per-clip video semantics (M/T/A/V outputs, fused embedding).")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="RUN/model.pt, or an artifact directory from python -m mmfusion.export")
+                        help="a run directory (its best checkpoint), a checkpoint file, or an exported artifact directory")
     parser.add_argument("--data", required=True, type=Path, help="MMSA pickle of the clips")
-    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: all three)")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS),
+                        help="splits to predict (default: train valid test)")
     parser.add_argument("--out", required=True, type=Path, help="semantics.npz | .csv | .parquet")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-        semantics = predict_semantics(args.checkpoint, args.data, splits, args.batch_size)
-        write_semantics(semantics, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        log.error("%s", exc)
-        return 2
+    parser.add_argument("--batch-size", type=int, default=128, help="clips per forward pass (default 128)")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output(args.out)  # before any inference
+    semantics = predict_semantics(args.checkpoint, args.data, args.splits, args.batch_size)
+    write_semantics(semantics, args.out)
     n, d = semantics["embedding"].shape
     print(f"wrote {args.out}: {n} clips, tasks {'/'.join(semantics['tasks'])}, embedding dim {d}")
     return 0
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output path ``write_semantics`` cannot write, before any work."""
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"{path}: unknown output format {path.suffix.lower()!r}; expected one of {list(FORMATS)}")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.predict",
+                                     description="Write per-clip video semantics (M/T/A/V outputs, fused embedding).")
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG shows third-party messages too")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        log.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch
 
 from mmcore.files import write_text
 from mmcore.loop import RunDir
+from mmcore.runtime import setup_logging
 from mmfusion.checkpoint import load_sentiment_checkpoint
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.metrics import pearson
@@ -132,20 +133,34 @@ def format_report(report: dict[str, dict[str, float | None]], run_dir: Path, dat
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfusion.slgm_report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, type=Path, help="training run directory (holds last.pt)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="the training run directory (holds last.safetensors)")
     parser.add_argument("--data", required=True, type=Path, help="the MMSA pickle it was trained on, with unimodal labels")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.add_argument("--distance", choices=DISTANCES,
                         help="compute alpha with this relative distance instead of the run's own (same stored features)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    text = format_report(slgm_report(args.run, args.data, args.distance), args.run, args.data, args.distance)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.is_dir():
+        raise ValueError(f"{args.out}: is a directory, expected a markdown file")
+    text = format_report(slgm_report(args.checkpoint, args.data, args.distance), args.checkpoint, args.data, args.distance)
     print(text, end="")
     if args.out:
         write_text(args.out, text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.slgm_report", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging("WARNING")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from mmcore import distributed
 from mmcore.checkpoint import CheckpointError
 from mmcore.config import to_dict
 from mmcore.files import write_json, write_text
-from mmcore.loop import EarlyStopping, RunDir, clip_gradients, epoch_seed, stop_requested
+from mmcore.loop import EarlyStopping, RunDir, claim_run_dir, clip_gradients, epoch_seed, mark_run, stop_requested
 from mmfusion import tensorboard as tb
 from mmfusion.checkpoint import load_sentiment_checkpoint, save_sentiment_checkpoint
 from mmfusion.data.mmsa import MMSAData, MMSADataset, MMSASplit, NormStats, collate_mmsa, load_mmsa, make_loader
@@ -167,10 +167,11 @@ class TrainingRun:
         return self.data.splits["train"]
 
 
-def setup(cfg: SentimentExperiment, out_dir: str | Path, *, resume: bool = False) -> TrainingRun:
-    """Phase 1: data and statistics, the model on its device, optimizer, SLGM, and the resume state."""
+def setup(cfg: SentimentExperiment, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> TrainingRun:
+    """Phase 1: the run directory, data and statistics, the model on its device, optimizer, SLGM,
+    and the resume state."""
     ctx = distributed.init(cfg.train.device)
-    run = RunDir(out_dir).create()
+    run = claim_run_dir(out_dir, to_dict(cfg), resume=resume, overwrite=overwrite)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -311,22 +312,31 @@ def finish(state: TrainingRun) -> dict:
     return summary
 
 
-def train(cfg: SentimentExperiment, out_dir: str | Path, *, resume: bool = False, stop_after: int | None = None) -> dict:
+def train(cfg: SentimentExperiment, out_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
+          overwrite: bool = False) -> dict:
     """Train, early-stop, evaluate the best checkpoint on test; returns the summary written to metrics.json.
 
     ``stop_after`` ends this invocation after that many epochs (leaving ``last.safetensors``), for
-    time-sliced jobs; ``resume`` continues from ``last.safetensors`` in ``out_dir``.
+    time-sliced jobs; ``resume`` continues from ``last.safetensors`` in ``out_dir`` (with the same
+    config); ``overwrite`` replaces a run already in ``out_dir`` (refused otherwise).
     """
-    state = setup(cfg, out_dir, resume=resume)
-    epochs_run = 0
-    for epoch in range(state.start_epoch, cfg.train.epochs + 1):
-        if state.stopper.should_stop:
-            break
-        throughput = train_epoch(state, epoch)
-        epochs_run += 1
-        validate_and_checkpoint(state, epoch, throughput)
-        if stop_requested(epochs_run, stop_after, epoch, cfg.train.epochs):
-            state.writer.close()
-            log.info("stopped after %d epoch(s) as asked; continue with --resume", epochs_run)
-            return {"stopped_after_epoch": epoch}
-    return finish(state)
+    state = setup(cfg, out_dir, resume=resume, overwrite=overwrite)
+    try:
+        epochs_run = 0
+        for epoch in range(state.start_epoch, cfg.train.epochs + 1):
+            if state.stopper.should_stop:
+                break
+            throughput = train_epoch(state, epoch)
+            epochs_run += 1
+            validate_and_checkpoint(state, epoch, throughput)
+            if stop_requested(epochs_run, stop_after, epoch, cfg.train.epochs):
+                state.writer.close()
+                mark_run(state.run, "stopped")
+                log.info("stopped after %d epoch(s) as asked; continue with --resume", epochs_run)
+                return {"stopped_after_epoch": epoch}
+        summary = finish(state)
+    except BaseException:
+        mark_run(state.run, "interrupted")
+        raise
+    mark_run(state.run, "finished")
+    return summary

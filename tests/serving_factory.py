@@ -103,3 +103,83 @@ def records(frame: pd.DataFrame) -> list[dict]:
     columns = USER_COLUMNS + ITEM_COLUMNS
     frame = frame[columns].astype(object).where(frame[columns].notna(), None)
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+# --------------------------------------------------------------------------------------------
+# The service in this process: uvicorn on a free loopback port, in a thread (tests can patch the engine)
+# --------------------------------------------------------------------------------------------
+
+
+class ThreadedServer:
+    """``create_app(engine, limits)`` served by ``xdeepfm.server.build_server`` on 127.0.0.1 in a daemon thread.
+
+    ``with ThreadedServer(engine, limits) as server:`` waits for ``GET /readyz`` (the warm-up) and
+    stops uvicorn on exit. ``server.app`` is the FastAPI app (``app.state.scoring`` / ``encoding``).
+    """
+
+    def __init__(self, engine, limits=None, warm_up: bool = True, startup_timeout: float = 30.0) -> None:
+        from xdeepfm.app import Limits, create_app
+
+        self.limits = limits or Limits()
+        self.app = create_app(engine, self.limits, warm_up=warm_up)
+        self.startup_timeout = startup_timeout
+        self.server = None
+        self.thread = None
+        self.url = ""
+
+    def __enter__(self) -> "ThreadedServer":
+        import threading
+        import time
+
+        import requests
+
+        from xdeepfm.server import build_server, free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = build_server(self.app, "127.0.0.1", port, self.limits, "warning")
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"the in-process server at {self.url} did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(15)
+
+
+def slow_down(cache, seconds_per_batch: float):
+    """Make ``SentenceVectorCache`` ``cache`` sleep before each model batch (the real encoder still runs);
+    returns a function that undoes it."""
+    import time
+
+    original = cache._encode_batch
+
+    def slow(texts):
+        time.sleep(seconds_per_batch)
+        return original(texts)
+
+    cache._encode_batch = slow
+    return lambda: cache.__dict__.pop("_encode_batch", None)
+
+
+def rank_body(frame: pd.DataFrame, n: int = 3, new_titles: str | None = None, **changes) -> dict:
+    """A /v1/rank body: one user and ``n`` candidates (cycling the frame's rows); ``new_titles`` prefixes
+    unique never-seen titles (cache misses)."""
+    user = {"user_id": 11, "gender": "F", "age": 29.0}
+    rows = records(frame.head(max(n, 1)))
+    candidates = [{k: rows[i % len(rows)][k] for k in ITEM_COLUMNS} for i in range(n)]
+    if new_titles is not None:
+        for i, candidate in enumerate(candidates):
+            candidate["title"] = f"{new_titles} title number {i}"
+    return {"user": user, "candidates": candidates, **changes}

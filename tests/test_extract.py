@@ -12,15 +12,15 @@ import pytest
 import yaml
 
 from mmcore.config import build
+from mmcore.hf import default_model_path
 from mmfusion.data.mmsa import load_mmsa
+from mmfusion.experiment import SentimentExperiment
 from mmfusion.extract.__main__ import main as extract_main
 from mmfusion.extract.audio import feature_names as audio_names
 from mmfusion.extract.pipeline import ExtractConfig, extract
 from mmfusion.extract.synthclip import espeak_available, speak, write_clip
-from mmcore.hf import default_model_path
 from mmfusion.extract.visual import STATS_NAMES, VisualConfig
 from mmfusion.predict import main as predict_main
-from mmfusion.experiment import SentimentExperiment
 from mmfusion.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -220,3 +221,159 @@ def test_default_split_pickle_loads(good_clips, tmp_path):
     data = load_mmsa(out)  # train and valid are empty: every clip is in --split (test)
     assert [len(data.splits[s]) for s in ("train", "valid", "test")] == [0, 0, 1]
     assert "train       0  (empty)" in describe(data)
+
+
+# ------------------------------------------------------------------------------------------
+# meta.csv paths confined to --videos, strict CSV rows, numeric options
+# ------------------------------------------------------------------------------------------
+
+
+def write_raw_meta(tmp_path: Path, text: str | bytes) -> Path:
+    meta = tmp_path / "meta.csv"
+    meta.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return meta
+
+
+def run_cli(videos: Path, meta: Path, out: Path, *flags: str) -> int:
+    return extract_main(["--videos", str(videos), "--meta", str(meta), "--out", str(out), "--visual", "stats",
+                         "--workers", "1", "--no-cache", "--log-level", "WARNING", *flags])
+
+
+def test_paths_outside_the_videos_folder_are_refused(case, tmp_path, capsys):
+    videos, run = case
+    shutil.copy(videos / "g_test.mp4", tmp_path / "outside.mp4")  # a real, readable clip next to the folder
+    (videos / "link_out.mp4").symlink_to(tmp_path / "outside.mp4")  # inside by name, outside by target
+    (videos / "sub").mkdir()
+    shutil.copy(videos / "g_valid.mp4", videos / "sub" / "deep.mp4")
+    (videos / "link_in.mp4").symlink_to(videos / "g_train.mp4")  # a link that stays inside is fine
+    code, out = run([
+        {"video": "../outside.mp4", "id": "up", "text": "x", "split": "test"},
+        {"video": str(tmp_path / "outside.mp4"), "id": "abs", "text": "x", "split": "test"},
+        {"video": "link_out.mp4", "id": "link", "text": "x", "split": "test"},
+        {"video": "sub/../../outside.mp4", "id": "twisty", "text": "x", "split": "test"},
+        {"video": "sub/deep.mp4", "id": "deep", "text": "x", "split": "test"},
+        {"video": "link_in.mp4", "id": "alias", "text": "x", "split": "test"},
+        {"video": str(videos / "g_test.mp4"), "id": "abs_inside", "text": "x", "split": "test"},
+    ])
+    assert code == 1
+    report = capsys.readouterr().out
+    outside = (tmp_path / "outside.mp4").resolve()
+    for line, clip_id, video in ((5, "up", "../outside.mp4"), (6, "abs", str(tmp_path / "outside.mp4")),
+                                 (7, "link", "link_out.mp4"), (8, "twisty", "sub/../../outside.mp4")):
+        assert (f"failed   {video} (meta.csv line {line}, id {clip_id}): meta.csv: column 'video' {video!r} "
+                f"resolves to {outside}, outside --videos {videos.resolve()}; expected a file inside it") in report
+    assert "extraction summary: 6 ok, 0 no audio, 4 failed, 0 skipped" in report
+    assert_good_clips_written(out, ("deep", "alias", "abs_inside"))  # nothing from outside was read
+
+
+def test_malformed_rows_are_refused_without_shifting_the_others(good_clips, tmp_path, capsys):
+    meta = write_raw_meta(tmp_path, (
+        "video,id,text,split\n"
+        "g_train.mp4,g_train,great, really great,train\n"  # an unquoted comma: 5 fields
+        "g_valid.mp4,g_valid,\"fine, quoted\",valid\n"
+        "\n"  # a blank line is skipped but counted
+        "g_test.mp4,g_test\n"  # two columns missing
+        "g_test.mp4,c2,\"two\nlines\",test\n"  # a quoted newline: the record spans lines 6-7
+        "g_train.mp4,c3,x,test,\n"  # a trailing comma is an empty fifth field
+    ))
+    out = tmp_path / "feats.pkl"
+    assert run_cli(good_clips, meta, out) == 1
+    report = capsys.readouterr().out
+    for line, detail in (
+        (2, "expected 4 fields (video, id, text, split), got 5; quote a field that contains a comma"),
+        (5, "expected 4 fields (video, id, text, split), got 2; a column is missing"),
+        (8, "expected 4 fields (video, id, text, split), got 5; quote a field that contains a comma"),
+    ):
+        assert f"(meta.csv line {line}): meta.csv: {detail}" in report, report
+    assert "extraction summary: 2 ok, 0 no audio, 3 failed" in report
+    data = load_mmsa(out)  # the good rows kept their own columns: nothing shifted
+    assert list(data.splits["valid"].ids) == ["g_valid"] and list(data.splits["test"].ids) == ["c2"]
+    assert list(data.splits["valid"].raw_text) == ["fine, quoted"]
+    assert list(data.splits["test"].raw_text) == ["two\nlines"]
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"video,id,text\ng_test.mp4,a,\"never closed\n", r"meta\.csv line 2: not valid CSV \(unexpected end of data\)"),
+    (b"video,id,text\ng_test.mp4,a,\"x\"y\n", r"meta\.csv line 2: not valid CSV \(',' expected after '\"'\)"),
+    (b"video,id,text\ng_test.mp4,a,ok\ng_test.mp4,b,caf\xe9\n", r"meta\.csv line 3: not UTF-8 text"),
+    (b"", r"meta\.csv: empty; expected a header row \(video,id,text"),
+    (b"video,id,text,id\ng_test.mp4,a,x,b\n", r"meta\.csv line 1: column 'id' appears twice"),
+])
+def test_unparseable_meta_exits_2_naming_the_line(good_clips, tmp_path, caplog, text, message):
+    meta = write_raw_meta(tmp_path, text)
+    out = tmp_path / "feats.pkl"
+    assert run_cli(good_clips, meta, out) == 2 and not out.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and re.search(message, errors[0]), errors
+
+
+def test_byte_order_mark_and_crlf_are_read(good_clips, tmp_path):
+    meta = write_raw_meta(tmp_path, b"\xef\xbb\xbfvideo,id,text\r\ng_test.mp4,c,hello\r\n")
+    data = extract(good_clips, meta, ExtractConfig(visual=VisualConfig(backbone="stats"))).data
+    assert list(data["test"]["id"]) == ["c"] and list(data["test"]["raw_text"]) == ["hello"]
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--fps", "-5", "a number in (0, 1000]"),
+    ("--fps", "0", "a number in (0, 1000]"),
+    ("--fps", "nan", "a number in (0, 1000]"),
+    ("--fps", "inf", "a number in (0, 1000]"),
+    ("--fps", "1e9", "a number in (0, 1000]"),
+    ("--fps", "five", "a number in (0, 1000]"),
+    ("--audio-dim", "0", "an integer in [1, 512]"),
+    ("--audio-dim", "100000", "an integer in [1, 512]"),
+    ("--max-audio-len", "0", "an integer in [1, 1000000]"),
+    ("--max-vision-len", "-1", "an integer in [1, 1000000]"),
+    ("--max-vision-len", "2.5", "an integer in [1, 1000000]"),
+    ("--text-len", "1", "an integer in [2, 512]"),
+    ("--text-len", "100000", "an integer in [2, 512]"),
+    ("--workers", "0", "an integer in [1, 256]"),
+    ("--log-level", "LOUD", "invalid choice: 'LOUD'"),
+])
+def test_bad_numeric_options_exit_2_with_one_line(good_clips, tmp_path, capsys, flag, value, expected):
+    meta = write_raw_meta(tmp_path, "video,id,text\ng_test.mp4,c,x\n")
+    out = tmp_path / "feats.pkl"
+    args = ["--videos", str(good_clips), "--meta", str(meta), "--out", str(out), "--visual", "stats", "--no-cache",
+            "--workers", "1", "--log-level", "WARNING", flag, value]
+    assert extract_main(args) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"python -m mmfusion.extract: error: argument {flag}: ") and expected in err, err
+    if expected.startswith("a") and value not in ("five", "2.5"):
+        assert f"got {value!r}" in err or f"got {value}" in err, err
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"fps": -5.0}, "fps -5.0: expected a number in (0, 1000]"),
+    ({"fps": float("nan")}, "fps nan: expected a number in (0, 1000]"),
+    ({"max_audio_len": 0}, "max_audio_len 0: expected an integer in [1, 1000000]"),
+    ({"max_vision_len": 10**9}, "max_vision_len 1000000000: expected an integer in [1, 1000000]"),
+    ({"decode_threads": -1}, "decode_threads -1: expected an integer in [0, 64]"),
+])
+def test_extract_config_refuses_bad_numbers(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ExtractConfig(visual=VisualConfig(backbone="stats"), **options)
+
+
+def test_extract_refuses_bad_workers_and_text_len(good_clips, tmp_path):
+    meta = write_raw_meta(tmp_path, "video,id,text\ng_test.mp4,c,x\n")
+    cfg = ExtractConfig(visual=VisualConfig(backbone="stats"))
+    with pytest.raises(ValueError, match=re.escape("workers 0: expected an integer in [1, 256]")):
+        extract(good_clips, meta, cfg, workers=0)
+    with pytest.raises(ValueError, match=re.escape("text_len 1: expected an integer in [2, 512]")):
+        extract(good_clips, meta, cfg, text_len=1)
+
+
+def test_unwritable_output_and_bad_weights_exit_2_without_traceback(good_clips, tmp_path, caplog):
+    meta = write_raw_meta(tmp_path, "video,id,text\ng_test.mp4,c,x\n")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    assert run_cli(good_clips, meta, tmp_path / "afile" / "feats.pkl") == 2
+    assert any("feats.pkl: cannot write the pickle" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    junk = tmp_path / "weights.pt"
+    junk.write_bytes(b"not a torch file")
+    code = extract_main(["--videos", str(good_clips), "--meta", str(meta), "--out", str(tmp_path / "f.pkl"),
+                         "--visual", "resnet18", "--vision-weights", str(junk), "--log-level", "WARNING"])
+    assert code == 2
+    assert any(f"{junk}: not a readable torch state-dict file" in r.getMessage() for r in caplog.records)
+    assert run_cli(good_clips, tmp_path, tmp_path / "f.pkl") == 2  # --meta is a folder
+    assert any("not a readable CSV file" in r.getMessage() for r in caplog.records)

@@ -2,24 +2,49 @@
 
 Endpoints (JSON in, JSON out):
 
-- ``GET /healthz`` -> ``{"status": "ok"}`` once the artifact is loaded.
+- ``GET /healthz`` -> ``{"status": "ok"}``: liveness. Answered on the event loop, which never
+  parses, encodes or scores, so it takes milliseconds however busy the scoring threads are.
+- ``GET /readyz`` -> ``{"status": "ready", "scoring": {...}, "encoding": {...}}`` (200) once the
+  artifact is loaded (before the server listens) *and* every text encoder is loaded and has run
+  once (the warm-up, started with the server); before that, or if the warm-up failed, a 503 error
+  (``Retry-After``). Route traffic only to ready instances; requests sent earlier wait for the
+  encoder like any other request.
 - ``GET /v1/model`` -> the artifact's manifest (format, versions, training metrics, checksums), its
-  inputs (name, kind, column), the item field and the request limits.
+  inputs (name, kind, column), the item field and the service's limits.
 - ``POST /v1/rank`` ``{"user": {...}, "candidates": [{...}, ...], "top_k": 10, "unknown": "oov"}`` ->
   ``{"items": [{"index": i, "id": ..., "score": p}, ...], "n_candidates": N, "unknown": {field: [values]}}``,
   sorted by score; ``user`` holds the columns shared by all candidates (user and context fields),
   each candidate the rest; ``id`` is the candidate's item field (model.json ``item_field``).
 - ``POST /v1/score`` ``{"rows": [{...}, ...], "unknown": "oov"}`` -> ``{"scores": [p, ...], "unknown": {...}}``.
 
+How a POST runs (``Limits`` holds every bound):
+
+1. the body is read on the event loop; all of it must arrive within ``body_timeout_s`` of the
+   request's start (else 408, and the connection is closed) and be at most ``max_body_bytes``;
+2. it is parsed (strict UTF-8 JSON: no NaN/Infinity, integer literals of at most
+   ``MAX_INT_DIGITS`` digits, finite numbers, no lone UTF-16 surrogates), validated (strict types:
+   a boolean is not an integer) and scored on the *scoring* pool: ``workers`` threads, and at most
+   ``queue`` more requests waiting for one; a request beyond that gets 503 with ``Retry-After``;
+3. texts in no cache (new titles) are not encoded on the scoring pool: the request moves to the
+   *encoding* thread (one; ``encode_queue`` more may wait, else 503), which encodes them into the
+   text LRU, then comes back to the scoring pool. A request with 1000 new titles thus holds the
+   BERT encoder for seconds, but the scoring thread only for the milliseconds of its lookups;
+4. from the end of its body, a request has ``request_timeout_s``: queued past it, it never runs;
+   running, it stops at the next field, text batch or model batch. The answer is then 504.
+
 Errors are ``{"error": {"status": code, "field": JSON path or null, "message": "..."}}``:
 
 | status | when |
 |---|---|
-| 400 | the body is not valid JSON |
+| 400 | the body is not UTF-8, not JSON, or nested deeper than the parser allows |
+| 408 | the body did not arrive within ``body_timeout_s`` |
 | 413 | the body is larger than ``max_body_bytes`` |
 | 415 | a POST without ``Content-Type: application/json`` |
-| 422 | a missing, unknown or mistyped field (``candidates[3].price: expected a number, got str 'x'``), too many candidates or rows, ``top_k`` < 1, or an unknown category with ``"unknown": "error"`` |
+| 422 | a missing, unknown or mistyped field (``candidates[3].price: expected a number, got str 'x'``), a value JSON parsers disagree on (NaN, Infinity, an out-of-range number, an integer literal of over ``MAX_INT_DIGITS`` digits, a lone surrogate), too many candidates or rows, ``top_k`` < 1 or not an integer, or an unknown category with ``"unknown": "error"`` |
 | 404 / 405 | no such path / method |
+| 503 | the scoring or encoding queue is full (``Retry-After``), or ``/readyz`` before the warm-up |
+| 504 | the request did not finish within ``request_timeout_s`` |
+| 500 | a fault of the server (logged with its traceback; the body names only the exception type) |
 
 Unknown categories with the default ``"unknown": "oov"`` are scored with the out-of-vocabulary
 bucket and listed in the response's ``unknown``. Every request is logged on the ``xdeepfm.access``
@@ -28,37 +53,69 @@ logger as one JSON object: method, path, status, latency in ms, request bytes, r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from xdeepfm.serving import RecordError, ScoringEngine
+from xdeepfm.serving import Deadline, RecordError, ScoringEngine, TextsMissing
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("xdeepfm.access")
 
+MAX_INT_DIGITS = 100  # longer integer literals are refused (Python's own limit, 4300, raises deep inside parsing)
+MAX_MESSAGE_CHARS = 2000  # error messages are cut here (they may quote a client's value)
+RETRY_AFTER_S = 1
+GRACE_S = 1.0  # a thread stuck past the deadline gets this long before the client gets its 504 anyway
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 @dataclass
 class Limits:
-    """Per-request limits of the service."""
+    """The bounds of the service (``xdeepfm serve`` options; ``GET /v1/model`` lists them)."""
 
     max_candidates: int = 1000  # candidates per /v1/rank, rows per /v1/score
     max_body_bytes: int = 2_000_000
+    workers: int = 1  # scoring threads
+    queue: int = 16  # requests that may wait for a scoring thread (beyond those running)
+    encode_queue: int = 4  # requests that may wait for the text-encoding thread (beyond the one running)
+    request_timeout_s: float = 30.0  # from the end of the body to the answer
+    body_timeout_s: float = 10.0  # from the request's head to the end of its body (408)
+    header_timeout_s: float = 10.0  # from connecting (or the previous response) to a complete request head
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 100  # open connections / requests in progress (uvicorn limit_concurrency)
+    text_lru: int = 10_000  # request-time text vectors kept in memory, per text field
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            least = 0 if f.name in ("queue", "encode_queue", "text_lru") else 1
+            if f.name.endswith("_s"):
+                if not value > 0:
+                    raise ValueError(f"{f.name} {value!r}: expected a number of seconds > 0")
+            elif type(value) is not int or value < least:
+                raise ValueError(f"{f.name} {value!r}: expected an integer >= {least}")
 
 
 class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: dict[str, Any] = Field(default_factory=dict, description="columns shared by all candidates")
     candidates: list[dict[str, Any]] = Field(min_length=1)
-    top_k: int | None = Field(default=None, ge=1, description="return the best top_k (default: all)")
+    top_k: int | None = Field(default=None, ge=1, strict=True, description="return the best top_k (default: all)")
     unknown: Literal["oov", "error"] = "oov"
 
 
@@ -68,8 +125,38 @@ class ScoreRequest(BaseModel):
     unknown: Literal["oov", "error"] = "oov"
 
 
-def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status)
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class BodyError(Exception):
+    """The client's body is refused: ``status`` (400/422), ``field`` (JSON path or None), message."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        self.status, self.message, self.field = status, message, field
+        super().__init__(message)
+
+
+class Busy(Exception):
+    """A pool's queue is full."""
+
+    def __init__(self, lane: str, capacity: int) -> None:
+        self.lane, self.capacity = lane, capacity
+        super().__init__(f"the server is busy: {capacity} requests are already running or waiting for the {lane} "
+                         f"thread(s); retry in {RETRY_AFTER_S} s")
+
+
+def _printable(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Text that encodes as UTF-8 (lone surrogates written as ``\\udXXX``), cut to ``limit`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def error_response(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    field = None if field is None else _printable(field, 500)
+    return JSONResponse({"error": {"status": status, "field": field, "message": _printable(message)}},
+                        status_code=status, headers=headers)
 
 
 def _json_path(loc: tuple) -> str:
@@ -79,16 +166,213 @@ def _json_path(loc: tuple) -> str:
     return path or "body"
 
 
-class GuardMiddleware:
-    """Pure ASGI: refuses oversized and non-JSON bodies, and writes the access log line."""
+def _validation_error(errors: list[dict]) -> BodyError:
+    first = errors[0]
+    path = _json_path(tuple(first.get("loc", ())))
+    message = f"{path}: field required" if first.get("type") == "missing" else f"{path}: {first.get('msg')}"
+    return BodyError(422, message, path)
 
-    def __init__(self, app, max_body_bytes: int) -> None:
-        self.app, self.max_body_bytes = app, max_body_bytes
+
+# --------------------------------------------------------------------------------------------
+# Parsing: strict JSON, every refusal naming the value's path
+# --------------------------------------------------------------------------------------------
+
+
+class _Refused:
+    """A parsed value the service refuses (what replaces it until ``_locate`` names its path)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _locate(value: Any) -> tuple[str, str] | None:
+    """(path, message) of the first refused value or lone surrogate, in document order (iterative: any depth)."""
+    stack = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _Refused):
+            return path or "body", item.message
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return path or "body", "a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) is not text"
+        elif isinstance(item, dict):
+            for key in item:
+                if _LONE_SURROGATE.search(key):
+                    return _join(path, key), "a lone UTF-16 surrogate escape in a field name is not text"
+            stack.extend((v, _join(path, k)) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of ``raw``, or ``BodyError``: 400 for bytes that are not UTF-8 JSON, 422 naming the path of
+    NaN/Infinity, an out-of-range number, an integer literal over ``MAX_INT_DIGITS`` digits or a lone surrogate."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(400, f"the body is not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    refused: list[_Refused] = []
+
+    def refuse(message: str) -> _Refused:
+        refused.append(_Refused(message))
+        return refused[-1]
+
+    def parse_int(literal: str) -> int | _Refused:
+        digits = len(literal) - literal.startswith("-")
+        if digits > MAX_INT_DIGITS:
+            return refuse(f"an integer literal of {digits} digits; at most {MAX_INT_DIGITS} are accepted")
+        return int(literal)
+
+    def parse_float(literal: str) -> float | _Refused:
+        value = float(literal)
+        if value in (float("inf"), float("-inf")):
+            return refuse(f"the number {literal[:40]} is out of range (beyond float64)")
+        return value
+
+    def parse_constant(name: str) -> _Refused:
+        return refuse(f"{name} is not valid JSON (use a finite number or null)")
+
+    try:
+        value = json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
+    except json.JSONDecodeError as exc:
+        raise BodyError(400, f"malformed JSON body: {exc.msg} at character {exc.pos}") from None
+    except RecursionError:
+        raise BodyError(400, "malformed JSON body: nested deeper than the parser allows") from None
+    if refused or _SURROGATE_ESCAPE.search(raw):
+        found = _locate(value)
+        if found is not None:
+            path, message = found
+            raise BodyError(422, f"{path}: {message}", path)
+    return value
+
+
+def render(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Worker pools
+# --------------------------------------------------------------------------------------------
+
+
+def _retrieve(future) -> None:
+    if not future.cancelled():
+        future.exception()  # an abandoned (timed-out) job's error is not "never retrieved"
+
+
+class Lane:
+    """``workers`` threads and room for ``queue`` more jobs; ``run`` raises ``Busy`` beyond that, ``Deadline`` past the deadline.
+
+    A job's slot is freed when the job itself ends (not when its caller gives up), so the bound
+    holds for the work, not just for the answers.
+    """
+
+    def __init__(self, name: str, workers: int, queue: int) -> None:
+        self.name, self.workers, self.capacity = name, workers, workers + queue
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"xdeepfm-{name}")
+        self._lock = threading.Lock()
+        self.active = 0  # running + waiting
+
+    def stats(self) -> dict[str, int]:
+        return {"workers": self.workers, "queue": self.capacity - self.workers, "in_flight": self.active}
+
+    async def run(self, fn: Callable[[], Any], deadline: float) -> Any:
+        with self._lock:
+            if self.active >= self.capacity:
+                raise Busy(self.name, self.capacity)
+            self.active += 1
+
+        def job() -> Any:
+            try:
+                if time.monotonic() > deadline:
+                    raise Deadline(f"the request waited for a {self.name} thread past its time limit")
+                return fn()
+            except TimeoutError as exc:
+                raise exc if isinstance(exc, Deadline) else Deadline(str(exc)) from None
+            finally:
+                with self._lock:
+                    self.active -= 1
+
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self.pool, job)
+        except RuntimeError:  # the pool is shut down
+            with self._lock:
+                self.active -= 1
+            raise Busy(self.name, self.capacity) from None
+        future.add_done_callback(_retrieve)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()) + GRACE_S)
+        except Deadline:
+            raise
+        except asyncio.TimeoutError:
+            raise Deadline(f"no answer from the {self.name} thread within the request's time limit") from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Job:
+    """One POST: parse + validate + score on the scoring pool; ``second`` after its texts were encoded elsewhere."""
+
+    def __init__(self, engine: ScoringEngine, limits: Limits, kind: str, raw: bytes, state, deadline: float) -> None:
+        self.engine, self.limits, self.kind, self.raw, self.state, self.deadline = engine, limits, kind, raw, state, deadline
+        self.body: RankRequest | ScoreRequest | None = None
+
+    def first(self) -> bytes:
+        value = parse_json(self.raw)
+        self.raw = b""
+        model = RankRequest if self.kind == "rank" else ScoreRequest
+        try:
+            self.body = model.model_validate(value)
+        except ValidationError as exc:
+            raise _validation_error(exc.errors(include_input=False, include_url=False)) from None
+        name = "candidates" if self.kind == "rank" else "rows"
+        n = len(getattr(self.body, name))
+        self.state.rows = n
+        if n > self.limits.max_candidates:
+            raise RecordError(name, f"{n} {name} given; at most {self.limits.max_candidates} per request")
+        return self._run(defer_texts=True)
+
+    def second(self) -> bytes:
+        return self._run(defer_texts=False)
+
+    def _run(self, defer_texts: bool) -> bytes:
+        engine, body = self.engine, self.body
+        if self.kind == "score":
+            result = engine.score(body.rows, body.unknown, deadline=self.deadline, defer_texts=defer_texts)
+            return render({"scores": result.scores.tolist(), "unknown": result.unknown})
+        ranking = engine.rank(body.user, body.candidates, body.top_k, body.unknown, deadline=self.deadline,
+                              defer_texts=defer_texts)
+        order = ranking.order.tolist()
+        ids = [body.candidates[i].get(engine.item_field) for i in order] if engine.item_field else [None] * len(order)
+        items = [{"index": i, "id": item, "score": s} for i, item, s in zip(order, ids, ranking.scores.tolist())]
+        return render({"items": items, "n_candidates": len(body.candidates), "unknown": ranking.unknown})
+
+
+# --------------------------------------------------------------------------------------------
+# ASGI guard: body limits, the access log, the catch-all
+# --------------------------------------------------------------------------------------------
+
+
+class GuardMiddleware:
+    """Pure ASGI: refuses oversized, late and non-JSON bodies, turns any unhandled exception into a
+    logged 500 JSON error, and writes the access log line."""
+
+    def __init__(self, app, max_body_bytes: int, body_timeout_s: float | None = None) -> None:
+        self.app, self.max_body_bytes, self.body_timeout_s = app, max_body_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, status, received = time.perf_counter(), 500, 0
+        started, status, received, body_done = time.perf_counter(), None, 0, False
+        deadline = None if self.body_timeout_s is None else time.monotonic() + self.body_timeout_s
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
         async def send_logged(message) -> None:
@@ -98,37 +382,88 @@ class GuardMiddleware:
             await send(message)
 
         async def receive_limited():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise HTTPException(408, f"the request body did not arrive within {self.body_timeout_s:g} s "
+                                             f"({received} bytes received)", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise HTTPException(413, f"request body over {self.max_body_bytes} bytes")
+                    raise HTTPException(413, f"request body over {self.max_body_bytes} bytes", headers={"Connection": "close"})
+                body_done = not message.get("more_body", False)
             return message
 
         try:
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                response = error_response(413, f"request body is {declared} bytes; at most {self.max_body_bytes} are accepted")
+                response = error_response(413, f"request body is {declared} bytes; at most {self.max_body_bytes} are accepted",
+                                          headers={"Connection": "close"})
             elif scope["method"] == "POST" and headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 response = error_response(415, "Content-Type must be application/json")
             else:
                 return await self.app(scope, receive_limited, send_logged)
             await response(scope, receive, send_logged)
+        except ClientDisconnect:
+            status = status or 499  # the client went away mid-body: nobody to answer
+        except Exception as exc:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            if status is None:
+                await error_response(500, f"internal error ({type(exc).__name__}); see the server log")(scope, receive, send_logged)
         finally:
             access_log.info(json.dumps({
-                "method": scope["method"], "path": scope["path"], "status": status,
+                "method": scope["method"], "path": scope["path"], "status": status or 500,
                 "ms": round(1000 * (time.perf_counter() - started), 3), "request_bytes": received,
                 "rows": scope.get("state", {}).get("rows"),
                 "client": scope["client"][0] if scope.get("client") else None,
             }))
 
 
-def create_app(engine: ScoringEngine, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI application around a loaded ``ScoringEngine``."""
+# --------------------------------------------------------------------------------------------
+# The application
+# --------------------------------------------------------------------------------------------
+
+
+def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: bool = True) -> FastAPI:
+    """The FastAPI application around a loaded ``ScoringEngine``.
+
+    ``warm_up``: load the text encoders at start-up (the app's lifespan) and report ready after;
+    without it the app is ready at once.
+    """
     limits = limits or Limits()
-    app = FastAPI(title="xdeepfm ranking service", version=engine.artifact.manifest.get("format", "?"))
-    app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes)
+    scoring = Lane("scoring", limits.workers, limits.queue)
+    encoding = Lane("encoding", 1, limits.encode_queue)
+    readiness: dict[str, Any] = {"ready": not warm_up, "error": None}
+
+    async def run_warm_up() -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(encoding.pool, engine.warm_up)
+        except Exception as exc:
+            readiness["error"] = f"{type(exc).__name__}: {exc}"
+            log.exception("warm-up failed; /readyz reports not ready")
+        else:
+            readiness["ready"] = True
+            log.info("warm-up done in %.2f s: ready", time.perf_counter() - started)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(run_warm_up()) if warm_up else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            scoring.close()
+            encoding.close()
+
+    app = FastAPI(title="xdeepfm ranking service", version=engine.artifact.manifest.get("format", "?"), lifespan=lifespan)
+    app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
+    app.state.scoring, app.state.encoding, app.state.readiness = scoring, encoding, readiness
     artifact = engine.artifact
     model_info = {
         "artifact": str(artifact.directory),
@@ -137,60 +472,69 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None) -> FastAPI:
         "item_field": engine.item_field,
         "limits": asdict(limits),
     }
+    retry = {"Retry-After": str(RETRY_AFTER_S)}
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0]
-        if first.get("type") == "json_invalid":
-            detail = (first.get("ctx") or {}).get("error", "JSON decode error")
-            return error_response(400, f"malformed JSON body: {detail} at character {first['loc'][-1]}")
-        path = _json_path(tuple(first.get("loc", ())))
-        message = f"{path}: {first.get('msg')}"
-        if first.get("type") == "missing":
-            message = f"{path}: field required"
-        return error_response(422, message, path)
+        error = _validation_error(exc.errors())
+        return error_response(error.status, error.message, error.field)
+
+    @app.exception_handler(BodyError)
+    async def bad_body(request: Request, exc: BodyError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.field)
 
     @app.exception_handler(RecordError)
     async def bad_record(request: Request, exc: RecordError) -> JSONResponse:
         return error_response(422, str(exc), exc.path)
 
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        return error_response(503, str(exc), headers=retry)
+
+    @app.exception_handler(TimeoutError)
+    async def too_slow(request: Request, exc: TimeoutError) -> JSONResponse:
+        return error_response(504, f"the request did not finish within {limits.request_timeout_s:g} s and was stopped ({exc})")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+    async def handle(request: Request, kind: str) -> Response:
+        raw = await request.body()
+        deadline = time.monotonic() + limits.request_timeout_s
+        job = _Job(engine, limits, kind, raw, request.state, deadline)
+        try:
+            return Response(await scoring.run(job.first, deadline), media_type="application/json")
+        except TextsMissing as missing:
+            pending = missing.pending
+        await encoding.run(lambda: engine.encode_texts(pending, deadline), deadline)
+        return Response(await scoring.run(job.second, deadline), media_type="application/json")
 
-    def check_count(request: Request, name: str, n: int) -> None:
-        request.state.rows = n
-        if n > limits.max_candidates:
-            raise RecordError(name, f"{n} {name} given; at most {limits.max_candidates} per request")
+    def body_schema(model: type[BaseModel]) -> dict:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if readiness["ready"]:
+            return JSONResponse({"status": "ready", "scoring": scoring.stats(), "encoding": encoding.stats()})
+        if readiness["error"]:
+            return error_response(503, f"not ready: the warm-up failed ({readiness['error']})")
+        return error_response(503, "not ready: warming up (loading the text encoders)", headers=retry)
 
     @app.get("/v1/model")
     async def model() -> dict:
         return model_info
 
-    @app.post("/v1/rank")
-    async def rank(body: RankRequest, request: Request) -> JSONResponse:
-        check_count(request, "candidates", len(body.candidates))
-        ranking = engine.rank(body.user, body.candidates, body.top_k, body.unknown)
-        ids = ([body.candidates[i].get(engine.item_field) for i in ranking.order.tolist()]
-               if engine.item_field else [None] * len(ranking.order))
-        items = [{"index": i, "id": item, "score": s}
-                 for i, item, s in zip(ranking.order.tolist(), ids, ranking.scores.tolist())]
-        return JSONResponse({"items": items, "n_candidates": len(body.candidates), "unknown": ranking.unknown})
+    @app.post("/v1/rank", openapi_extra=body_schema(RankRequest))
+    async def rank(request: Request) -> Response:
+        return await handle(request, "rank")
 
-    @app.post("/v1/score")
-    async def score(body: ScoreRequest, request: Request) -> JSONResponse:
-        check_count(request, "rows", len(body.rows))
-        result = engine.score(body.rows, body.unknown)
-        return JSONResponse({"scores": result.scores.tolist(), "unknown": result.unknown})
+    @app.post("/v1/score", openapi_extra=body_schema(ScoreRequest))
+    async def score(request: Request) -> Response:
+        return await handle(request, "score")
 
     return app

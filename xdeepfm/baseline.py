@@ -85,9 +85,10 @@ def fit_epochs(model: xDeepFM, x: dict, y: np.ndarray, tc: RankingTrainConfig,
     return stopper, history, seconds
 
 
-def train_baseline(cfg: RankingExperiment, out_dir: str | Path, device: torch.device | str = "cpu") -> dict:
+def train_baseline(cfg: RankingExperiment, out_dir: str | Path, device: torch.device | str = "cpu",
+                   overwrite: bool = False) -> dict:
     """Fit/evaluate stock xDeepFM for a ``RankingExperiment``; writes best.safetensors, config.json, metrics.json."""
-    run = RunDir(out_dir).create()
+    run = RunDir(out_dir).start(to_dict(cfg), overwrite=overwrite)
     t0 = time.perf_counter()
     seed, tc = cfg.train.seed, cfg.train
     np.random.seed(seed)
@@ -129,4 +130,5 @@ def train_baseline(cfg: RankingExperiment, out_dir: str | Path, device: torch.de
                             metrics={k: result[k] for k in ("valid", "test", "best_epoch")}, state=loop_state)
     write_json(run.config, config_dict)
     write_json(run.metrics, result)
+    run.mark("finished")
     return result

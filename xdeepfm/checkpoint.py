@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from mmcore.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, with_prefix
+from mmcore.checkpoint import CheckpointError, checkpoint_kind, load_checkpoint, save_checkpoint, with_prefix
 from xdeepfm.features import FeaturePipeline
 
 KIND = "xdeepfm-checkpoint-v2"
 REQUIRED = ("config", "features", "metrics", "state")
+SENTIMENT_PREFIX = "mmfusion-checkpoint"  # the sentiment model's kinds (mmfusion.checkpoint.KIND)
 
 
 @dataclass
@@ -51,11 +52,23 @@ def save_ranking_checkpoint(path: str | Path, *, config: dict, features: Feature
 
 
 def load_ranking_checkpoint(path: str | Path) -> RankingCheckpoint:
-    """A verified ranking checkpoint, decoded; errors (``CheckpointError``) name the file."""
-    checkpoint = load_checkpoint(path, KIND)
+    """A verified ranking checkpoint, decoded; errors (``CheckpointError``) name the file, and say so
+    when it is a checkpoint of the sentiment model."""
+    try:
+        checkpoint = load_checkpoint(path, KIND)
+    except CheckpointError:
+        kind = checkpoint_kind(path)  # the header was checked by load_checkpoint before it read the kind
+        if kind and kind.startswith(SENTIMENT_PREFIX):
+            raise CheckpointError(f"{path}: a sentiment checkpoint ({kind}), not a ranking checkpoint ({KIND}); "
+                                  "the sentiment model's commands read it (python evaluate.py picks the evaluator "
+                                  "from the checkpoint)") from None
+        raise
     missing = [key for key in REQUIRED if key not in checkpoint.meta]
     if missing:
         raise CheckpointError(f"{path}: checkpoint metadata lacks {missing}")
+    wrong = [key for key in REQUIRED if not isinstance(checkpoint.meta[key], dict)]
+    if wrong:
+        raise CheckpointError(f"{path}: checkpoint metadata {wrong} must be JSON objects")
     arrays = {key: value.numpy() for key, value in checkpoint.group("features").items()}
     features = FeaturePipeline.from_payload(checkpoint.meta["features"], arrays, f"{path}:features")
     return RankingCheckpoint(checkpoint.meta["config"], features, checkpoint.group("model"), checkpoint.meta["metrics"],

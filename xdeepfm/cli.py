@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mmcore.runtime import setup_logging
+from xdeepfm.app import Limits
 from xdeepfm.export import export_checkpoint
 from xdeepfm.server import serve
 
@@ -25,6 +26,20 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 1")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 0")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: expected a number of seconds > 0")
     return value
 
 
@@ -49,7 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="candidates per /v1/rank and rows per /v1/score request (default 1000)")
     serve.add_argument("--max-body-bytes", type=_positive, default=2_000_000, help="request body limit (default 2 MB)")
     serve.add_argument("--text-cache", type=Path, help="text-vector cache directory (default: the feature spec's)")
-    serve.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
+    serve.add_argument("--threads", type=_positive, default=1,
+                       help="torch intra-op threads (default 1: the scoring and encoding threads leave a core to the server)")
+    d = Limits()
+    limits = serve.add_argument_group("limits", "per-request and per-connection bounds (docs/security.md, 'HTTP service')")
+    limits.add_argument("--workers", type=_positive, default=d.workers,
+                        help=f"scoring threads (default {d.workers})")
+    limits.add_argument("--queue", type=_count, default=d.queue,
+                        help=f"requests that may wait for a scoring thread; beyond them 503 + Retry-After (default {d.queue})")
+    limits.add_argument("--encode-queue", type=_count, default=d.encode_queue,
+                        help=f"requests that may wait for the text-encoding thread (default {d.encode_queue})")
+    limits.add_argument("--request-timeout", type=_seconds, default=d.request_timeout_s,
+                        help=f"seconds from a request's body to its answer; past it 504 (default {d.request_timeout_s:g})")
+    limits.add_argument("--body-timeout", type=_seconds, default=d.body_timeout_s,
+                        help=f"seconds for a request's body to arrive; past it 408 (default {d.body_timeout_s:g})")
+    limits.add_argument("--header-timeout", type=_seconds, default=d.header_timeout_s,
+                        help=f"seconds for a connection to send a complete request head; past it closed "
+                             f"(default {d.header_timeout_s:g})")
+    limits.add_argument("--keep-alive", type=_seconds, default=d.keep_alive_s,
+                        help=f"seconds an idle keep-alive connection stays open (default {d.keep_alive_s:g})")
+    limits.add_argument("--max-connections", type=_positive, default=d.max_connections,
+                        help=f"open connections / requests in progress; beyond them 503 (default {d.max_connections})")
+    limits.add_argument("--text-lru", type=_count, default=d.text_lru,
+                        help=f"request-time text vectors kept in memory per text field (default {d.text_lru}; "
+                             "about entries x (hidden x 4 + 400) bytes)")
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -62,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             export_checkpoint(args.checkpoint, args.out, args.item_field, args.overwrite)
             print(f"wrote {args.out}")
         else:
+            limits = Limits(max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes, workers=args.workers,
+                            queue=args.queue, encode_queue=args.encode_queue, request_timeout_s=args.request_timeout,
+                            body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+                            keep_alive_s=args.keep_alive, max_connections=args.max_connections, text_lru=args.text_lru)
             serve(args.artifact, args.host, args.port, args.max_candidates, args.max_body_bytes, args.text_cache,
-                  args.threads, args.log_level)
+                  args.threads, args.log_level, limits=limits)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:  # ArtifactError is a ValueError
         log.error("%s", exc)
         return 2

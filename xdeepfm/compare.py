@@ -5,7 +5,8 @@
 
 Every run goes to ``<out>/<split>/<variant>/seed<s>``; a run whose ``metrics.json`` exists is
 reused, so an interrupted comparison resumes. The table (mean +- sample std over seeds, test
-split) is written to ``--doc`` after every finished run.
+split) is written to ``<out>/results.md`` after every finished run, and to the tracked ``--doc``
+file only when one is named.
 
 Configs mode: each config file is one variant (trained as written, on the split it names)::
 
@@ -28,13 +29,13 @@ import copy
 import json
 import logging
 import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from mmcore.files import write_text
+from mmcore.runtime import setup_logging
 from xdeepfm.experiment import RankingExperiment, load_experiment
 from xdeepfm.train import train
 
@@ -198,7 +199,7 @@ def _gain_line(results: dict[str, list[dict]], low: str, x: str, high: str,
     return line
 
 
-def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[int], out: Path, doc: Path,
+def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[int], out: Path, docs: list[Path],
                 command: str, note: str = "") -> None:
     """Configs mode: every config file is one variant; runs in seed-major order under ``out/<stem>/seed<s>``."""
     stems = [Path(p).stem for p in config_paths]
@@ -219,31 +220,44 @@ def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[i
             config = copy.deepcopy(base)
             config.train.seed = seed
             t0 = time.perf_counter()
-            result = train(config, run_dir)
+            result = train(config, run_dir, overwrite=True)  # finished runs were reused above
             log.info("%s seed %d: test auc %.4f (%.0f s)", stem, seed, result["test"]["auc"], time.perf_counter() - t0)
-            write_configs_doc(doc, out, configs, labels, seeds, command, note)
-    write_configs_doc(doc, out, configs, labels, seeds, command, note)
+            for doc in docs:
+                write_configs_doc(doc, out, configs, labels, seeds, command, note)
+    for doc in docs:
+        write_configs_doc(doc, out, configs, labels, seeds, command, note)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/ml100k_xdeepfm.yaml")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/ml100k_xdeepfm.yaml", help="MovieLens mode: the base ranking YAML")
     parser.add_argument("--configs", nargs="+", help="configs mode: one variant per config file (see above)")
     parser.add_argument("--labels", nargs="+", help="configs mode: table labels (default: the config stems)")
     parser.add_argument("--note", default="", help="configs mode: text put under the section heading "
                         "(e.g. how the data and the semantics were made)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--splits", nargs="+", default=["random", "cold_item"], choices=["random", "cold_item"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--out", default="runs/compare")
-    parser.add_argument("--doc", default="docs/results_ranking.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out, doc = Path(args.out), Path(args.doc)
-    command = "python -m xdeepfm.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds (default 0 1 2)")
+    parser.add_argument("--splits", nargs="+", default=["random", "cold_item"], choices=["random", "cold_item"],
+                        help="MovieLens mode: the splits to compare on")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="MovieLens mode: the variants to train")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"),
+                        help="study directory: the runs and <out>/results.md (default runs/compare)")
+    parser.add_argument("--doc", type=Path, help="also rewrite this tracked results file (e.g. docs/results_ranking.md)")
+    parser.set_defaults(prog=parser.prog)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out
+    docs = [out / "results.md", *([args.doc] if args.doc else [])]
+    for doc in docs:
+        if doc.is_dir():
+            raise ValueError(f"{doc}: is a directory, expected a markdown file")
+    words = [*(["--configs", *args.configs] if args.configs else ["--config", str(args.config)]),
+             *(["--labels", *args.labels] if args.labels else []), *(["--note", args.note] if args.note else []),
+             "--seeds", *map(str, args.seeds), "--out", str(out), *(["--doc", str(args.doc)] if args.doc else [])]
+    command = f"{args.prog} {shlex.join(words)}"  # the study's own command, as the doc records it
     if args.configs:
-        run_configs(args.configs, args.labels, args.seeds, out, doc, command, args.note)
-        print(doc.read_text())
+        run_configs(args.configs, args.labels, args.seeds, out, docs, command, args.note)
+        print(docs[0].read_text())
         return 0
     base = load_experiment(args.config)
     base.train.progress = False
@@ -255,13 +269,27 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("reusing %s", run_dir)
                     continue
                 t0 = time.perf_counter()
-                result = train(variant_config(base, variant, split, seed), run_dir)
+                result = train(variant_config(base, variant, split, seed), run_dir, overwrite=True)
                 log.info("%s %s seed %d: test auc %.4f (%.0f s)", split, variant, seed, result["test"]["auc"],
                          time.perf_counter() - t0)
-                write_doc(doc, out, args.splits, args.seeds, command)
-    write_doc(doc, out, args.splits, args.seeds, command)
-    print(doc.read_text())
+                for doc in docs:
+                    write_doc(doc, out, args.splits, args.seeds, command)
+    for doc in docs:
+        write_doc(doc, out, args.splits, args.seeds, command)
+    print(docs[0].read_text())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xdeepfm.compare", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

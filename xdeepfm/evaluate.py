@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmcore.checkpoint import CheckpointError
 from mmcore.config import build, load_yaml
 from mmcore.files import write_bytes
 from mmcore.loop import RunDir
@@ -28,6 +29,14 @@ from xdeepfm.model import XDeepFMRanker, stack_inputs
 from xdeepfm.train import predict
 
 log = logging.getLogger(__name__)
+
+
+def _load_weights(model: torch.nn.Module, state: dict, checkpoint: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise CheckpointError(f"{checkpoint}: the weights do not fit the model its config builds: {' '.join(lines[:2])}") from None
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_config_path: str | Path | None = None,
@@ -56,14 +65,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data_config_path: str | Path | N
 
     if cfg.model.implementation == "deepctr":
         model = build_stock_model(pipeline, cfg.model, cfg.train.seed)
-        model.load_state_dict(ckpt.model_state)
+        _load_weights(model, ckpt.model_state, checkpoint)
 
         def scores(frame, name):
             return model.predict(pipeline.transform(frame, name), batch_size=cfg.train.eval_batch_size).reshape(-1)
     else:
         fields = [pipeline.fitted[f.name] for f in pipeline.spec.fields]
         model = XDeepFMRanker(fields, cfg.model, seed=cfg.train.seed)
-        model.load_state_dict(ckpt.model_state)
+        _load_weights(model, ckpt.model_state, checkpoint)
 
         def scores(frame, name):
             X = torch.from_numpy(stack_inputs(pipeline.transform(frame, name), model.columns))

@@ -6,6 +6,10 @@ a wrong type with its name. The trainer (``xdeepfm.train``), the baseline, evalu
 comparison take the built object; none of them defines configuration of its own. The same
 vocabulary as the sentiment experiment (``mmfusion.experiment``): ``train.seed``,
 ``train.device``, ``train.grad_clip``, ``train.patience``.
+
+Values that make no sense (a learning rate <= 0, ``batch_size: 0``, ``epochs: 0``, ``patience: 0``
+which would stop before the first epoch, ``eval.k: 0``, negative sizes, ...) are refused when the
+config is built, under their full key: ``configs/x.yaml.train.lr=-0.1: must be > 0.0``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mmcore.config import apply_overrides, build, load_yaml
+from mmcore.config import apply_overrides, build, check_range, load_yaml
 from xdeepfm.data import DataConfig
 from xdeepfm.data.movielens import MovieLensConfig
 from xdeepfm.features import FeatureSpec
@@ -42,11 +46,16 @@ class RankingTrainConfig:
     oov_dropout: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_range("epochs", self.epochs, low=1)
+        check_range("batch_size", self.batch_size, low=1)
+        check_range("eval_batch_size", self.eval_batch_size, low=1)
+        check_range("lr", self.lr, low=0.0, low_open=True)
+        check_range("weight_decay", self.weight_decay, low=0.0)
+        check_range("grad_clip", self.grad_clip, low=0.0)  # 0 or null: no clipping
+        check_range("patience", self.patience, low=1)  # 0 would stop before the first epoch
         for name, rate in self.oov_dropout.items():
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"train.oov_dropout.{name}={rate}: must be in [0, 1)")
-        if self.grad_clip is not None and self.grad_clip < 0:
-            raise ValueError(f"train.grad_clip={self.grad_clip}: must be >= 0 (or null for no clipping)")
 
 
 @dataclass
@@ -54,6 +63,9 @@ class EvalConfig:
     """Metrics: top-K lists are each user's impressions in the split, ranked by score."""
 
     k: int = 10
+
+    def __post_init__(self) -> None:
+        check_range("k", self.k, low=1)
 
 
 @dataclass
@@ -67,6 +79,9 @@ class RankingExperiment:
     model: RankerConfig = field(default_factory=RankerConfig)
     train: RankingTrainConfig = field(default_factory=RankingTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        self.data.check()  # here, not in the data classes' __post_init__: the key then names the section
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RankingExperiment:

@@ -11,7 +11,9 @@
                               sha256 and size of every file above (mmcore.artifact.write_artifact)
 
 ``load_artifact`` verifies every checksum first (a missing, truncated or modified file is refused
-with its name), then rebuilds the feature pipeline and the model from JSON and safetensors only:
+with its name), then checks that every number the model will compute with is finite (numeric
+means, standard deviations > 0, vector tables, every weight tensor: an error names the file and
+the field or tensor), then rebuilds the feature pipeline and the model from JSON and safetensors only:
 no pickle, no ``torch.load``, no training code and no training data. Text fields still need
 their BERT-family encoder at the path the spec names (the bundled MiniLM by default); its
 identity (a hash of its weights) must equal the one recorded when the pipeline was fitted.
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mmcore.artifact import (
     ArtifactError,
@@ -112,6 +116,34 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, item_field: str |
     return Path(out)
 
 
+def _finite_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _check_statistics(pipeline: FeaturePipeline, features_path: Path, arrays_path: Path) -> None:
+    """Numeric means finite, standard deviations finite and > 0, vector tables finite (else ArtifactError)."""
+    for spec in pipeline.spec.of_kind("numeric"):
+        fit = pipeline.fitted[spec.name]
+        if not _finite_number(fit.mean):
+            raise ArtifactError(f"{features_path}: numeric field {spec.name!r}: mean is {fit.mean!r}; expected a finite number")
+        if not _finite_number(fit.std) or fit.std <= 0:
+            raise ArtifactError(f"{features_path}: numeric field {spec.name!r}: std is {fit.std!r}; "
+                                "expected a finite number > 0")
+    for name, (_, vectors) in pipeline.vector_tables.items():
+        bad = ~np.isfinite(vectors)
+        if bad.any():
+            raise ArtifactError(f"{arrays_path}: tensor '{name}.vectors' (vector field {name!r}) has {int(bad.sum())} "
+                                f"non-finite values (first in row {int(np.flatnonzero(bad.any(axis=1))[0])})")
+
+
+def _check_weights(weights: dict, path: Path) -> None:
+    """Every floating-point weight tensor finite (else ArtifactError naming the tensor)."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ArtifactError(f"{path}: tensor {name!r} has {count} non-finite values (NaN or infinity) of {tensor.numel()}")
+
+
 def load_artifact(directory: str | Path, text_cache_dir: str | Path | None = None) -> RankingArtifact:
     """Verify and load a ranking artifact. ``text_cache_dir`` replaces the spec's text-vector cache."""
     from safetensors import SafetensorError
@@ -135,6 +167,7 @@ def load_artifact(directory: str | Path, text_cache_dir: str | Path | None = Non
         raise ArtifactError(f"{directory / MODEL_JSON}: no valid model config ({exc})") from None
     if not pipeline.is_fitted:
         raise ArtifactError(f"{features_path}: the pipeline is not fitted for every field of its spec")
+    _check_statistics(pipeline, features_path, directory / FEATURES_ARRAYS)
     if text_cache_dir is not None:
         pipeline.spec.text_cache_dir = str(text_cache_dir)
     for spec in pipeline.spec.of_kind("text"):
@@ -144,8 +177,10 @@ def load_artifact(directory: str | Path, text_cache_dir: str | Path | None = Non
                                 f"{pipeline.fitted[spec.name].text_model_key}, but {encoder.model_path} has key "
                                 f"{encoder.model_key}: a different model")
     model = build_model(pipeline, config, int(info.get("seed", 0)))
+    weights = read_weights(directory, WEIGHTS)
+    _check_weights(weights, directory / WEIGHTS)
     try:
-        model.load_state_dict(read_weights(directory, WEIGHTS))
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ArtifactError(f"{directory / WEIGHTS}: does not fit the model of {MODEL_JSON} ({exc})") from None
     model.eval()

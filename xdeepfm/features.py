@@ -133,12 +133,33 @@ class SentenceVectorCache:
     vector(text) = sum_t h_t m_t / sum_t m_t  (mean of the last hidden states over the attention
     mask m), then L2-normalised when ``normalize``. The cache key is (model identity, text):
     the model identity hashes the weight files (``*.safetensors``/``*.bin``) and ``config.json``
-    together with ``max_tokens`` and ``normalize``; each text is keyed by its SHA-256. The cache
-    for one model identity is ``<cache_dir>/<model_key>.safetensors`` (the vectors) plus
-    ``<model_key>.json`` (the text hashes, row order), both rewritten atomically.
+    together with ``max_tokens`` and ``normalize``; each text is keyed by its SHA-256.
 
-    ``encoder_calls`` counts forward passes of the BERT model (tests use it to check cache hits).
+    On disk, the cache of one model identity is a set of append-only segments in ``cache_dir``:
+    ``<model_key>.seg-<ns>-<pid>-<rand>.safetensors``, each holding ``vectors`` (n, hidden) float32
+    and ``text_sha256`` (n, 32) uint8, written atomically once and never rewritten; loading merges
+    every segment (and the single-file cache of earlier versions, ``<model_key>.json`` +
+    ``<model_key>.safetensors``; the first vector of a text wins). The files are read once per
+    instance and kept in memory; ``compact()`` merges the segments into one.
+
+    Two modes (``persist``):
+
+    - ``persist=True`` (the default: training and ingestion, ``FeaturePipeline.fit``/``transform``):
+      each ``encode`` call that meets new texts writes them as one new segment (before encoding
+      them, it merges segments other processes wrote since).
+    - ``persist=False`` (serving; ``ScoringEngine`` calls ``for_serving``): the disk cache is read,
+      never written. Texts missing from it are kept in a bounded in-memory LRU of ``lru_entries``
+      vectors (about ``lru_entries * (hidden * 4 + 400)`` bytes; 0 keeps none), so what clients
+      send cannot grow the files or the process without bound.
+
+    Thread-safe: the in-memory state has a lock, and the tokenizer and model another (a fast
+    tokenizer must not be used from two threads at once). ``encode(texts, deadline)`` checks
+    ``time.monotonic()`` against ``deadline`` before each model batch and raises ``TimeoutError``
+    past it. ``encoder_calls`` counts forward passes of the BERT model (tests use it to check cache hits).
     """
+
+    SEGMENT_INFIX = ".seg-"
+    AUTO_COMPACT = 64  # persist mode: more segments than this are merged into one after a write
 
     def __init__(
         self,
@@ -147,20 +168,38 @@ class SentenceVectorCache:
         max_tokens: int = 32,
         batch_size: int = 128,
         normalize: bool = True,
+        persist: bool = True,
+        lru_entries: int = 10_000,
     ) -> None:
+        import threading
+        from collections import OrderedDict
+
         if model_path is None:
             model_path = default_model_path()  # the bundled all-MiniLM-L6-v2
         self.model_path = Path(model_path)
         if not (self.model_path / "config.json").is_file():
             raise FileNotFoundError(f"text model {self.model_path}: no config.json (expected a local model directory)")
+        if lru_entries < 0:
+            raise ValueError(f"lru_entries {lru_entries}: expected >= 0")
         self.cache_dir = Path(cache_dir)
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.normalize = normalize
+        self.persist = persist
+        self.lru_entries = lru_entries
         self.encoder_calls = 0
         self._model = None
         self._tokenizer = None
+        self._dim: int | None = None
         self.model_key = self._model_key()
+        self._lock = threading.RLock()  # the in-memory cache below
+        self._model_lock = threading.Lock()  # the tokenizer and the model
+        self._row_of: dict[str, int] = {}  # text sha256 -> row of _vectors (what the disk cache holds)
+        self._vectors: np.ndarray | None = None  # rows 0.._n-1 used; capacity doubles
+        self._n = 0
+        self._merged: set[str] = set()  # cache files already read
+        self._loaded = False
+        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()  # persist=False: text sha256 -> vector
 
     def _model_key(self) -> str:
         digest = hashlib.sha256()
@@ -173,30 +212,154 @@ class SentenceVectorCache:
         digest.update(f"max_tokens={self.max_tokens};normalize={self.normalize};pool=mean".encode())
         return digest.hexdigest()[:32]
 
+    def for_serving(self, lru_entries: int = 10_000) -> "SentenceVectorCache":
+        """Switch to ``persist=False`` with an LRU of ``lru_entries`` request-time vectors (returns self)."""
+        if lru_entries < 0:
+            raise ValueError(f"lru_entries {lru_entries}: expected >= 0")
+        with self._lock:
+            self.persist, self.lru_entries = False, lru_entries
+            while len(self._lru) > lru_entries:
+                self._lru.popitem(last=False)
+        return self
+
     # -- cache -----------------------------------------------------------------------------
-    def _cache_paths(self) -> tuple[Path, Path]:
+    def _legacy_paths(self) -> tuple[Path, Path]:
         return self.cache_dir / f"{self.model_key}.json", self.cache_dir / f"{self.model_key}.safetensors"
 
-    def _load_cache(self) -> tuple[list[str], np.ndarray | None]:
-        index_path, array_path = self._cache_paths()
-        if not (index_path.is_file() and array_path.is_file()):
-            return [], None
+    def segment_paths(self) -> list[Path]:
+        """The segment files of this model identity, oldest first."""
+        if not self.cache_dir.is_dir():
+            return []
+        return sorted(self.cache_dir.glob(f"{self.model_key}{self.SEGMENT_INFIX}*.safetensors"))
+
+    def _read_file(self, path: Path) -> tuple[list[str], np.ndarray] | None:
         from safetensors.numpy import load_file
 
-        hashes = json.loads(index_path.read_text())["text_sha256"]
-        vectors = load_file(str(array_path))["vectors"]
-        if len(hashes) != len(vectors):
-            log.warning("text cache %s is inconsistent (%d hashes, %d vectors); ignoring it", index_path, len(hashes), len(vectors))
-            return [], None
+        try:
+            if path.name.endswith(".json"):  # the single-file cache of earlier versions
+                hashes = json.loads(path.read_text())["text_sha256"]
+                vectors = load_file(str(path.with_suffix(".safetensors")))["vectors"]
+            else:
+                arrays = load_file(str(path))
+                vectors, digests = arrays["vectors"], arrays["text_sha256"]
+                if digests.ndim != 2 or digests.shape[1] != 32:
+                    raise ValueError(f"text_sha256 has shape {digests.shape}, expected (n, 32)")
+                hashes = [bytes(row).hex() for row in digests]
+        except FileNotFoundError:
+            return None  # removed by a concurrent compact(): its vectors are in the merged segment
+        except Exception as exc:  # a damaged file costs re-encoding, never a wrong vector
+            log.warning("text cache file %s is unreadable (%s); ignoring it", path, exc)
+            return None
+        if vectors.ndim != 2 or len(hashes) != len(vectors):
+            log.warning("text cache %s is inconsistent (%d hashes, %s vectors); ignoring it", path, len(hashes), vectors.shape)
+            return None
         return hashes, vectors
 
-    def _save_cache(self, hashes: list[str], vectors: np.ndarray) -> None:
+    def _append(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Add rows to the in-memory copy of the disk cache (texts already there are skipped). Holds ``_lock``."""
+        keep, seen = [], set()
+        for i, h in enumerate(hashes):
+            if h not in self._row_of and h not in seen:
+                seen.add(h)
+                keep.append(i)
+        if not keep:
+            return
+        vectors = np.asarray(vectors, np.float32)[keep]
+        need = self._n + len(keep)
+        if self._vectors is None or need > len(self._vectors) or self._vectors.shape[1] != vectors.shape[1]:
+            if self._vectors is not None and self._vectors.shape[1] != vectors.shape[1]:
+                log.warning("text cache %s: vectors of width %d and %d; ignoring the new ones", self.cache_dir,
+                            self._vectors.shape[1], vectors.shape[1])
+                return
+            grown = np.empty((max(need, 2 * self._n, 64), vectors.shape[1]), np.float32)
+            if self._n:
+                grown[: self._n] = self._vectors[: self._n]
+            self._vectors = grown
+        self._vectors[self._n : need] = vectors
+        for offset, i in enumerate(keep):
+            self._row_of[hashes[i]] = self._n + offset
+        self._n = need
+
+    def _merge_disk(self) -> None:
+        """Read the cache files not read yet (the legacy single file, then the segments). Holds ``_lock``."""
+        legacy_index, legacy_array = self._legacy_paths()
+        paths = ([legacy_index] if legacy_index.is_file() and legacy_array.is_file() else []) + self.segment_paths()
+        for path in paths:
+            if path.name not in self._merged:
+                self._merged.add(path.name)
+                found = self._read_file(path)
+                if found is not None:
+                    self._append(*found)
+        self._loaded = True
+
+    def _write_segment(self, hashes: list[str], vectors: np.ndarray) -> Path:
+        import os
+        import time
+
         from safetensors.numpy import save
 
-        index_path, array_path = self._cache_paths()
-        # vectors first, then the index that refers to them; a reader checks both lengths agree
-        write_bytes(array_path, save({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}))
-        write_bytes(index_path, json.dumps({"model_path": str(self.model_path), "text_sha256": hashes}).encode())
+        digests = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8).reshape(len(hashes), 32)
+        path = self.cache_dir / f"{self.model_key}{self.SEGMENT_INFIX}{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}.safetensors"
+        write_bytes(path, save({"vectors": np.ascontiguousarray(vectors, np.float32), "text_sha256": digests},
+                               metadata={"model_path": str(self.model_path)}))
+        self._merged.add(path.name)
+        return path
+
+    def compact(self) -> Path | None:
+        """Merge every cache file of this model identity into one segment (then remove the others)."""
+        with self._lock:
+            self._merge_disk()
+            old = self.segment_paths()
+            legacy = [p for p in self._legacy_paths() if p.is_file()]
+            if self._n == 0 or (len(old) == 1 and not legacy):
+                return old[0] if old else None
+            hashes = [""] * self._n
+            for h, row in self._row_of.items():
+                hashes[row] = h
+            merged = self._write_segment(hashes, self._vectors[: self._n])
+            for path in [*old, *legacy]:
+                if path != merged:
+                    path.unlink(missing_ok=True)
+            return merged
+
+    @property
+    def cached_count(self) -> int:
+        """Texts in the (in-memory copy of the) disk cache."""
+        with self._lock:
+            return self._n
+
+    @property
+    def lru_count(self) -> int:
+        """Request-time texts held in the LRU (``persist=False``)."""
+        with self._lock:
+            return len(self._lru)
+
+    def _gather(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, missing mask): rows from the disk cache, then the LRU (refreshed); zeros where missing. Holds ``_lock``."""
+        out = np.zeros((len(hashes), self.dim), np.float32)
+        get = self._row_of.get
+        rows = np.fromiter((get(h, -1) for h in hashes), np.int64, len(hashes))
+        missing = rows < 0
+        if self._n and not missing.all():
+            out[~missing] = self._vectors[rows[~missing]]
+        if missing.any() and self._lru:
+            for i in np.flatnonzero(missing):
+                vector = self._lru.get(hashes[i])
+                if vector is not None:
+                    self._lru.move_to_end(hashes[i])
+                    out[i] = vector
+                    missing[i] = False
+        return out, missing
+
+    def _remember(self, hashes: list[str], vectors: np.ndarray) -> None:
+        """Keep request-time vectors in the LRU (copies: an entry never pins its batch). Holds ``_lock``."""
+        if self.lru_entries == 0:
+            return
+        for h, vector in zip(hashes[-self.lru_entries :], vectors[-self.lru_entries :]):
+            self._lru[h] = np.array(vector, np.float32)
+            self._lru.move_to_end(h)
+        while len(self._lru) > self.lru_entries:
+            self._lru.popitem(last=False)
 
     # -- model -----------------------------------------------------------------------------
     def _load_model(self) -> None:
@@ -218,35 +381,73 @@ class SentenceVectorCache:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.float().numpy()
 
-    @property
-    def dim(self) -> int:
-        config = json.loads((self.model_path / "config.json").read_text())
-        return int(config["hidden_size"])
+    def _encode_all(self, texts: list[str], deadline: float | None) -> np.ndarray:
+        import time
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors (len(texts), hidden) float32; only texts missing from the cache are encoded."""
         from tqdm.auto import tqdm
 
-        texts = list(texts)
+        batches = range(0, len(texts), self.batch_size)
+        out = []
+        for i in tqdm(batches, desc="text vectors", leave=False, disable=not self.persist):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"text encoding stopped after {i} of {len(texts)} texts: past the deadline")
+            with self._model_lock:  # one batch at a time: other callers' batches can go in between
+                out.append(self._encode_batch(texts[i : i + self.batch_size]))
+        return np.concatenate(out)
+
+    def warm_up(self) -> None:
+        """Read the disk cache and load the model (one forward pass on a dummy text, not cached)."""
+        with self._lock:
+            if not self._loaded:
+                self._merge_disk()
+        with self._model_lock:
+            self._encode_batch(["warm-up"])
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            config = json.loads((self.model_path / "config.json").read_text())
+            self._dim = int(config["hidden_size"])
+        return self._dim
+
+    def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (len(texts), hidden), missing mask) from the caches only: nothing is encoded; zeros where missing."""
         hashes = [_text_hash(t) for t in texts]
-        cached_hashes, cached = self._load_cache()
-        row_of = {h: i for i, h in enumerate(cached_hashes)}
-        missing = list(dict.fromkeys(h for h in hashes if h not in row_of))
-        if missing:
-            text_of = dict(zip(hashes, texts))
-            todo = [text_of[h] for h in missing]
-            log.info("encoding %d new texts with %s (%d cached)", len(todo), self.model_path.name, len(cached_hashes))
-            batches = range(0, len(todo), self.batch_size)
-            new = np.concatenate(
-                [self._encode_batch(todo[i : i + self.batch_size]) for i in tqdm(batches, desc="text vectors", leave=False)]
-            )
-            cached = new if cached is None else np.concatenate([cached, new])
-            cached_hashes = cached_hashes + missing
-            row_of = {h: i for i, h in enumerate(cached_hashes)}
-            self._save_cache(cached_hashes, cached)
+        with self._lock:
+            if not self._loaded:
+                self._merge_disk()
+            return self._gather(hashes)
+
+    def encode(self, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
+        """Vectors (len(texts), hidden) float32; only texts missing from the caches are encoded."""
+        texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return cached[np.fromiter((row_of[h] for h in hashes), dtype=np.int64, count=len(hashes))]
+        hashes = [_text_hash(t) for t in texts]
+        with self._lock:
+            if self.persist or not self._loaded:
+                self._merge_disk()  # persist: also what other processes added since
+            out, missing = self._gather(hashes)
+        if not missing.any():
+            return out
+        text_of = dict(zip(hashes, texts))
+        todo_hashes = list(dict.fromkeys(hashes[i] for i in np.flatnonzero(missing)))
+        todo = [text_of[h] for h in todo_hashes]
+        (log.info if self.persist else log.debug)("encoding %d new texts with %s (%d cached)", len(todo),
+                                                  self.model_path.name, self._n)
+        new = self._encode_all(todo, deadline)
+        with self._lock:
+            if self.persist:
+                self._write_segment(todo_hashes, new)
+                self._append(todo_hashes, new)
+                if len(self.segment_paths()) > self.AUTO_COMPACT:
+                    self.compact()
+            else:
+                self._remember(todo_hashes, new)
+        row = {h: i for i, h in enumerate(todo_hashes)}
+        index = np.flatnonzero(missing)
+        out[index] = new[[row[hashes[i]] for i in index]]
+        return out
 
 
 # --------------------------------------------------------------------------- pipeline

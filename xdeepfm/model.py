@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmcore.config import ConfigError, check_range
 from xdeepfm._deepctr import (
     CIN,
     DNN,
@@ -65,10 +66,16 @@ class RankerConfig:
     def __post_init__(self) -> None:
         if self.implementation not in ("ours", "deepctr"):
             raise ValueError(f"implementation {self.implementation!r}: expected 'ours' or 'deepctr'")
-        if self.embedding_dim < 1 or self.fields_per_vector < 1:
-            raise ValueError("embedding_dim and fields_per_vector must be >= 1")
-        if not 0.0 <= self.dnn_dropout < 1.0:
+        check_range("embedding_dim", self.embedding_dim, low=1)
+        check_range("fields_per_vector", self.fields_per_vector, low=1)
+        if not 0.0 <= self.dnn_dropout < 1.0:  # NaN too
             raise ValueError(f"dnn_dropout {self.dnn_dropout}: expected a value in [0, 1)")
+        for name in ("cin_layer_sizes", "dnn_hidden_units"):  # an empty list switches the CIN / DNN off
+            sizes = getattr(self, name)
+            if any(size < 1 for size in sizes):
+                raise ConfigError(f"{name}={list(sizes)}: every layer size must be >= 1")
+        for name in ("l2_linear", "l2_embedding", "l2_dnn", "l2_cin", "init_std"):
+            check_range(name, getattr(self, name), low=0.0)
         if self.cin_split_half and any(s % 2 for s in self.cin_layer_sizes[:-1]):
             raise ValueError(f"cin_layer_sizes {self.cin_layer_sizes}: all but the last must be even with cin_split_half")
 

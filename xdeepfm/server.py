@@ -1,10 +1,15 @@
 """Run the ranking service, and drive it from Python as a separate process.
 
 ``serve(artifact, host, port, ...)`` loads the artifact and runs the FastAPI app (``xdeepfm.app``)
-under uvicorn, one process, loopback by default (what ``xdeepfm serve`` calls).
+under uvicorn, one process, loopback by default (what ``xdeepfm serve`` calls). ``build_server``
+is the uvicorn server it runs, with the connection limits of ``Limits``: ``keep_alive_s`` for idle
+keep-alive connections, ``header_timeout_s`` for a connection to send a complete request head
+(else it is closed: a client that connects and trickles, or sends nothing, holds nothing for
+long), ``max_connections`` (uvicorn's ``limit_concurrency``: beyond it, a plain-text 503).
 
 ``RankingServer`` starts ``python -m xdeepfm serve`` as a subprocess on a free loopback port,
-waits until ``GET /healthz`` answers, talks to it over HTTP and stops it::
+waits until ``GET /readyz`` answers 200 (artifact loaded, text encoders warmed up), talks to it
+over HTTP and stops it::
 
     with RankingServer("artifacts/ranker") as server:
         top = server.rank({"user_id": "7", "age": 31}, candidates, top_k=10)["items"]
@@ -12,12 +17,14 @@ waits until ``GET /healthz`` answers, talks to it over HTTP and stops it::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,23 +39,78 @@ REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_candidates: int = 1000,
-          max_body_bytes: int = 2_000_000, text_cache_dir: str | Path | None = None, threads: int | None = None,
-          log_level: str = "info") -> None:
-    """Load ``artifact`` and serve it until interrupted (SIGINT/SIGTERM end it cleanly)."""
+def header_timeout_protocol(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a complete request head within
+    ``header_timeout_s`` of connecting or of its previous response (uvicorn itself waits forever)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            if not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:  # no request head since the timer was armed
+                log.info("closing the connection of %s: no complete request head within %g s",
+                         self.client[0] if self.client else "?", header_timeout_s)
+                self.transport.close()
+
+    return HeadTimeoutH11Protocol
+
+
+def build_server(app, host: str, port: int, limits: Limits, log_level: str = "info"):
+    """The ``uvicorn.Server`` for ``app`` with the connection limits of ``limits`` (call ``.run()``)."""
     import uvicorn
 
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False, log_config=None,
+                            timeout_graceful_shutdown=5, timeout_keep_alive=limits.keep_alive_s,
+                            limit_concurrency=limits.max_connections, http=header_timeout_protocol(limits.header_timeout_s))
+    return uvicorn.Server(config)
+
+
+def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_candidates: int = 1000,
+          max_body_bytes: int = 2_000_000, text_cache_dir: str | Path | None = None, threads: int | None = 1,
+          log_level: str = "info", limits: Limits | None = None) -> None:
+    """Load ``artifact`` and serve it until interrupted (SIGINT/SIGTERM end it cleanly).
+
+    ``limits`` (default ``Limits()``) holds every bound; ``max_candidates`` and ``max_body_bytes``
+    replace its two fields. ``threads``: torch intra-op threads (default 1, so that the scoring and
+    encoding threads leave a core to the event loop; None: torch's choice).
+    """
+    limits = Limits(**{**asdict(limits or Limits()), "max_candidates": max_candidates, "max_body_bytes": max_body_bytes})
     if threads:
         torch.set_num_threads(threads)
     if host not in LOOPBACK:
         log.warning("binding %s: the service has no authentication; keep it behind a trusted network", host)
     started = time.perf_counter()
-    engine = ScoringEngine.load(artifact, text_cache_dir)
-    log.info("loaded %s in %.2f s (%d inputs, torch threads %d)", artifact, time.perf_counter() - started,
-             len(engine.fields), torch.get_num_threads())
-    app = create_app(engine, Limits(max_candidates=max_candidates, max_body_bytes=max_body_bytes))
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, log_config=None,
-                timeout_graceful_shutdown=5)
+    engine = ScoringEngine.load(artifact, text_cache_dir, text_lru=limits.text_lru)
+    log.info("loaded %s in %.2f s (%d inputs, torch threads %d, %d scoring worker(s), queue %d, encode queue %d)",
+             artifact, time.perf_counter() - started, len(engine.fields), torch.get_num_threads(), limits.workers,
+             limits.queue, limits.encode_queue)
+    build_server(create_app(engine, limits), host, port, limits, log_level).run()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,7 +148,7 @@ class RankingServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> "RankingServer":
-        """Start the process and wait for /healthz; retries once on another port if the port was taken."""
+        """Start the process and wait for /readyz; retries once on another port if the port was taken."""
         import tempfile
 
         import requests
@@ -106,7 +168,7 @@ class RankingServer:
             with open(self.log_path, "ab") as out:
                 self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
             self.port = port
-            if self._wait_healthy():
+            if self._wait_ready():
                 log.info("ranking service up at %s (pid %d)", self.url, self.process.pid)
                 return self
             self._terminate()
@@ -114,10 +176,11 @@ class RankingServer:
                 break  # else the free port was taken in between: pick another
         tail = self.log_tail()
         self.stop()
-        raise ServerError(f"the ranking service did not become healthy within {self.startup_timeout:.0f} s; "
+        raise ServerError(f"the ranking service did not become ready within {self.startup_timeout:.0f} s; "
                           f"its log ends with:\n{tail}")
 
-    def _wait_healthy(self) -> bool:
+    def _wait_ready(self) -> bool:
+        """Poll GET /readyz until 200 (True); False if the process ends, the warm-up fails or time runs out."""
         import requests
 
         deadline = time.monotonic() + self.startup_timeout
@@ -125,9 +188,12 @@ class RankingServer:
             if self.process.poll() is not None:
                 return False
             try:
-                if self._session.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                response = self._session.get(f"{self.url}/readyz", timeout=2)
+                if response.status_code == 200:
                     return True
-            except requests.ConnectionError:
+                if "warm-up failed" in response.text:
+                    return False
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
         return False
@@ -181,3 +247,6 @@ class RankingServer:
 
     def health(self) -> dict:
         return self._json("GET", "/healthz")
+
+    def ready(self) -> dict:
+        return self._json("GET", "/readyz")

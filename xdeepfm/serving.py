@@ -9,9 +9,11 @@ rest. Per field kind, with the fitted pipeline's vocabularies and statistics:
 - categorical: a str, int, float or bool (compared as ``str(value)``, as in training) or null;
   values outside the vocabulary, and null, go to the OOV bucket 0;
 - multi_valued: a ``sep``-joined string or a list of tokens (or null); unknown tokens -> 0;
-- numeric: a finite JSON number (not a bool), z-scored with the training mean/std;
-- text: a string (null = ""); sentence vectors come from the pipeline's ``SentenceVectorCache`` (its
-  disk cache, keyed by model and text) and are kept in memory, so a known text costs a dict lookup;
+- numeric: a finite JSON number (not a bool), z-scored with the training mean/std; values more than
+  ``MAX_ABS_Z`` (1e6) standard deviations from the mean are refused (they would overflow float32);
+- text: a string (null = ""); sentence vectors come from the pipeline's ``SentenceVectorCache`` in
+  serving mode (``for_serving``): its disk cache (keyed by model and text) is read once and never
+  written, and texts it lacks are encoded and kept in a bounded in-memory LRU (``text_lru`` entries);
 - vector: the key of a row of the exported table (e.g. a video id); unknown keys get zeros.
 
 Unknown categorical values, tokens and vector keys are reported per field in the result
@@ -24,12 +26,20 @@ and texts are encoded once per distinct value, normalisation and stacking run on
 numpy, and the model runs on the stacked float matrix in batches under ``torch.inference_mode``
 -- no ``DataLoader``, no ``DataFrame`` and no per-row Python in the model path. Results equal ``FeaturePipeline.transform``
 followed by the model's forward pass (tested).
+
+For a service: ``score``/``rank`` take ``deadline`` (a ``time.monotonic()`` value; past it, work
+stops between fields, text batches and model batches with ``Deadline``, a ``TimeoutError``) and
+``defer_texts``: with it, texts missing from the caches are not encoded but collected, and the call
+ends with ``TextsMissing`` (after every other check passed) so that the caller can encode them
+elsewhere (``encode_texts``, e.g. on a separate thread) and call again. ``warm_up`` loads the text
+encoders before the first request.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -44,6 +54,8 @@ log = logging.getLogger(__name__)
 
 OnUnknown = Literal["oov", "error"]
 MAX_REPORTED = 20  # distinct unknown values listed per field
+MAX_ABS_Z = 1e6  # numeric values further from the training mean (in standard deviations) are refused
+MEMO_MAX_CHARS = 256  # multi-valued strings longer than this are encoded per request, not memoised
 SCALARS = (str, int, float, bool)
 
 
@@ -53,6 +65,23 @@ class RecordError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+class Deadline(TimeoutError):
+    """The work passed its deadline and was stopped."""
+
+
+class TextsMissing(Exception):
+    """``defer_texts``: these texts (field name -> distinct texts) are not cached; encode them, then call again."""
+
+    def __init__(self, pending: dict[str, list[str]]) -> None:
+        self.pending = pending
+        super().__init__(f"{sum(map(len, pending.values()))} texts to encode ({', '.join(pending)})")
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise Deadline(f"stopped {what}: past the request's deadline")
 
 
 @dataclass
@@ -80,6 +109,14 @@ def _first(values: Sequence[Any], bad) -> int:
     return next(i for i, v in enumerate(values) if bad(v))
 
 
+def _beyond_float(value: Any) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
+
+
 class _Column:
     """The values of one input column, from ``rows``/``candidates`` (one per record) or ``user`` (one value)."""
 
@@ -92,7 +129,7 @@ class _Column:
 
 
 class _Memo:
-    """Encoded rows of distinct string values (texts, multi-valued strings): value -> row of ``table``.
+    """Encoded rows of distinct multi-valued strings: value -> row of ``table``.
 
     Grows on misses; emptied when it would pass ``capacity`` rows. Guarded by the engine's lock.
     """
@@ -119,7 +156,8 @@ class _Memo:
 class ScoringEngine:
     """Scores raw records with an exported ranking model (see the module docstring)."""
 
-    def __init__(self, artifact: RankingArtifact, batch_size: int = 8192, memo: int = 200_000) -> None:
+    def __init__(self, artifact: RankingArtifact, batch_size: int = 8192, memo: int = 20_000,
+                 text_lru: int = 10_000) -> None:
         self.artifact = artifact
         self.model = artifact.model
         self.batch_size = batch_size
@@ -136,26 +174,30 @@ class ScoringEngine:
         for name, (ids, vectors) in artifact.pipeline.vector_tables.items():
             padded = np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors])  # row 0: unknown key
             self._vector[name] = ({key: i + 1 for i, key in enumerate(ids.tolist())}, padded)
-        # encoded texts and multi-valued strings, kept across requests (``memo`` distinct values per field)
-        self._memo = {spec.name: _Memo(memo) for spec, _ in self.fields if spec.kind in ("text", "multi_valued")}
-        self._lock = threading.Lock()  # request threads share the memos, the text encoder and its disk cache
+        # encoded multi-valued strings, kept across requests (``memo`` distinct values per field)
+        self._memo = {spec.name: _Memo(memo) for spec, _ in self.fields if spec.kind == "multi_valued"}
+        self._lock = threading.Lock()  # request threads share the memos (held for lookups only)
+        # text fields: the disk cache read-only, request-time texts in an LRU of ``text_lru`` vectors per field
+        self._text = {spec.name: artifact.pipeline.sentence_cache(spec).for_serving(text_lru)
+                      for spec, _ in self.fields if spec.kind == "text"}
 
     @classmethod
     def load(cls, directory: str | Path, text_cache_dir: str | Path | None = None, **options: Any) -> "ScoringEngine":
         return cls(load_artifact(directory, text_cache_dir), **options)
 
     # -- public API ------------------------------------------------------------------------
-    def score(self, rows: Sequence[dict[str, Any]], on_unknown: OnUnknown = "oov") -> Scores:
+    def score(self, rows: Sequence[dict[str, Any]], on_unknown: OnUnknown = "oov", *, deadline: float | None = None,
+              defer_texts: bool = False) -> Scores:
         """Probabilities for every row (each a dict with every input column)."""
         if not rows:
             return Scores(np.zeros(0, np.float32))
         self._check_keys(rows, "rows")
         columns = {c: _Column(c, self._gather(rows, c, "rows"), "rows") for c in self.columns}
-        X, unknown = self.encode(columns, len(rows), on_unknown)
-        return Scores(self.score_matrix(X), unknown)
+        X, unknown = self.encode(columns, len(rows), on_unknown, deadline=deadline, defer_texts=defer_texts)
+        return Scores(self.score_matrix(X, deadline), unknown)
 
     def rank(self, user: dict[str, Any], candidates: Sequence[dict[str, Any]], top_k: int | None = None,
-             on_unknown: OnUnknown = "oov") -> Ranking:
+             on_unknown: OnUnknown = "oov", *, deadline: float | None = None, defer_texts: bool = False) -> Ranking:
         """The candidates sorted by probability for this user; ``top_k`` cuts the list."""
         extra = sorted(set(user) - self.columns)
         if extra:
@@ -173,17 +215,31 @@ class ScoringEngine:
                 columns[c] = _Column(c, [user[c]], "user")
             else:
                 columns[c] = _Column(c, self._gather(candidates, c, "candidates", also_in="user"), "candidates")
-        X, unknown = self.encode(columns, len(candidates), on_unknown)
-        scores = self.score_matrix(X)
-        order = np.argsort(-scores, kind="stable")[: top_k or len(scores)]
+        X, unknown = self.encode(columns, len(candidates), on_unknown, deadline=deadline, defer_texts=defer_texts)
+        scores = self.score_matrix(X, deadline)
+        order = np.argsort(-scores, kind="stable")[: min(top_k or len(scores), len(scores))]
         return Ranking(order, scores[order], unknown)
 
     @torch.inference_mode()
-    def score_matrix(self, X: np.ndarray | torch.Tensor) -> np.ndarray:
+    def score_matrix(self, X: np.ndarray | torch.Tensor, deadline: float | None = None) -> np.ndarray:
         """Probabilities for the flat input matrix (N, width), in batches of ``batch_size``."""
         X = torch.as_tensor(X)
-        out = [torch.sigmoid(self.model(X[i : i + self.batch_size])) for i in range(0, len(X), self.batch_size)]
+        out = []
+        for i in range(0, len(X), self.batch_size):
+            _check_deadline(deadline, f"scoring after {i} of {len(X)} rows")
+            out.append(torch.sigmoid(self.model(X[i : i + self.batch_size])))
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+    def encode_texts(self, pending: dict[str, list[str]], deadline: float | None = None) -> None:
+        """Encode ``TextsMissing.pending`` into the text caches (their LRUs), checking ``deadline`` per batch."""
+        for name, texts in pending.items():
+            self._text[name].encode(texts, deadline)
+
+    def warm_up(self) -> None:
+        """Load every text encoder (and its disk cache) and run the model once, so the first request pays neither."""
+        for cache in self._text.values():
+            cache.warm_up()
+        self.score_matrix(np.zeros((1, self.width), np.float32))
 
     # -- records -> columns ----------------------------------------------------------------
     def _check_keys(self, records: Sequence[dict[str, Any]], where: str) -> None:
@@ -203,16 +259,23 @@ class ScoringEngine:
             raise RecordError(f"{where}[{i}].{column}", f"missing; every input column is required{hint}") from None
 
     # -- columns -> the model's input matrix -----------------------------------------------
-    def encode(self, columns: dict[str, _Column], n: int, on_unknown: OnUnknown = "oov") -> tuple[np.ndarray, dict[str, list[str]]]:
+    def encode(self, columns: dict[str, _Column], n: int, on_unknown: OnUnknown = "oov", *, deadline: float | None = None,
+               defer_texts: bool = False) -> tuple[np.ndarray, dict[str, list[str]]]:
         """The flat float32 matrix (n, width) in the model's column layout, and the unknown values per field.
 
-        A column holding one value (``rank``'s user fields) is broadcast to all n rows.
+        A column holding one value (``rank``'s user fields) is broadcast to all n rows. With
+        ``defer_texts``, uncached texts raise ``TextsMissing`` once every field has been checked.
         """
         X = np.empty((n, self.width), np.float32)
         unknown: dict[str, list[str]] = {}
+        pending: dict[str, list[str]] | None = {} if defer_texts else None
         for spec, fit in self.fields:
+            _check_deadline(deadline, f"encoding at field {spec.name!r}")
             column = columns[spec.column]
-            encoded, missing = getattr(self, f"_encode_{spec.kind}")(spec, fit, column)
+            if spec.kind == "text":
+                encoded, missing = self._encode_text(spec, fit, column, deadline, pending)
+            else:
+                encoded, missing = getattr(self, f"_encode_{spec.kind}")(spec, fit, column)
             if missing is not None and missing.any():
                 values = self._unknown_values(spec, column, missing)
                 if values:
@@ -223,6 +286,8 @@ class ScoringEngine:
                     unknown[spec.name] = values
             start, end = self.model.feature_index[spec.name]
             X[:, start:end] = encoded.reshape(len(encoded), end - start)  # broadcasts a single row
+        if pending:
+            raise TextsMissing(pending)
         return X, unknown
 
     def _unknown_values(self, spec: FieldSpec, column: _Column, missing: np.ndarray) -> list[str]:
@@ -280,6 +345,11 @@ class ScoringEngine:
                 table[row, : len(codes)] = codes
             return table
 
+        if any(len(k) > MEMO_MAX_CHARS for k in keys):  # long strings are not worth keeping (nor safe to keep)
+            distinct = list(dict.fromkeys(keys))
+            position = {k: i for i, k in enumerate(distinct)}
+            encoded = encode(distinct)[[position[k] for k in keys]]
+            return encoded[:, :-1], encoded[:, -1].astype(bool)
         with self._lock:
             rows, table = self._memo[spec.name].rows(keys, encode)
         encoded = table[rows]
@@ -291,21 +361,34 @@ class ScoringEngine:
             i = _first(values, lambda v: type(v) not in (int, float))
             raise column.error(i, f"expected a number, got {_type_name(values[i])}"
                                   + (f" {values[i]!r}" if isinstance(values[i], str) else ""))
-        array = np.asarray(values, dtype=np.float64)
+        try:
+            array = np.asarray(values, dtype=np.float64)
+        except OverflowError:  # an int beyond float64
+            raise column.error(_first(values, _beyond_float), "expected a finite number (this integer is beyond float64)") from None
         finite = np.isfinite(array)
         if not finite.all():
             raise column.error(int(np.flatnonzero(~finite)[0]), "expected a finite number")
-        return ((array - fit.mean) / fit.std).astype(np.float32), None
+        z = (array - fit.mean) / fit.std
+        far = np.abs(z) > MAX_ABS_Z
+        if far.any():
+            i = int(np.flatnonzero(far)[0])
+            raise column.error(i, f"{values[i]!r} is {abs(z[i]):.3g} standard deviations from the training mean; "
+                                  f"at most {MAX_ABS_Z:g} are accepted")
+        return z.astype(np.float32), None
 
-    def _encode_text(self, spec, fit, column):
+    def _encode_text(self, spec, fit, column, deadline: float | None = None, pending: dict | None = None):
         values = column.values
         if not set(map(type, values)) <= {str, type(None)}:
             i = _first(values, lambda v: v is not None and not isinstance(v, str))
             raise column.error(i, f"expected a string, got {_type_name(values[i])}")
         texts = [v or "" for v in values]
-        with self._lock:
-            rows, table = self._memo[spec.name].rows(texts, self.artifact.pipeline.sentence_cache(spec).encode)
-        return table[rows], None
+        cache = self._text[spec.name]
+        if pending is None:
+            return cache.encode(texts, deadline), None
+        vectors, missing = cache.lookup(texts)
+        if missing.any():
+            pending[spec.name] = list(dict.fromkeys(texts[i] for i in np.flatnonzero(missing)))
+        return vectors, None
 
     def _encode_vector(self, spec, fit, column):
         row_of, table = self._vector[spec.name]

@@ -48,9 +48,10 @@ from torch.distributed.algorithms.join import Join
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mmcore import distributed
+from mmcore.checkpoint import CheckpointError
 from mmcore.config import to_dict
 from mmcore.files import write_json
-from mmcore.loop import EarlyStopping, RunDir, clip_gradients, epoch_seed, stop_requested
+from mmcore.loop import EarlyStopping, RunDir, claim_run_dir, clip_gradients, epoch_seed, mark_run, stop_requested
 from xdeepfm.baseline import train_baseline
 from xdeepfm.checkpoint import RankingCheckpoint, load_ranking_checkpoint, save_ranking_checkpoint
 from xdeepfm.data import load_splits
@@ -291,16 +292,18 @@ def _model_inputs(cfg: RankingExperiment, ctx: distributed.Context, pipeline: Fe
         return {name: SplitData.build(frame, pipeline, columns, name) for name, frame in raw.items()}
 
 
-def setup(cfg: RankingExperiment, out_dir: str | Path, ctx: distributed.Context, *, resume: bool = False) -> TrainingRun:
-    """Phase 1: data and features, the model on its device, the optimizer, and the resume state."""
+def setup(cfg: RankingExperiment, out_dir: str | Path, ctx: distributed.Context, *, resume: bool = False,
+          overwrite: bool = False) -> TrainingRun:
+    """Phase 1: the run directory, data and features, the model on its device, the optimizer, and the
+    resume state."""
     from torch.utils.tensorboard import SummaryWriter
 
     started = time.perf_counter()
-    run = RunDir(out_dir).create()
+    run = claim_run_dir(out_dir, to_dict(cfg), resume=resume, overwrite=overwrite)
     set_seed(cfg.train.seed)
-    resumed = load_ranking_checkpoint(run.last) if resume and run.last.is_file() else None
-    if resume and resumed is None:
-        log.info("resume requested but %s does not exist; starting from scratch", run.last)
+    resumed = load_ranking_checkpoint(run.last) if resume else None
+    if resumed:
+        _check_resumable(run.last, resumed, cfg)
     pipeline, raw = _fit_features(cfg, resumed)
     model = XDeepFMRanker([pipeline.fitted[f.name] for f in pipeline.spec.fields], cfg.model, seed=cfg.train.seed)
     model = model.to(ctx.device)
@@ -321,11 +324,30 @@ def setup(cfg: RankingExperiment, out_dir: str | Path, ctx: distributed.Context,
     return state
 
 
+LOOP_STATE = ("epoch", "early_stopping", "history")
+DOES_NOT_FIT = "does not fit the model this config builds (was the model changed since the run started?)"
+
+
+def _check_resumable(path: Path, resumed: RankingCheckpoint, cfg: RankingExperiment) -> None:
+    """Refuse, naming the file, a checkpoint without the optimizer and loop state (a best checkpoint
+    where last belongs) and one trained with other feature fields than the config's."""
+    if resumed.optimizer_state is None or any(key not in resumed.state for key in LOOP_STATE):
+        raise CheckpointError(f"{path}: not a resume checkpoint (no optimizer and loop state); --resume reads the "
+                              "last.safetensors a run writes after every epoch")
+    theirs, ours = to_dict(resumed.features.spec)["fields"], to_dict(cfg.features)["fields"]
+    if theirs != ours:
+        changed = sorted({f["name"] for f in theirs if f not in ours} | {f["name"] for f in ours if f not in theirs})
+        raise CheckpointError(f"{path}: {DOES_NOT_FIT}: the feature fields {changed} differ from the checkpoint's")
+
+
 def _restore(state: TrainingRun, resumed: RankingCheckpoint) -> None:
     """Continue from ``last.safetensors``: weights, optimizer, early stopping, epoch and history."""
-    state.model.load_state_dict(resumed.model_state)
-    if resumed.optimizer_state is not None:
+    try:
+        state.model.load_state_dict(resumed.model_state)
         state.optimizer.load_state_dict(resumed.optimizer_state)
+    except (RuntimeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise CheckpointError(f"{state.run.last}: {DOES_NOT_FIT}: {' '.join(lines[:2])}") from None
     loop = resumed.state
     state.epoch, state.history = loop["epoch"], loop["history"]
     state.stopper = EarlyStopping(**loop["early_stopping"])
@@ -396,12 +418,14 @@ def finish(state: TrainingRun) -> dict:
     return result
 
 
-def train(cfg: RankingExperiment, out_dir: str | Path, *, resume: bool = False, stop_after: int | None = None) -> dict:
+def train(cfg: RankingExperiment, out_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
+          overwrite: bool = False) -> dict:
     """Train, early-stop, evaluate the best checkpoint; returns the result written to ``metrics.json``.
 
     ``stop_after`` ends this invocation after that many epochs (leaving ``last.safetensors``) and
     returns ``{"stopped_after_epoch": E}``; ``resume`` continues from ``last.safetensors`` in
-    ``out_dir``. ``train.device`` is checked here (``auto``: CUDA when available, else the CPU).
+    ``out_dir`` (with the same config); ``overwrite`` replaces a run already in ``out_dir`` (refused
+    otherwise). ``train.device`` is checked here (``auto``: CUDA when available, else the CPU).
     """
     ctx = distributed.init(cfg.train.device)
     if cfg.model.implementation == "deepctr":
@@ -410,8 +434,8 @@ def train(cfg: RankingExperiment, out_dir: str | Path, *, resume: bool = False, 
         if resume or stop_after is not None:
             raise ValueError("model.implementation: deepctr (the stock baseline) trains in one go; "
                              "--resume and --stop-after are for the 'ours' trainer")
-        return train_baseline(cfg, out_dir, ctx.device)
-    state = setup(cfg, out_dir, ctx, resume=resume)
+        return train_baseline(cfg, out_dir, ctx.device, overwrite=overwrite)
+    state = setup(cfg, out_dir, ctx, resume=resume, overwrite=overwrite)
     try:
         epochs_run = 0
         for epoch in range(state.epoch, cfg.train.epochs):
@@ -421,8 +445,14 @@ def train(cfg: RankingExperiment, out_dir: str | Path, *, resume: bool = False, 
             epochs_run += 1
             validate_and_checkpoint(state, epoch, loss)
             if stop_requested(epochs_run, stop_after, epoch + 1, cfg.train.epochs):
+                mark_run(state.run, "stopped")
                 log.info("stopped after %d epoch(s) as asked; continue with --resume", epochs_run)
                 return {"stopped_after_epoch": epoch + 1}
-        return finish(state)
+        result = finish(state)
+    except BaseException:
+        mark_run(state.run, "interrupted")
+        raise
     finally:
         state.writer.close()
+    mark_run(state.run, "finished")
+    return result

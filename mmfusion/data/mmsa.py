@@ -164,14 +164,19 @@ class _SplitReader:
             arr = np.asarray(value)
             if arr.dtype == object and dtype is not None and arr.ndim == 1 and len(arr):
                 arr = np.stack([np.asarray(row) for row in arr])
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as exc:
             try:
                 rows = list(value)
             except TypeError:
                 raise self.fail(key, f"expected an array over samples, got {type(value).__name__}") from None
-            shape0 = np.shape(rows[0]) if rows else ()
-            bad = next((i for i, row in enumerate(rows) if np.shape(row) != shape0), None)
-            raise self.fail(key, f"rows of unequal shape: expected {shape0} like sample 0", bad) from None
+            shapes = [_shape(row) for row in rows]
+            ragged = next((i for i, shape in enumerate(shapes) if shape is None), None)
+            if ragged is not None:
+                raise self.fail(key, "expected a row of numbers with one shape, got ragged nested sequences", ragged) from None
+            bad = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), None)
+            if bad is not None:
+                raise self.fail(key, f"rows of unequal shape: expected {shapes[0]} like sample 0", bad) from None
+            raise self.fail(key, f"expected an array of numbers, got rows that do not stack ({exc})") from None
         if arr.ndim == 0:
             raise self.fail(key, f"expected an array over samples, got {type(value).__name__} {_short(value)}")
         if dtype is None:
@@ -463,6 +468,14 @@ class _SplitReader:
             labels=labels,
             unimodal_labels=unimodal,
         )
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """``np.shape(value)``, or None for nested sequences that have no single shape."""
+    try:
+        return np.shape(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -925,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vocab_size = text_vocab_size(args.text_model) if args.text_model is not None else args.vocab_size
         data = load_mmsa(args.path, nonfinite=args.nonfinite, vocab_size=vocab_size)
     except (MMSAFormatError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2
     print(describe(data))
     return 0

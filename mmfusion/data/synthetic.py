@@ -37,6 +37,7 @@ from scipy.signal import lfilter
 
 from mmcore.files import atomic_write
 from mmcore.hf import default_model_path, load_model, load_tokenizer
+from mmcore.runtime import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -551,22 +552,34 @@ def write_pickle(data: dict, path: str | Path) -> None:
     atomic_write(path, dump)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate SynthMOSI in the MMSA pickle format.")
-    parser.add_argument("--size", choices=sorted(PRESETS), required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="output pickle, e.g. datasets/synthmosi_mosi.pkl")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", choices=sorted(PRESETS), required=True, help="preset: tiny, mosi (MOSI's sizes) or mosei")
+    parser.add_argument("--seed", type=int, default=0, help="world and sample seed (default 0)")
+    parser.add_argument("--out", required=True, type=Path, help="output pickle, e.g. datasets/synthmosi_mosi_s0.pkl")
     parser.add_argument("--aligned", action="store_true", help="word-aligned variant: all sequences 50 long")
     parser.add_argument("--tokenizer-path", default=None, help="local tokenizer/encoder dir (default: bundled MiniLM)")
     parser.add_argument("--text-features", action="store_true", help="also write `text` (N, 50, 384) encoder states")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.is_dir():
+        raise ValueError(f"{args.out}: is a directory, expected the output pickle's path")
     data = generate(args.size, args.seed, aligned=args.aligned, tokenizer_path=args.tokenizer_path,
                     text_features=args.text_features)
     write_pickle(data, args.out)
     sizes = ", ".join(f"{split} {len(data[split]['id'])}" for split in SPLITS)
     print(f"wrote {args.out}: {sizes}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmfusion.data.synthetic",
+                                     description="Generate SynthMOSI in the MMSA pickle format.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run(args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -41,6 +41,13 @@ Sequences longer than ``--max-audio-len`` (500 rows = 5 s at 100 rows/s) or ``--
 sequence of length 0 and ``audio_missing`` True. Bad files never stop the run: the summary lists
 each one, and the exit code is 0 when every meta row was extracted, 1 when some failed (the
 pickle holds the rest), 2 when nothing could be (or the options or meta.csv are unusable).
+
+Inputs are checked before anything is decoded: every ``video`` path must resolve inside
+``--videos`` (``..``, absolute paths and symlinks leading outside are refused, naming the meta.csv
+line and the path); meta.csv is read strictly with the ``csv`` module (a row with the wrong number
+of fields is refused naming its line, a quote that never closes refuses the file); numeric options
+have limits (``--fps`` in (0, 1000], ``--text-len`` in [2, 512], ``--workers`` in [1, 256],
+``--max-*-len`` in [1, 1000000], ``--audio-dim`` in [1, 512]). Every error is one line; exit code 2.
 """
 
 from mmfusion.extract.audio import AudioConfig, audio_features

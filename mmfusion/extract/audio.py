@@ -44,6 +44,7 @@ VOICING_THRESHOLD = 0.45
 SILENCE_DB = 50.0
 EPS = 1e-10
 
+MAX_AUDIO_DIM = 512  # mfcc / fbank: k = ceil((dim - 5) / 2) mel bands must fit the 257 FFT bins
 COVAREP74_SCALARS = (
     "f0_hz", "voiced", "nccf_peak", "log_energy", "d_log_energy", "zcr",
     "spectral_centroid_khz", "spectral_spread_khz", "spectral_rolloff85_khz", "spectral_flatness", "spectral_tilt",
@@ -62,8 +63,12 @@ class AudioConfig:
     def __post_init__(self) -> None:
         if self.preset not in ("covarep74", "mfcc", "fbank"):
             raise ValueError(f"audio preset {self.preset!r}: expected covarep74, mfcc or fbank")
-        if self.dim < 1:
-            raise ValueError(f"audio dim must be at least 1, got {self.dim}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or not 1 <= self.dim <= MAX_AUDIO_DIM:
+            raise ValueError(f"audio dim {self.dim!r}: expected an integer in [1, {MAX_AUDIO_DIM}]")
+        for name in ("frame_ms", "hop_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1.0 <= value <= 1000.0:
+                raise ValueError(f"audio {name} {value!r}: expected a number of milliseconds in [1, 1000]")
 
     @property
     def out_dim(self) -> int:

@@ -7,16 +7,22 @@ modification time and by every option that changes features, so a rerun after an
 only decodes what is missing. Failures are not cached.
 
 Problems are per file and never stop the batch: a meta row that is wrong (duplicate or empty id,
-bad label or split), a missing, empty, unreadable or corrupt file, all end up in the report
-(``FileReport``) with status ``failed``; a video without an audio track is extracted with an
-all-zero, length-0 audio sequence and ``audio_missing`` set (status ``no audio``). Videos in the
-folder that meta.csv does not list are reported as ``skipped``.
+bad label or split, the wrong number of fields, a ``video`` path that resolves outside the videos
+folder, through ``..``, an absolute path or a symlink), a missing, empty, unreadable or corrupt
+file, all end up in the report (``FileReport``) with status ``failed``; a video without an audio
+track is extracted with an all-zero, length-0 audio sequence and ``audio_missing`` set (status
+``no audio``). Videos in the folder that meta.csv does not list are reported as ``skipped``.
+meta.csv is parsed with the ``csv`` module, strictly (a quote that never closes or text after a
+closing quote refuses the whole file, naming the line), so one malformed row never shifts the
+columns of the rows after it.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -26,12 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from mmcore.files import atomic_write
-from mmcore.hf import default_model_path
+from mmcore.hf import default_model_path, load_tokenizer
 from mmfusion.data.mmsa import LABEL_RANGE, SPLITS
 from mmfusion.data.synthetic import (
     encode_text_features,
@@ -51,20 +56,58 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 META_REQUIRED = ("video", "id", "text")
 
 
+# Limits of the numeric options: (low, high, low is exclusive); python -m mmfusion.extract checks
+# its options against the same numbers.
+MAX_FPS = 1000.0
+LIMITS = {
+    "fps": (0.0, MAX_FPS, True),
+    "max_audio_len": (1, 1_000_000, False),
+    "max_vision_len": (1, 1_000_000, False),
+    "decode_threads": (0, 64, False),
+    "workers": (1, 256, False),
+    "text_len": (2, 512, False),  # [CLS] and [SEP] at least; BERT-family position limit
+}
+
+
 class MetaError(ValueError):
-    """meta.csv as a whole cannot be used (unreadable, a required column missing)."""
+    """meta.csv as a whole cannot be used (unreadable, not valid CSV, a required column missing)."""
+
+
+def limit_problem(name: str, value: object) -> str | None:
+    """Why ``value`` is not a valid ``name`` (one of ``LIMITS``), or None when it is."""
+    low, high, low_open = LIMITS[name]
+    integer = isinstance(low, int)
+    if integer:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and low <= value <= high
+        expected = f"an integer in [{low}, {high}]"
+    else:
+        ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+              and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high)
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    return None if ok else f"expected {expected}"
+
+
+def check_limit(name: str, value: object) -> None:
+    """Raise ``ValueError("name value: expected ...")`` when ``value`` is outside ``LIMITS[name]``."""
+    problem = limit_problem(name, value)
+    if problem:
+        raise ValueError(f"{name} {value!r}: {problem}")
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     """Every option that changes the features of a file (all of it goes into the cache key)."""
 
-    fps: float = 5.0  # video frames sampled per second
+    fps: float = 5.0  # video frames sampled per second, in (0, 1000]
     audio: AudioConfig = field(default_factory=AudioConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)  # resolved (no auto / cache) before use
     max_audio_len: int = 500  # longer sequences are average-pooled down to this many rows
     max_vision_len: int = 375
     decode_threads: int = 1  # FFmpeg threads per file; parallelism comes from the worker pool
+
+    def __post_init__(self) -> None:
+        for name in ("fps", "max_audio_len", "max_vision_len", "decode_threads"):
+            check_limit(name, getattr(self, name))
 
 
 @dataclass
@@ -77,12 +120,17 @@ class ClipFeatures:
 
 @dataclass
 class FileReport:
-    row: int  # 0-based data row of meta.csv, on line row + 2 (-1: a file meta.csv does not list)
+    row: int  # 0-based data row of meta.csv (-1: a file meta.csv does not list)
     id: str
     video: str
     status: str  # ok | no audio | failed | skipped
     detail: str = ""
     cached: bool = False
+    line: int | None = None  # the meta.csv line the row starts on (None: row + 2, no blank or multi-line rows)
+
+    @property
+    def meta_line(self) -> int:
+        return self.line if self.line is not None else self.row + 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,25 +227,64 @@ class MetaRow:
     transcript: str
     label: float
     split: str
+    line: int = 0  # the meta.csv line the row starts on
+    path: str = ""  # the video file, resolved inside --videos (set by ``confine``)
+
+
+def _read_csv(meta: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and ``(line, fields)`` of every non-blank record, parsed strictly."""
+    try:
+        data = meta.read_bytes()
+    except OSError as exc:
+        raise MetaError(f"{meta}: not a readable CSV file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MetaError(f"{meta} line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); save meta.csv as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[int, list[str]]] = []
+    line = 1
+    try:
+        for fields in reader:
+            if fields:
+                records.append((line, fields))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise MetaError(f"{meta} line {line}: not valid CSV ({exc}); a field with a comma, a quote or a "
+                        'line break must be quoted ("a, b"), with "" for a quote inside it') from None
+    if not records:
+        raise MetaError(f"{meta}: empty; expected a header row ({','.join(META_REQUIRED)}"
+                        "[,transcript][,label][,split]) and one row per clip")
+    header_line, header = records[0]
+    header = [name.strip() for name in header]
+    for name in header:
+        if header.count(name) > 1:
+            raise MetaError(f"{meta} line {header_line}: column {name!r} appears twice (header {header})")
+    return header, records[1:]
 
 
 def read_meta(meta: str | Path, labels: bool, default_split: str) -> tuple[list[MetaRow], list[FileReport]]:
-    """Usable rows and a ``failed`` report for every row that is not (naming row, column, value)."""
+    """Usable rows and a ``failed`` report for every row that is not (naming line, column, value)."""
     meta = Path(meta)
     if default_split not in SPLITS:
         raise MetaError(f"--split {default_split!r}: expected one of {list(SPLITS)}")
-    try:
-        frame = pd.read_csv(meta, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise MetaError(f"{meta}: not a readable CSV file ({exc})") from None
-    missing = [c for c in META_REQUIRED + (("label",) if labels else ()) if c not in frame.columns]
+    header, records = _read_csv(meta)
+    missing = [c for c in META_REQUIRED + (("label",) if labels else ()) if c not in header]
     if missing:
-        raise MetaError(f"{meta}: column(s) {missing} missing (has {list(frame.columns)}; "
+        raise MetaError(f"{meta}: column(s) {missing} missing (has {header}; "
                         f"expected {list(META_REQUIRED)}, optional transcript, label, split)")
-    if "label" in frame.columns and not labels:
+    if "label" in header and not labels:
         log.warning("%s has a 'label' column; it is ignored without --labels", meta)
     rows, bad, seen = [], [], {}
-    for i, rec in enumerate(frame.to_dict("records")):
+    for i, (line, fields) in enumerate(records):
+        if len(fields) != len(header):
+            hint = "quote a field that contains a comma" if len(fields) > len(header) else "a column is missing"
+            video = fields[header.index("video")].strip() if header.index("video") < len(fields) else ""
+            bad.append(FileReport(i, "", video, "failed", f"meta.csv: expected {len(header)} fields "
+                                  f"({', '.join(header)}), got {len(fields)}; {hint}", line=line))
+            continue
+        rec = dict(zip(header, fields))
         video, clip_id = rec["video"].strip(), rec["id"].strip()
         problems = []
         if not video:
@@ -205,9 +292,9 @@ def read_meta(meta: str | Path, labels: bool, default_split: str) -> tuple[list[
         if not clip_id:
             problems.append("column 'id' is empty")
         elif clip_id in seen:
-            problems.append(f"id {clip_id!r} repeats line {seen[clip_id] + 2}")
+            problems.append(f"id {clip_id!r} repeats line {seen[clip_id]}")
         else:
-            seen[clip_id] = i
+            seen[clip_id] = line
         split = rec.get("split", "").strip() or default_split
         if split not in SPLITS:
             problems.append(f"split {split!r}: expected one of {list(SPLITS)}")
@@ -220,10 +307,30 @@ def read_meta(meta: str | Path, labels: bool, default_split: str) -> tuple[list[
             if not (LABEL_RANGE[0] <= label <= LABEL_RANGE[1]):
                 problems.append(f"label {rec['label']!r}: expected a number in [{LABEL_RANGE[0]:g}, {LABEL_RANGE[1]:g}]")
         if problems:
-            bad.append(FileReport(i, clip_id, video, "failed", "meta.csv: " + "; ".join(problems)))
+            bad.append(FileReport(i, clip_id, video, "failed", "meta.csv: " + "; ".join(problems), line=line))
             continue
-        rows.append(MetaRow(i, video, clip_id, rec["text"], rec.get("transcript", ""), label, split))
+        rows.append(MetaRow(i, video, clip_id, rec["text"], rec.get("transcript", ""), label, split, line=line))
     return rows, bad
+
+
+def confine(rows: list[MetaRow], videos: Path) -> tuple[list[MetaRow], list[FileReport]]:
+    """Rows whose ``video`` resolves to a path inside ``videos`` (``path`` set), and a ``failed``
+    report for every other one: ``..``, an absolute path or a symlink that leads outside."""
+    root = videos.resolve()
+    inside, bad = [], []
+    for r in rows:
+        try:
+            resolved = (root / r.video).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+            bad.append(FileReport(r.row, r.id, r.video, "failed",
+                                  f"meta.csv: column 'video' {r.video!r}: cannot be resolved ({exc})", line=r.line))
+            continue
+        if resolved != root and root not in resolved.parents:
+            bad.append(FileReport(r.row, r.id, r.video, "failed", f"meta.csv: column 'video' {r.video!r} resolves to "
+                                  f"{resolved}, outside --videos {root}; expected a file inside it", line=r.line))
+            continue
+        inside.append(dataclasses.replace(r, path=str(resolved)))
+    return inside, bad
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +360,7 @@ def _pad(sequences: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]
 def _features_for(rows: list[MetaRow], videos: Path, cfg: ExtractConfig, cache_dir: Path | None,
                   workers: int) -> dict[int, tuple[ClipFeatures | None, str, bool]]:
     """``process_file`` for every row, in a pool of ``workers`` processes (in-process for 1)."""
-    jobs = {r.row: str(videos / r.video) for r in rows}
+    jobs = {r.row: r.path or str(videos / r.video) for r in rows}
     cache = str(cache_dir) if cache_dir else None
     results: dict[int, tuple[ClipFeatures | None, str, bool]] = {}
     bar = tqdm(total=len(jobs), desc="extract", unit="clip")
@@ -290,14 +397,22 @@ def extract(
     """Extract every clip of ``meta`` from ``videos``; returns the MMSA dict and one report per file.
 
     ``cfg.visual`` must be resolved (``visual.resolve``). Raises ``MetaError`` when meta.csv
-    cannot be used at all; per-file problems only go into the reports.
+    cannot be used at all and ``ValueError`` for ``workers`` / ``text_len`` out of range
+    (``LIMITS``); per-file problems only go into the reports. Every video path is confined to
+    ``videos``: a row whose file resolves outside it is reported, never read.
     """
     if cfg.visual.backbone == "auto" or (cfg.visual.backbone != "stats" and cfg.visual.weights == "cache"):
         raise ValueError("extract: resolve the visual config first (mmfusion.extract.visual.resolve)")
+    check_limit("workers", workers)
+    check_limit("text_len", text_len)
     videos = Path(videos)
     if not videos.is_dir():
         raise FileNotFoundError(f"{videos}: videos folder not found")
     rows, reports = read_meta(meta, labels, default_split)
+    model_path = str(text_model or default_model_path())
+    load_tokenizer(model_path)  # a bad --text-model fails now, not after every clip is decoded
+    rows, outside = confine(rows, videos)
+    reports += outside
     listed = {r.video for r in rows} | {r.video for r in reports}
     for extra in sorted(p.name for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
         if extra not in listed:
@@ -308,16 +423,15 @@ def extract(
     for r in rows:
         features, error, cached = results[r.row]
         if features is None:
-            reports.append(FileReport(r.row, r.id, r.video, "failed", error))
+            reports.append(FileReport(r.row, r.id, r.video, "failed", error, line=r.line))
             continue
         status = "no audio" if features.audio_note else "ok"
-        reports.append(FileReport(r.row, r.id, r.video, status, features.audio_note, cached))
+        reports.append(FileReport(r.row, r.id, r.video, status, features.audio_note, cached, line=r.line))
         done.append((r, features))
     reports.sort(key=lambda rep: (rep.row < 0, rep.row))
     log.info("extracted %d clips (%d from the cache), %d failed", len(done), sum(rep.cached for rep in reports),
              sum(rep.status == "failed" for rep in reports))
 
-    model_path = str(text_model or default_model_path())
     texts = [r.text for r, _ in done]
     transcripts = [r.transcript for r, _ in done]
     text_bert = text_mod.tokenize(texts, transcripts, model_path, text_len) if done else np.zeros((0, 3, text_len), np.int64)
@@ -377,7 +491,7 @@ def format_report(reports: list[FileReport]) -> str:
     lines = ["extraction summary: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
     for r in reports:
         if r.status != "ok":
-            where = f"meta.csv line {r.row + 2}" if r.row >= 0 else "not in meta.csv"
+            where = f"meta.csv line {r.meta_line}" if r.row >= 0 else "not in meta.csv"
             lines.append(f"  {r.status:<8} {r.video or '-'} ({where}{', id ' + r.id if r.id else ''}): {r.detail}")
     return "\n".join(lines)
 

@@ -179,11 +179,16 @@ def load_backbone(backbone: str, weights: str) -> torch.nn.Module:
         torch.manual_seed(0)  # "random" weights are the same in every worker and every run
         model = torchvision.models.get_model(backbone, weights=None)
         if weights != "random":
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 -- torch.load fails with pickle, zip and runtime errors alike
+                detail = " ".join(str(exc).split())[:200]
+                raise ValueError(f"{weights}: not a readable torch state-dict file ({type(exc).__name__}: {detail})") from None
             try:
                 model.load_state_dict(state)
-            except RuntimeError as exc:
-                raise ValueError(f"{weights}: not a state dict of torchvision {backbone} ({str(exc)[:200]})") from None
+            except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
+                detail = " ".join(str(exc).split())[:200]
+                raise ValueError(f"{weights}: not a state dict of torchvision {backbone} ({detail})") from None
         if backbone.startswith("resnet"):
             model.fc = torch.nn.Identity()
         else:

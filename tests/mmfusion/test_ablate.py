@@ -18,13 +18,14 @@ def test_ablation_table_and_late_average(tmp_path, tiny_synthmosi):
     config = tmp_path / "ablation.yaml"
     config.write_text(yaml.safe_dump(raw))
     doc = tmp_path / "results.md"
-    args = ["--config", str(config), "--seeds", "0,1", "--variants", "no_uff,text_only,audio_only,vision_only",
+    args = ["--config", str(config), "--seeds", "0", "1", "--variants", "no_uff", "text_only", "audio_only", "vision_only",
             "--out", str(tmp_path / "runs"), "--doc", str(doc)]
     assert ablate.main(args) == 0
     text = doc.read_text()
     for variant in ("no_uff", "text_only", "audio_only", "vision_only", "late_average"):
         assert f"| {variant} |" in text
-    assert " ± " in text and "python -m mmfusion.ablate --config" in text
+    assert " ± " in text and "python -m mmfusion.ablate --config" in text and "--seeds 0 1" in text
+    assert (tmp_path / "runs" / "results.md").read_text() == text  # the study's own copy, always written
     assert (tmp_path / "runs" / "vision_only" / "seed1" / "predictions_test.csv").exists()
 
     # a second call reuses finished runs and keeps hand-written notes
@@ -38,3 +39,14 @@ def test_ablation_table_and_late_average(tmp_path, tiny_synthmosi):
 def test_ablation_base_is_the_default_model():
     load = lambda name: yaml.safe_load((ROOT / "configs" / name).read_text())  # noqa: E731
     assert load("synthmosi_ablation.yaml") == load("synthmosi_default.yaml")
+
+
+def test_ablation_touches_docs_only_with_doc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative docs/ that must stay untouched
+    (tmp_path / "docs").mkdir()
+    parser = ablate.argparse.ArgumentParser()
+    ablate.add_arguments(parser)
+    args = parser.parse_args(["--config", "x.yaml"])
+    assert args.doc is None and args.out == Path("runs/ablation") and args.seeds == [0, 1, 2, 3, 4]
+    assert ablate.main(["--config", "x.yaml", "--out", str(tmp_path / "o"), "--doc", str(tmp_path)]) == 2  # fails first
+    assert not (tmp_path / "o").exists() and list((tmp_path / "docs").iterdir()) == []

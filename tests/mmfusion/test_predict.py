@@ -93,13 +93,15 @@ def test_single_task_model_writes_only_m(checkpoint, tiny_data, tmp_path):
 
 def test_cli(checkpoint, tiny_data, tmp_path, capsys):
     out = tmp_path / "semantics.npz"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(tiny_data), "--splits", "train,test",
+    assert main(["--checkpoint", str(checkpoint), "--data", str(tiny_data), "--splits", "train", "test",
                  "--out", str(out), "--log-level", "WARNING"]) == 0
     assert "128 clips, tasks M/T/A/V" in capsys.readouterr().out
     with np.load(out) as saved:
         assert saved["ids"].shape == (128,) and set(saved["split"]) == {"train", "test"}
-    assert main(["--checkpoint", str(checkpoint), "--data", str(tiny_data), "--splits", "dev",
-                 "--out", str(tmp_path / "x.npz"), "--log-level", "CRITICAL"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(checkpoint), "--data", str(tiny_data), "--splits", "dev",
+              "--out", str(tmp_path / "x.npz"), "--log-level", "CRITICAL"])
+    assert exit_.value.code == 2
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -118,3 +120,11 @@ def test_errors_name_the_problem(checkpoint, tiny_data, tmp_path):
         pickle.dump(no_text, handle)
     with pytest.raises(ValueError, match="no_text.pkl: key 'text' is missing"):
         predict_semantics(checkpoint, tmp_path / "no_text.pkl", ["test"])
+
+
+def test_a_bad_output_format_is_refused_before_any_inference(checkpoint, tiny_data, tmp_path, monkeypatch, caplog):
+    import mmfusion.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "predict_semantics", lambda *a, **k: pytest.fail("inference ran first"))
+    assert main(["--checkpoint", str(checkpoint), "--data", str(tiny_data), "--out", str(tmp_path / "x.json")]) == 2
+    assert "x.json: unknown output format '.json'" in caplog.text

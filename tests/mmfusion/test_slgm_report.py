@@ -55,7 +55,7 @@ def test_report_on_a_known_state(tmp_path):
     assert report["T"]["inputs"] is None and -1.0 <= report["A"]["inputs"] <= 1.0
     assert "| A | 1.000 |" in format_report(report, run, path)
 
-    assert main(["--run", str(run), "--data", str(path), "--out", str(tmp_path / "r.md")]) == 0
+    assert main(["--checkpoint", str(run), "--data", str(path), "--out", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "r.md").read_text().startswith("SLGM labels of")
 
     # The run's config has no slgm_distance (a checkpoint from before the option): the ratio. The
@@ -66,7 +66,7 @@ def test_report_on_a_known_state(tmp_path):
         assert axis[task]["corr_alpha_s"] > 0.99
         assert report[task]["corr_alpha_s"] < axis[task]["corr_alpha_s"] - 0.01
         assert axis[task]["generated"] == report[task]["generated"]  # the stored labels are what they are
-    assert main(["--run", str(run), "--data", str(path), "--distance", "axis", "--out", str(tmp_path / "a.md")]) == 0
+    assert main(["--checkpoint", str(run), "--data", str(path), "--distance", "axis", "--out", str(tmp_path / "a.md")]) == 0
     assert "alpha with distance='axis'" in (tmp_path / "a.md").read_text().splitlines()[0]
     with pytest.raises(ValueError, match="distance='cosine', expected 'ratio' or 'axis'"):
         slgm_report(run, path, distance="cosine")

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mmapp.cli import evaluate_main, train_main
 from mmcore.checkpoint import CheckpointError
 from mmcore.config import build
+from mmcore.loop import RunDirError
 from mmfusion.checkpoint import load_sentiment_checkpoint
 from mmfusion.experiment import SentimentExperiment
 from mmfusion.train import train
@@ -153,6 +154,9 @@ def test_resume_refuses_a_changed_model_and_a_best_checkpoint(tiny_data, tmp_pat
     assert train(cfg, tmp_path / "run", stop_after=1) == {"stopped_after_epoch": 1}
     wider = tiny_config(tiny_data, epochs=2, patience=10)
     wider.model.d_model = 64
+    with pytest.raises(RunDirError, match=r"--resume with model.d_model=64, but the run was started with model.d_model=32"):
+        train(wider, tmp_path / "run", resume=True)
+    (tmp_path / "run" / "run.json").unlink()  # without the run's record, the checkpoint itself refuses
     with pytest.raises(CheckpointError, match=r"last.safetensors: does not fit the model this config builds"):
         train(wider, tmp_path / "run", resume=True)
     (tmp_path / "run" / "best.safetensors").replace(tmp_path / "run" / "last.safetensors")
@@ -172,3 +176,35 @@ def test_values_that_make_no_sense_are_refused(override, message, tmp_path, capl
     assert train_main(["--config", str(config), "--out", str(tmp_path / "run"), "--set", override]) == 2
     assert f"tiny.yaml.{message}" in caplog.text
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_run_directory_is_refused_unless_overwrite_or_resume(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, epochs=1, patience=10)
+    out = tmp_path / "run"
+    first = train(cfg, out)
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    with pytest.raises(RunDirError, match=r"run: holds a finished run; pass --overwrite to replace it or --resume"):
+        train(cfg, out)
+    (out / "predictions_valid.csv").write_text("stale")
+    other = tiny_config(tiny_data, epochs=1, patience=10, seed=5)
+    second = train(other, out, overwrite=True)
+    assert not (out / "predictions_valid.csv").exists()  # the old run's files went with it
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(second)) != first
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1  # one run's events, whose hparams describe this checkpoint
+    stored = json.loads((out / "run.json").read_text())
+    assert stored["status"] == "finished" and stored["config"]["train"]["seed"] == 5
+    with pytest.raises(RunDirError, match="--resume and --overwrite contradict"):
+        train(other, out, resume=True, overwrite=True)
+
+
+def test_an_interrupted_run_is_marked(tiny_data, tmp_path, monkeypatch):
+    import mmfusion.train as trainer
+
+    cfg = tiny_config(tiny_data, epochs=2, patience=10)
+    monkeypatch.setattr(trainer, "finish", lambda state: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    with pytest.raises(RunDirError, match="holds an interrupted run"):
+        train(cfg, tmp_path / "run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from mmapp.catalogue import generate_catalogue, write_catalogue
-from xdeepfm.compare import main, recovered_gain, replace_marked_section, write_doc
+from xdeepfm.compare import add_arguments, main, recovered_gain, replace_marked_section, write_doc
 
 
 def test_recovered_gain():
@@ -82,11 +83,18 @@ def test_configs_mode_end_to_end(tmp_path):
     assert doc.read_text().rstrip().endswith("## Reading the tables\n\nhand-written text")  # kept too
 
 
-def test_configs_mode_bad_labels(tmp_path):
-    with pytest.raises(ValueError, match=r"--labels \['a'\]: expected 2 labels, one per --configs file"):
-        main(["--configs", "x/a.yaml", "y/b.yaml", "--labels", "a", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="config file stems must be distinct"):
-        main(["--configs", "x/a.yaml", "y/a.yaml", "--out", str(tmp_path)])
+def test_configs_mode_bad_labels(tmp_path, caplog):
+    assert main(["--configs", "x/a.yaml", "y/b.yaml", "--labels", "a", "--out", str(tmp_path)]) == 2
+    assert "--labels ['a']: expected 2 labels, one per --configs file" in caplog.text
+    assert main(["--configs", "x/a.yaml", "y/a.yaml", "--out", str(tmp_path)]) == 2
+    assert "config file stems must be distinct" in caplog.text
+
+
+def test_compare_touches_docs_only_with_doc(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert args.doc is None and args.out == Path("runs/compare") and args.seeds == [0, 1, 2]
 
 
 def test_gain_line_values_and_noise_caveat():

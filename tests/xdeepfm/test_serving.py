@@ -113,9 +113,9 @@ def test_rank_errors_name_user_or_candidate(engine, tiny):
 
 
 def test_a_full_memo_starts_over_without_changing_scores(engine, tiny):
-    small = ScoringEngine(engine.artifact, batch_size=7, memo=4)  # 4 distinct texts / genre strings at most
+    small = ScoringEngine(engine.artifact, batch_size=7, memo=4)  # 4 distinct genre strings at most (texts: the LRU)
     rows = records(tiny.frame.head(40))
     expected = engine.score(rows).scores
     np.testing.assert_allclose(small.score(rows).scores, expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(small.score(rows[::-1]).scores, expected[::-1], rtol=0, atol=1e-6)
-    assert len(small._memo["title"].row) <= max(4, len({r["title"] for r in rows}))
+    assert len(small._memo["genres"].row) <= max(4, len({r["genres"] for r in rows}))

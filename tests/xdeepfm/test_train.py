@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from mmcore.checkpoint import CheckpointError, save_checkpoint
 from mmcore.config import ConfigError, build
-from mmcore.loop import RunDir
+from mmcore.loop import RunDir, RunDirError
 from tests.xdeepfm_factory import make_tiny_bert
 from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.data.movielens import MovieLensConfig, default_root, load_movielens_100k, split_frame
@@ -98,7 +101,7 @@ def test_stock_deepctr_baseline_runs_on_same_features(tmp_path, tiny_bert, capsy
     assert "title" not in load_ranking_checkpoint(out / "best.safetensors").features.fitted  # text dropped
     assert evaluate_checkpoint(out / "best.safetensors")["test"] == pytest.approx(result["test"])
     assert capsys.readouterr().out == ""  # deepctr's prints go to the log
-    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "metrics.json", "run.json"]
     with pytest.raises(ValueError, match="the stock baseline.*trains in one go"):
         train(tiny_config(tmp_path, None, implementation="deepctr"), tmp_path / "stock2", stop_after=1)
 
@@ -241,3 +244,103 @@ def test_grad_clip_is_applied_to_every_step(tmp_path, monkeypatch):
     clipped = train(config, tmp_path / "clipped")
     assert calls and set(calls) == {1e-9}  # one call per step, with the configured norm
     assert clipped["history"][0]["train_bce"] != train(tiny_config(tmp_path, None), tmp_path / "free")["history"][0]["train_bce"]
+
+
+# --------------------------------------------------------------------- configs that make no sense
+
+NONSENSE = [
+    ("train.lr=-0.1", r"train.lr=-0.1: must be > 0.0"),
+    ("train.lr=0", r"train.lr=0.0: must be > 0.0"),
+    ("train.lr=.nan", r"train.lr=nan: expected a number, got NaN"),
+    ("train.batch_size=0", r"train.batch_size=0: must be >= 1"),
+    ("train.eval_batch_size=-5", r"train.eval_batch_size=-5: must be >= 1"),
+    ("train.epochs=0", r"train.epochs=0: must be >= 1"),
+    ("train.patience=-1", r"train.patience=-1: must be >= 1"),
+    ("train.patience=0", r"train.patience=0: must be >= 1"),  # 0 stops before the first epoch
+    ("train.weight_decay=-0.01", r"train.weight_decay=-0.01: must be >= 0.0"),
+    ("train.grad_clip=-1", r"train.grad_clip=-1.0: must be >= 0.0"),
+    ("model.embedding_dim=0", r"model.embedding_dim=0: must be >= 1"),
+    ("model.fields_per_vector=0", r"model.fields_per_vector=0: must be >= 1"),
+    ("model.dnn_dropout=1.0", r"model: dnn_dropout 1.0: expected a value in \[0, 1\)"),
+    ("model.dnn_dropout=-0.1", r"model: dnn_dropout -0.1: expected a value in \[0, 1\)"),
+    ("model.cin_layer_sizes=[4, 0]", r"model.cin_layer_sizes=\[4, 0\]: every layer size must be >= 1"),
+    ("model.dnn_hidden_units=[-8]", r"model.dnn_hidden_units=\[-8\]: every layer size must be >= 1"),
+    ("model.l2_linear=-1e-5", r"model.l2_linear=-1e-05: must be >= 0.0"),
+    ("model.l2_cin=-1", r"model.l2_cin=-1.0: must be >= 0.0"),
+    ("model.init_std=-0.1", r"model.init_std=-0.1: must be >= 0.0"),
+    ("eval.k=0", r"eval.k=0: must be >= 1"),
+    ("data.max_rows=0", r"data.max_rows=0: must be >= 1"),
+    ("data.like_threshold=6", r"data.like_threshold=6: must be <= 5"),
+    ("data.zip_prefix_len=-1", r"data.zip_prefix_len=-1: must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("override, message", NONSENSE, ids=[o for o, _ in NONSENSE])
+def test_nonsense_config_values_are_refused_at_build_time(tmp_path, override, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: ranking\nfeatures: {fields: [{name: a, kind: numeric}]}\n")
+    load_experiment(path)  # the defaults build
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}[.:] ?{message}$"):
+        load_experiment(path, [override])
+
+
+def test_empty_layer_lists_still_switch_cin_and_dnn_off(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("task: ranking\nfeatures: {fields: [{name: a, kind: numeric}]}\n"
+                    "model: {cin_layer_sizes: [], dnn_hidden_units: []}\ntrain: {epochs: 1, patience: 1}\n")
+    cfg = load_experiment(path)
+    assert (cfg.model.cin_layer_sizes, cfg.model.dnn_hidden_units, cfg.train.patience) == ([], [], 1)
+    with pytest.raises(ConfigError, match=r"eval.k=0: must be >= 1"):
+        build(RankingExperiment, {"features": {"fields": [{"name": "a", "kind": "numeric"}]}, "eval": {"k": 0}})
+
+
+# ------------------------------------------------------------------------------- resume mistakes
+
+
+def test_resume_refuses_a_changed_model_or_a_best_checkpoint_naming_the_file(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tmp_path, None), out)
+    last = RunDir(out).last
+    pristine = last.read_bytes()
+
+    def resume_with(change) -> None:
+        config = tiny_config(tmp_path, None)
+        config.train.epochs = 2
+        change(config)
+        train(config, out, resume=True)
+
+    with pytest.raises(RunDirError, match="--resume with model.embedding_dim=8, but the run was started with"):
+        resume_with(lambda c: setattr(c.model, "embedding_dim", 8))  # the run's record names the key first
+    RunDir(out).state.unlink()  # without it (a run from before run.json), the checkpoint itself refuses
+    fits = re.escape(f"{last}: does not fit the model this config builds (was the model changed since the run started?)")
+    for change in (lambda c: setattr(c.model, "embedding_dim", 8),
+                   lambda c: setattr(c.model, "cin_layer_sizes", [8, 8]),
+                   lambda c: setattr(c.model, "dnn_hidden_units", [16, 8]),
+                   lambda c: c.features.fields.pop()):  # a feature field dropped since the run started
+        with pytest.raises(CheckpointError, match=fits):
+            resume_with(change)
+    assert last.read_bytes() == pristine  # refused before anything was trained or written
+
+    shutil.copy(RunDir(out).best, last)  # a best checkpoint where last belongs
+    with pytest.raises(CheckpointError, match=re.escape(f"{last}: not a resume checkpoint (no optimizer and loop state)")):
+        resume_with(lambda c: None)
+    save_checkpoint(last, "mmfusion-checkpoint-v2", {"model.w": torch.zeros(2)}, {"epoch": 1})
+    with pytest.raises(CheckpointError, match=re.escape(f"{last}: a sentiment checkpoint (mmfusion-checkpoint-v2), "
+                                                        "not a ranking checkpoint")):
+        resume_with(lambda c: None)
+    last.write_bytes(pristine)
+    assert [h["epoch"] for h in train(tiny_config(tmp_path, None), out, resume=True)["history"]] == [1]
+
+
+def test_evaluate_refuses_what_is_not_a_ranking_checkpoint(tmp_path):
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello, this is not a checkpoint\n" * 3)
+    with pytest.raises(CheckpointError, match=re.escape(f"{text}: not a readable checkpoint")):
+        evaluate_checkpoint(text)
+    sentiment = tmp_path / "sentiment.safetensors"
+    save_checkpoint(sentiment, "mmfusion-checkpoint-v2", {"model.w": torch.zeros(2)}, {"epoch": 1})
+    with pytest.raises(CheckpointError, match=re.escape(f"{sentiment}: a sentiment checkpoint (mmfusion-checkpoint-v2), "
+                                                        "not a ranking checkpoint (xdeepfm-checkpoint-v2)")):
+        evaluate_checkpoint(sentiment)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        evaluate_checkpoint(tmp_path)  # a directory without best.safetensors

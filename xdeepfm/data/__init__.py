@@ -1,6 +1,7 @@
 """Datasets for the ranking model: MovieLens-100K (``movielens``), the synthetic e-commerce catalogue
 (``ecommerce``) and Parquet shards of either (``parquet``). ``load_splits`` picks the reader from the
-type of the ``data`` config."""
+type of the ``data`` config. A malformed file is refused with a :class:`DataFileError` (a ``ValueError``)
+naming the file, the line and the field."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pandas as pd
 
 from xdeepfm.data import parquet
 from xdeepfm.data.ecommerce import EcommerceConfig, load_ecommerce_splits
-from xdeepfm.data.movielens import MovieLensConfig, load_movielens_splits
+from xdeepfm.data.movielens import DataFileError, MovieLensConfig, load_movielens_splits
 from xdeepfm.data.parquet import ParquetConfig
 
 DataConfig = MovieLensConfig | EcommerceConfig | ParquetConfig  # the ``data:`` section of a ranking YAML
+__all__ = ["DataConfig", "DataFileError", "EcommerceConfig", "MovieLensConfig", "ParquetConfig", "load_splits"]
 
 
 def load_splits(data: DataConfig) -> dict[str, pd.DataFrame]:

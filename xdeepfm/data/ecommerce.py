@@ -10,10 +10,17 @@ experiment). A ranking YAML points at the folder with a ``data`` section of ``ki
 impressions are the test split (new videos, the case video semantics are for: an unseen
 ``video_id`` falls into the OOV bucket, so only the video's content features can tell a good
 video from a bad one).
+
+``impressions.csv`` is checked as it is read: the columns ``user_id``, ``video_id`` and ``click``
+must be there, ``click`` is 0 or 1, the ids are not empty and the numeric columns the catalogue
+writes (``price``, ``user_age``) are finite and >= 0. A failure is a ``DataFileError`` naming the
+file, the column, the row and its line in the file:
+``.../impressions.csv: column 'click': row 7 is 2; expected 0 or 1 (line 9)``.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +29,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from xdeepfm.data.movielens import split_frame
+from mmcore.config import check_range
+from xdeepfm.data.movielens import DataFileError, split_frame
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +45,65 @@ class EcommerceConfig:
     split_seed: int = 2024
     max_rows: int | None = None  # keep a seeded random subset of impressions (tests, quick runs)
 
+    def check(self) -> None:
+        """Refuse values that make no sense (``RankingExperiment`` calls it for its ``data`` section)."""
+        check_range("data.max_rows", self.max_rows, low=1)
+
+
 IMPRESSION_DTYPES = {"user_id": str, "video_id": str, "category": str, "product": str, "brand": str,
                      "price_band": str, "title": str, "user_segment": str, "user_fav_category": str}
+REQUIRED_COLUMNS = ("user_id", "video_id", "click")
+ID_COLUMNS = ("user_id", "video_id")
+NON_NEGATIVE_COLUMNS = ("price", "user_age")  # checked when present
+
+
+def _undecodable(path: Path, exc: UnicodeDecodeError) -> str:
+    """The message for a file that is not UTF-8, with the line of its first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as first:
+        line = data.count(b"\n", 0, first.start) + 1
+        return f"{path}:{line}: not UTF-8 text ({first.reason})"
+    return f"{path}: not UTF-8 text ({exc.reason})"
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """The line of ``path`` on which data row ``row`` (0-based, after the header) starts, counting
+    quoted newlines and skipping blank lines the way ``pandas.read_csv`` does."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        start, seen = 1, -1  # the header is row -1
+        for record in reader:
+            if record:
+                if seen == row:
+                    return start
+                seen += 1
+            start = reader.line_num + 1
+    return start
+
+
+def _refuse_rows(path: Path, frame: pd.DataFrame, column: str, bad: np.ndarray, expected: str) -> None:
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = frame[column].tolist()[row]
+        raise DataFileError(f"{path}: column {column!r}: row {row} is {value!r}; expected {expected} "
+                            f"(line {_line_of_row(path, row)})")
+
+
+def check_impressions(path: Path, frame: pd.DataFrame) -> None:
+    """The checks of the module docstring, on ``impressions.csv`` as read."""
+    missing = sorted(set(REQUIRED_COLUMNS) - set(frame.columns))
+    if missing:
+        raise DataFileError(f"{path}:1: columns {missing} are missing (has {sorted(frame.columns)})")
+    for column in ID_COLUMNS:
+        _refuse_rows(path, frame, column, (frame[column].astype(str).str.strip() == "").to_numpy(), "a non-empty id")
+    click = pd.to_numeric(frame["click"], errors="coerce")
+    _refuse_rows(path, frame, "click", ~click.isin([0, 1]).to_numpy(), "0 or 1")
+    for column in NON_NEGATIVE_COLUMNS:
+        if column in frame.columns:
+            values = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
+            _refuse_rows(path, frame, column, ~(np.isfinite(values) & (values >= 0)), "a finite number >= 0")
 
 
 def load_impressions(config: EcommerceConfig) -> pd.DataFrame:
@@ -47,14 +112,16 @@ def load_impressions(config: EcommerceConfig) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: e-commerce impressions not found; generate them with "
                                 f"python -m mmapp.catalogue --out {config.path}")
-    frame = pd.read_csv(path, dtype=IMPRESSION_DTYPES, keep_default_na=False)
-    missing = sorted({"user_id", "video_id", "click"} - set(frame.columns))
-    if missing:
-        raise ValueError(f"{path}: columns {missing} are missing (has {sorted(frame.columns)})")
-    bad = ~frame["click"].isin([0, 1])
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{path}: column 'click': row {i} is {frame['click'].tolist()[i]!r}; expected 0 or 1")
+    config.check()
+    try:
+        frame = pd.read_csv(path, dtype=IMPRESSION_DTYPES, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataFileError(f"{path}: the file is empty; expected a header line and one impression per line") from None
+    except UnicodeDecodeError as exc:
+        raise DataFileError(_undecodable(path, exc)) from None
+    except (pd.errors.ParserError, ValueError) as exc:  # ragged rows, a bad quote; a value of the wrong type
+        raise DataFileError(f"{path}: not a readable CSV file ({str(exc).strip().splitlines()[0]})") from None
+    check_impressions(path, frame)
     frame["label"] = frame["click"].astype(np.float32)
     if config.max_rows is not None and config.max_rows < len(frame):
         frame = frame.sample(n=config.max_rows, random_state=config.split_seed).reset_index(drop=True)

@@ -20,17 +20,27 @@ Splits (``split_frame``), both with a fixed seed:
 - ``random``: a permutation of rows cut 80/10/10 into train/valid/test.
 - ``cold_item``: 10% of the items (seeded choice) and all their rows form the test split, so
   no test item is seen in training; valid is 1/9 of the remaining rows (about 10% of all rows).
+
+Every file is read in one validating pass (``read_ratings``, ``read_users``, ``read_genres``,
+``read_items``): a line that does not hold what the GroupLens layout says is refused with a
+:class:`DataFileError` naming the file, the line, the field and what was expected, e.g.
+``.../u.data:17: rating 'x': expected an integer 1..5``. Blank lines are skipped (line numbers stay
+those of the file) and ``\r\n`` line ends are accepted; u.data and u.user are UTF-8, u.item Latin-1.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from mmcore.config import ConfigError, check_range
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,19 @@ class MovieLensConfig:
     genre_sep: str = "|"
     max_rows: int | None = None  # keep a seeded random subset of ratings (tests, quick runs)
 
+    def check(self) -> None:
+        """Refuse values that make no sense (``RankingExperiment`` calls it for its ``data`` section)."""
+        check_range("data.like_threshold", self.like_threshold, low=1, high=5)
+        check_range("data.zip_prefix_len", self.zip_prefix_len, low=0)
+        check_range("data.max_rows", self.max_rows, low=1)
+        if not self.genre_sep:
+            raise ConfigError("data.genre_sep='': expected a non-empty separator")
+
+
+class DataFileError(ValueError):
+    """A data file does not hold what it should; the message is one line naming the file, the line
+    (when one line is at fault), the field and what was expected."""
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOT_CANDIDATES = (REPO_ROOT / "datasets" / "ml-100k", REPO_ROOT.parent / "shared" / "data" / "ml-100k")
@@ -66,29 +89,163 @@ def default_root() -> Path:
     )
 
 
-def _read(path: Path, names: list[str], sep: str, **kwargs) -> pd.DataFrame:
+RATING_FIELDS = ("user_id", "item_id", "rating", "timestamp")
+USER_FIELDS = ("user_id", "age", "gender", "occupation", "zip")
+ITEM_FIELDS = ("item_id", "title", "release_date", "video_release_date", "imdb_url")
+MAX_AGE = 120
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+RELEASE_DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})")  # 01-Jan-1995, 4-Feb-1971
+
+
+def _lines(path: Path, encoding: str, what: str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of every non-blank line of ``path`` (1-based numbers of the file,
+    a trailing ``\r`` removed); a missing, undecodable or empty file is refused."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MovieLens-100K file not found (expected the GroupLens ml-100k layout)")
-    frame = pd.read_csv(path, sep=sep, header=None, names=names, engine="python" if len(sep) > 1 else "c", **kwargs)
-    if frame.isna().all(axis=1).any():
-        raise ValueError(f"{path}: row {int(np.flatnonzero(frame.isna().all(axis=1))[0])} is empty")
-    return frame
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFileError(f"{path}:{line}: not {encoding.upper()} text ({exc.reason}: byte "
+                            f"{data[exc.start:exc.start + 1]!r})") from None
+    lines = []
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line[:-1] if line.endswith("\r") else line
+        if line.strip(" \t\r"):
+            lines.append((number, line))
+    if not lines:
+        raise DataFileError(f"{path}: the file is empty; expected one {what} per line")
+    return lines
+
+
+def _fields(path: Path, number: int, line: str, sep: str, names: tuple[str, ...] | str, count: int) -> list[str]:
+    fields = line.split(sep)
+    if len(fields) != count:
+        described = names if isinstance(names, str) else ", ".join(names)
+        kind = "tab" if sep == "\t" else repr(sep)
+        raise DataFileError(f"{path}:{number}: expected {count} {kind}-separated fields ({described}), found {len(fields)}")
+    return fields
+
+
+def _integer(path: Path, number: int, field: str, text: str, low: int, high: int | None, expected: str) -> int:
+    """``text`` as an int in [low, high] (ASCII digits only, int64), else a DataFileError naming the line."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        value = int(text)
+        if value >= low and (high is None or value <= high):
+            return value
+    raise DataFileError(f"{path}:{number}: {field} {text!r}: expected {expected}")
+
+
+def _first_seen(path: Path, number: int, field: str, value, seen: dict) -> None:
+    if value in seen:
+        raise DataFileError(f"{path}:{number}: {field} {value!r}: duplicate (first on line {seen[value]})")
+    seen[value] = number
+
+
+def read_ratings(path: str | Path, user_ids: set[int] | None = None, item_ids: set[int] | None = None) -> pd.DataFrame:
+    """u.data (``user_id``, ``item_id``, ``rating`` 1..5, ``timestamp``; tab-separated) as int64
+    columns; with ``user_ids``/``item_ids`` every rating's ids must be among them."""
+    path = Path(path)
+    columns: tuple[list[int], ...] = ([], [], [], [])
+    users, items, ratings, stamps = columns
+    for number, line in _lines(path, "utf-8", "rating"):
+        user, item, rating, stamp = _fields(path, number, line, "\t", RATING_FIELDS, 4)
+        users.append(_integer(path, number, "user_id", user, 1, None, "a positive integer"))
+        items.append(_integer(path, number, "item_id", item, 1, None, "a positive integer"))
+        ratings.append(_integer(path, number, "rating", rating, 1, 5, "an integer 1..5"))
+        stamps.append(_integer(path, number, "timestamp", stamp, 0, None, "a non-negative integer"))
+        if user_ids is not None and users[-1] not in user_ids:
+            raise DataFileError(f"{path}:{number}: user_id {users[-1]}: not in u.user ({len(user_ids)} users)")
+        if item_ids is not None and items[-1] not in item_ids:
+            raise DataFileError(f"{path}:{number}: item_id {items[-1]}: not in u.item ({len(item_ids)} items)")
+    return pd.DataFrame({name: np.array(values, dtype=np.int64) for name, values in zip(RATING_FIELDS, columns)})
+
+
+def read_users(path: str | Path) -> pd.DataFrame:
+    """u.user (``user_id|age|gender|occupation|zip``): unique positive ids, ages 1..120, M/F."""
+    path = Path(path)
+    rows, seen = [], {}
+    for number, line in _lines(path, "utf-8", "user"):
+        user, age, gender, occupation, zip_code = _fields(path, number, line, "|", USER_FIELDS, 5)
+        user_id = _integer(path, number, "user_id", user, 1, None, "a positive integer")
+        _first_seen(path, number, "user_id", user_id, seen)
+        age_years = _integer(path, number, "age", age, 1, MAX_AGE, f"an integer 1..{MAX_AGE}")
+        if gender not in ("M", "F"):
+            raise DataFileError(f"{path}:{number}: gender {gender!r}: expected 'M' or 'F'")
+        if not occupation.strip():
+            raise DataFileError(f"{path}:{number}: occupation {occupation!r}: expected a name")
+        rows.append((user_id, age_years, gender, occupation, zip_code or None))
+    user_ids, ages, genders, occupations, zips = zip(*rows)
+    return pd.DataFrame({"user_id": np.array(user_ids, dtype=np.int64), "age": np.array(ages, dtype=np.int64),
+                         "gender": list(genders), "occupation": list(occupations),
+                         "zip": pd.Series(zips, dtype=str)})
+
+
+def read_genres(path: str | Path) -> list[str]:
+    """u.genre (``name|index``): the genre names in index order (unique names and indices)."""
+    path = Path(path)
+    genres, names, indices = [], {}, {}
+    for number, line in _lines(path, "utf-8", "genre"):
+        name, index = _fields(path, number, line, "|", ("genre", "index"), 2)
+        if not name.strip():
+            raise DataFileError(f"{path}:{number}: genre {name!r}: expected a name")
+        _first_seen(path, number, "genre", name, names)
+        position = _integer(path, number, "index", index, 0, None, "a non-negative integer")
+        _first_seen(path, number, "index", position, indices)
+        genres.append((position, name))
+    return [name for _, name in sorted(genres)]
+
+
+def _release_date(path: Path, number: int, text: str) -> str | None:
+    if not text:
+        return None
+    match = RELEASE_DATE.fullmatch(text)
+    try:
+        if match is None or match.group(2).title() not in MONTHS:
+            raise ValueError(text)
+        date(int(match.group(3)), MONTHS.index(match.group(2).title()) + 1, int(match.group(1)))
+    except ValueError:
+        raise DataFileError(f"{path}:{number}: release_date {text!r}: expected a date like 01-Jan-1995, or nothing") from None
+    return text
+
+
+def read_items(path: str | Path, genres: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """u.item (Latin-1; ``item_id|title|release_date|video_release_date|imdb_url|`` and one 0/1
+    flag per genre): a frame of ``item_id``, ``title_raw``, ``release_date`` (None when empty) and
+    the (items, genres) bool matrix of the flags."""
+    path = Path(path)
+    width = len(ITEM_FIELDS) + len(genres)
+    described = f"{', '.join(ITEM_FIELDS)} and {len(genres)} genre flags"
+    ids, titles, dates, flags, seen = [], [], [], [], {}
+    for number, line in _lines(path, "latin-1", "item"):
+        fields = _fields(path, number, line, "|", described, width)
+        item_id = _integer(path, number, "item_id", fields[0], 1, None, "a positive integer")
+        _first_seen(path, number, "item_id", item_id, seen)
+        for genre, flag in zip(genres, fields[len(ITEM_FIELDS):]):
+            if flag not in ("0", "1"):
+                raise DataFileError(f"{path}:{number}: genre flag {genre} {flag!r}: expected 0 or 1")
+        ids.append(item_id)
+        titles.append(fields[1] or None)
+        dates.append(_release_date(path, number, fields[2]))
+        flags.append([flag == "1" for flag in fields[len(ITEM_FIELDS):]])
+    frame = pd.DataFrame({"item_id": np.array(ids, dtype=np.int64), "title_raw": pd.Series(titles, dtype=str),
+                          "release_date": pd.Series(dates, dtype=str)})
+    return frame, np.array(flags, dtype=bool).reshape(len(ids), len(genres))
 
 
 def load_movielens_100k(config: MovieLensConfig | None = None) -> pd.DataFrame:
     """One row per rating with user, item and label columns (see the module docstring)."""
     config = config or MovieLensConfig()
+    config.check()
     root = Path(config.root) if config.root else default_root()
-    ratings = _read(root / "u.data", ["user_id", "item_id", "rating", "timestamp"], "\t")
-    if ratings[["user_id", "item_id", "rating"]].isna().any().any():
-        bad = int(np.flatnonzero(ratings[["user_id", "item_id", "rating"]].isna().any(axis=1))[0])
-        raise ValueError(f"{root / 'u.data'}: row {bad} has a missing user id, item id or rating")
-    users = _read(root / "u.user", ["user_id", "age", "gender", "occupation", "zip"], "|", dtype={"zip": str})
-    genre_names = _read(root / "u.genre", ["genre", "index"], "|").sort_values("index")["genre"].tolist()
-    item_cols = ["item_id", "title_raw", "release_date", "video_release_date", "imdb_url", *genre_names]
-    items = _read(root / "u.item", item_cols, "|", encoding="latin-1")
+    if not (root / "u.data").is_file():
+        raise FileNotFoundError(f"{root / 'u.data'}: MovieLens-100K file not found (expected the GroupLens ml-100k layout)")
+    users = read_users(root / "u.user")
+    genre_names = read_genres(root / "u.genre")
+    items, flags = read_items(root / "u.item", genre_names)
+    ratings = read_ratings(root / "u.data", set(users["user_id"].tolist()), set(items["item_id"].tolist()))
 
-    flags = items[genre_names].to_numpy(dtype=bool)
     names = np.array(genre_names, dtype=object)
     items["genres"] = [config.genre_sep.join(names[row]) for row in flags]  # 1,682 items: fine
     title = items["title_raw"].fillna("").astype(str)
@@ -108,9 +265,6 @@ def load_movielens_100k(config: MovieLensConfig | None = None) -> pd.DataFrame:
 
     frame = ratings.merge(users[["user_id", "age", "age_bucket", "gender", "occupation", "zip_prefix"]], on="user_id", how="left")
     frame = frame.merge(items[["item_id", "title", "release_year", "genres"]], on="item_id", how="left")
-    if frame["gender"].isna().any() or frame["title"].isna().any():
-        bad = int(np.flatnonzero(frame["gender"].isna() | frame["title"].isna())[0])
-        raise ValueError(f"{root / 'u.data'}: row {bad} refers to a user or item missing from u.user/u.item")
     frame["label"] = (frame["rating"] >= config.like_threshold).astype(np.float32)
     if config.max_rows is not None and config.max_rows < len(frame):
         frame = frame.sample(n=config.max_rows, random_state=config.split_seed)

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mmcore.config import check_range
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -39,9 +41,9 @@ class ParquetConfig:
     split: str = "parquet"  # the name results give this data's split
     num_workers: int = 0  # DataLoader worker processes per rank reading (and encoding) train shards
 
-    def __post_init__(self) -> None:
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers={self.num_workers}: must be >= 0")
+    def check(self) -> None:
+        """Refuse values that make no sense (``RankingExperiment`` calls it for its ``data`` section)."""
+        check_range("data.num_workers", self.num_workers, low=0)
 
     def pattern(self, split: str) -> str:
         return {"train": self.train, "valid": self.valid, "test": self.test}[split]
