@@ -40,6 +40,7 @@ from mmfusion import train as sentiment_train
 from mmfusion.checkpoint import KIND as SENTIMENT_CHECKPOINT
 from mmfusion.data import synthetic
 from mmfusion.experiment import SentimentExperiment
+from mmfusion.extract import cli as extract_cli
 from xdeepfm import compare
 from xdeepfm import evaluate as ranking_evaluate
 from xdeepfm import export as ranking_export
@@ -179,6 +180,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("train a sentiment or ranking model from a YAML config", add_train_arguments, run_train),
     "evaluate": ("evaluate a checkpoint: metrics JSON and per-sample predictions", add_evaluate_arguments, run_evaluate),
     "predict": ("video semantics (M/T/A/V sentiment, fused embedding) per clip", predict.add_arguments, predict.run),
+    "extract": ("your own videos (+ meta.csv) to an MMSA pickle", extract_cli.add_arguments, extract_cli.run),
     "export": ("a checkpoint as a self-contained, checksummed artifact directory", add_export_arguments, run_export),
     "ablate": ("the sentiment ablation study (variants x seeds)", ablate.add_arguments, ablate.run),
     "compare": ("the ranking comparison study (ours vs stock deepctr-torch)", compare.add_arguments, compare.run),

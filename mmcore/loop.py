@@ -212,6 +212,11 @@ def _alive(pid: Any) -> bool:
     return True
 
 
+def format_metrics(metrics: dict[str, float | int | None]) -> str:
+    """One line of metrics to 4 decimals, e.g. ``auc=0.7852  logloss=0.4012  gauc=n/a`` (None is n/a)."""
+    return "  ".join(f"{k}={'n/a' if v is None else f'{v:.4f}' if isinstance(v, float) else v}" for k, v in metrics.items())
+
+
 def improves(new: float | None, best: float | None, mode: Literal["min", "max"]) -> bool:
     """Whether ``new`` is better than ``best`` (``None`` or NaN never improves; anything beats no best)."""
     if new is None or (isinstance(new, float) and math.isnan(new)):

@@ -121,7 +121,7 @@ def evaluate_checkpoint(
 ) -> dict[str, float | None]:
     """Evaluate a checkpoint on one split of an MMSA pickle; write metrics JSON and predictions CSV."""
     model, norm, state = load_model(checkpoint)
-    data = load_mmsa(data_path)
+    data = load_mmsa(data_path, vocab_size=model.text_vocab_size)
     if split not in data.splits:
         raise KeyError(f"{data_path}: no split {split!r} (has {sorted(data.splits)})")
     check_data_matches(data, state, model.cfg.text.source, data_path)

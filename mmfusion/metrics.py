@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from sklearn.metrics import f1_score
 
-from mmcore.loop import improves
+from mmcore.loop import format_metrics, improves  # noqa: F401 - format_metrics is this module's too
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,3 @@ def is_better(key: str, new: float | None, best: float | None) -> bool:
     return improves(new, best, metric_mode(key))
 
 
-def format_metrics(metrics: dict[str, float | None]) -> str:
-    """One line, e.g. ``Has0_acc_2=0.8123 ... Corr=n/a``."""
-    return "  ".join(f"{k}={'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items())

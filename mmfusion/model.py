@@ -193,6 +193,12 @@ class MultimodalSentimentModel(nn.Module):
         self.heads = MultiTaskHeads(in_dims=dict(head_tasks), hidden_dim=cfg.head_hidden, dropout=cfg.dropout)
 
     @property
+    def text_vocab_size(self) -> int | None:
+        """The vocabulary size of the loaded BERT-family encoder (what token ids must stay below), or None."""
+        pretrained = self.text_encoder.pretrained if self.text_encoder is not None else None
+        return pretrained.config.vocab_size if pretrained is not None else None
+
+    @property
     def tasks(self) -> list[str]:
         """Tasks with a prediction head ("M" first)."""
         return self.heads.tasks

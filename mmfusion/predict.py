@@ -67,7 +67,7 @@ def predict_semantics(
         model, norm, state = load_model_artifact(checkpoint)
     else:  # a training checkpoint, or a run directory (its best checkpoint)
         model, norm, state = load_model(checkpoint)
-    data = load_mmsa(data_path)
+    data = load_mmsa(data_path, vocab_size=model.text_vocab_size)
     text_source = model.cfg.text.source
     check_data_matches(data, state, text_source, data_path)
     tasks = list(model.tasks)

@@ -47,7 +47,16 @@ from mmcore.files import write_json, write_text
 from mmcore.loop import EarlyStopping, RunDir, claim_run_dir, clip_gradients, epoch_seed, mark_run, stop_requested
 from mmfusion import tensorboard as tb
 from mmfusion.checkpoint import load_sentiment_checkpoint, save_sentiment_checkpoint
-from mmfusion.data.mmsa import MMSAData, MMSADataset, MMSASplit, NormStats, collate_mmsa, load_mmsa, make_loader
+from mmfusion.data.mmsa import (
+    MMSAData,
+    MMSADataset,
+    MMSASplit,
+    NormStats,
+    collate_mmsa,
+    load_mmsa,
+    make_loader,
+    text_vocab_size,
+)
 from mmfusion.data.synthetic import generate, write_pickle
 from mmfusion.evaluate import Predictions, predict, predictions_csv
 from mmfusion.experiment import SentimentDataConfig, SentimentExperiment, build_model_config
@@ -65,14 +74,21 @@ def data_dims(data: MMSAData) -> dict[str, int | None]:
     return {"audio_dim": data.audio_dim, "vision_dim": data.vision_dim, "text_dim": data.text_dim}
 
 
-def prepare_data(cfg: SentimentDataConfig) -> MMSAData:
-    """Load the MMSA pickle, generating it first with SynthMOSI when configured and missing."""
+def prepare_data(cfg: SentimentDataConfig, vocab_size: int | None = None) -> MMSAData:
+    """Load the MMSA pickle, generating it first with SynthMOSI when configured and missing; token ids
+    are checked against ``vocab_size`` (the text encoder's vocabulary) when given."""
     path = Path(cfg.path)
     if not path.exists() and cfg.synthetic is not None:
         spec = cfg.synthetic
         log.info("generating SynthMOSI (%s, seed %d) into %s", spec.size, spec.seed, path)
         write_pickle(generate(spec.size, spec.seed, aligned=spec.aligned, text_features=spec.text_features), path)
-    return load_mmsa(path, nonfinite=cfg.nonfinite)
+    return load_mmsa(path, nonfinite=cfg.nonfinite, vocab_size=vocab_size)
+
+
+def _text_vocab_size(cfg: SentimentExperiment) -> int | None:
+    """The vocabulary token ids must stay below when the model reads them (a BERT text branch)."""
+    text = cfg.model.text
+    return text_vocab_size(text.model_path) if text.source == "bert" and "text" in cfg.model.modalities else None
 
 
 def _slgm_truth_correlations(slgm: SLGM, truth: dict[str, np.ndarray] | None) -> dict[str, float | None]:
@@ -176,7 +192,7 @@ def setup(cfg: SentimentExperiment, out_dir: str | Path, *, resume: bool = False
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     with distributed.rank0_first():  # rank 0 generates a missing SynthMOSI file, the others read it
-        data = prepare_data(cfg.data)
+        data = prepare_data(cfg.data, vocab_size=_text_vocab_size(cfg))
     train_split = data.splits["train"]
     norm = NormStats.fit(train_split, include_text=cfg.model.text.source == "features") if cfg.data.normalize else None
     dims = data_dims(data)

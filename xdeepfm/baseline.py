@@ -23,7 +23,7 @@ import torch
 
 from mmcore.config import to_dict
 from mmcore.files import write_json
-from mmcore.loop import EarlyStopping, RunDir, epoch_seed
+from mmcore.loop import EarlyStopping, RunDir, epoch_seed, format_metrics
 from xdeepfm._deepctr import xDeepFM
 from xdeepfm.checkpoint import save_ranking_checkpoint
 from xdeepfm.data import load_splits
@@ -75,7 +75,7 @@ def fit_epochs(model: xDeepFM, x: dict, y: np.ndarray, tc: RankingTrainConfig,
         valid = validate()
         history.append({"epoch": epoch + 1, "train_bce": float(fit.history["loss"][-1]),
                         **{f"valid_{k}": v for k, v in valid.items()}})
-        log.info("stock xDeepFM epoch %d: valid auc %s logloss %.4f", epoch + 1, valid["auc"], valid["logloss"])
+        log.info("stock xDeepFM epoch %d  valid %s", epoch + 1, format_metrics(valid))
         if stopper.step(valid["auc"], epoch + 1):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif stopper.should_stop:

@@ -51,7 +51,16 @@ from mmcore import distributed
 from mmcore.checkpoint import CheckpointError
 from mmcore.config import to_dict
 from mmcore.files import write_json
-from mmcore.loop import EarlyStopping, RunDir, claim_run_dir, clip_gradients, epoch_seed, mark_run, stop_requested
+from mmcore.loop import (
+    EarlyStopping,
+    RunDir,
+    claim_run_dir,
+    clip_gradients,
+    epoch_seed,
+    format_metrics,
+    mark_run,
+    stop_requested,
+)
 from xdeepfm.baseline import train_baseline
 from xdeepfm.checkpoint import RankingCheckpoint, load_ranking_checkpoint, save_ranking_checkpoint
 from xdeepfm.data import load_splits
@@ -378,8 +387,7 @@ def validate_and_checkpoint(state: TrainingRun, epoch: int, loss: float) -> None
     state.history.append({"epoch": epoch + 1, "train_bce": loss, **{f"valid_{k}": v for k, v in valid.items()}})
     state.epoch = epoch + 1
     improved = state.stopper.step(valid["auc"], epoch + 1)  # an undefined AUC (None) never improves
-    log.info("epoch %d: train bce %.4f, valid auc %s logloss %.4f gauc %s%s", epoch + 1, loss, valid["auc"],
-             valid["logloss"], valid["gauc"], "  *best*" if improved else "")
+    log.info("epoch %d  train bce %.4f  valid %s%s", epoch + 1, loss, format_metrics(valid), "  *best*" if improved else "")
     if state.ctx.is_rank0:
         metrics = {"valid": valid, "epoch": epoch + 1}
         if improved:
@@ -414,7 +422,7 @@ def finish(state: TrainingRun) -> dict:
         state.save(run.best, {key: result[key] for key in ("valid", "test", "best_epoch")})
         write_json(run.metrics, result)
     distributed.barrier()
-    log.info("test: %s", {key: round(v, 4) if isinstance(v, float) else v for key, v in result["test"].items()})
+    log.info("best epoch %d  test %s", result["best_epoch"], format_metrics(result["test"]))
     return result
 
 

@@ -135,7 +135,7 @@ def test_random_mappings_build_or_name_the_key(data) -> None:
     check_built(cfg)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(items=overrides)
 def test_random_overrides_build_or_name_the_key(items) -> None:
     try:

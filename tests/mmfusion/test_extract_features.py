@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmfusion.extract.__main__ import main as extract_main
+from mmfusion.extract.cli import main as extract_main
 from mmfusion.extract.audio import AudioConfig, audio_features, feature_names
 from mmfusion.extract.decode import SAMPLE_RATE, decode_clip
 from mmfusion.extract.pipeline import fit_length

@@ -208,3 +208,20 @@ def test_an_interrupted_run_is_marked(tiny_data, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
     with pytest.raises(RunDirError, match="holds an interrupted run"):
         train(cfg, tmp_path / "run")
+
+
+def test_token_ids_beyond_the_encoders_vocabulary_are_refused_before_training(tiny_data, tmp_path):
+    import pickle
+
+    from mmfusion.data.mmsa import MMSAFormatError
+
+    with open(tiny_data, "rb") as handle:
+        raw = pickle.load(handle)
+    raw["train"]["text_bert"][3, 0, 2] = 30522  # the bundled MiniLM has ids 0..30521
+    bad = tmp_path / "bad_ids.pkl"
+    with open(bad, "wb") as handle:
+        pickle.dump(raw, handle)
+    cfg = tiny_config(bad, epochs=1)
+    cfg.model.text.source = "bert"
+    with pytest.raises(MMSAFormatError, match=r"bad_ids.pkl.*'text_bert': sample 3: expected token ids .* in \[0, 30522\)"):
+        train(cfg, tmp_path / "run")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmfusion.data.mmsa import describe, load_mmsa
-from mmfusion.extract.__main__ import main as extract_main
+from mmfusion.extract.cli import main as extract_main
 from mmfusion.extract.pipeline import ExtractConfig, extract
 from mmfusion.extract.synthclip import write_clip
 from mmfusion.extract.visual import VisualConfig

@@ -15,7 +15,7 @@ from mmcore.config import build
 from mmcore.hf import default_model_path
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.experiment import SentimentExperiment
-from mmfusion.extract.__main__ import main as extract_main
+from mmfusion.extract.cli import main as extract_main
 from mmfusion.extract.audio import feature_names as audio_names
 from mmfusion.extract.pipeline import ExtractConfig, extract
 from mmfusion.extract.synthclip import espeak_available, speak, write_clip
@@ -23,7 +23,7 @@ from mmfusion.extract.visual import STATS_NAMES, VisualConfig
 from mmfusion.predict import main as predict_main
 from mmfusion.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
 COLUMN = {name: j for j, name in enumerate(STATS_NAMES)}
 
