@@ -15,8 +15,8 @@ from mmcore.config import build
 from mmcore.hf import default_model_path
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.experiment import SentimentExperiment
-from mmfusion.extract.cli import main as extract_main
 from mmfusion.extract.audio import feature_names as audio_names
+from mmfusion.extract.cli import main as extract_main
 from mmfusion.extract.pipeline import ExtractConfig, extract
 from mmfusion.extract.synthclip import espeak_available, speak, write_clip
 from mmfusion.extract.visual import STATS_NAMES, VisualConfig

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmfusion.extract.cli import main as extract_main
 from mmfusion.extract.audio import AudioConfig, audio_features, feature_names
+from mmfusion.extract.cli import main as extract_main
 from mmfusion.extract.decode import SAMPLE_RATE, decode_clip
 from mmfusion.extract.pipeline import fit_length
 from mmfusion.extract.synthclip import write_clip
