@@ -7,7 +7,8 @@
    ``--candidates`` items drawn (seeded) from the ML-100K catalogue (their item columns),
    ``top_k`` 10. All bodies are built and serialised before any clock starts.
 3. **In-process scoring** (same process, same weights, same candidates, rounds alternating):
-   - *engine*: ``ScoringEngine.rank(user, candidates)``: raw records in, sorted scores out;
+   - *engine*: ``ScoringEngine.rank(user, candidates)``: raw records in, sorted scores out (called
+     directly: no HTTP, no worker threads);
    - *deepctr path*: the same records through a DataFrame, ``FeaturePipeline.transform`` and
      ``deepctr_torch``'s ``BaseModel.predict`` (its ``TensorDataset`` + ``DataLoader`` loop, called on
      the artifact's own ``XDeepFMRanker`` behind a two-attribute adapter), then ``argsort``;
@@ -283,15 +284,17 @@ def render(r: dict) -> str:
     lines += [
         "",
         "- *engine*: `ScoringEngine.rank`: JSON-like records read column by column, each value looked up in a prebuilt "
-        "dict, user fields encoded once and broadcast, titles and genre strings from in-memory memos, "
+        "dict, user fields encoded once and broadcast, titles from the text cache (read once, in memory) and genre "
+        "strings from an in-memory memo, "
         "one forward pass under `torch.inference_mode`. *deepctr path*: the same records through `pandas.DataFrame`, "
-        "`FeaturePipeline.transform` (which reads the on-disk text-vector cache per call) and deepctr-torch's "
+        "`FeaturePipeline.transform` (its title vectors from the same in-memory `SentenceVectorCache` as the engine's: "
+        "hashed and looked up per call) and deepctr-torch's "
         "`BaseModel.predict` (`TensorDataset` + `DataLoader`, `torch.no_grad`) on the same `XDeepFMRanker` weights.",
         "- The model-only row runs the same `XDeepFMRanker` forward pass on both sides; the difference is deepctr's "
         "per-call `TensorDataset` + `DataLoader` (one Python `__getitem__` per row, then `collate`). The records row adds "
         "the encoding: per request, the deepctr path builds a `DataFrame`, runs `FeaturePipeline.transform` (vocabulary "
-        "`Index` objects built per call, the text cache read from disk) and argsorts; the engine's encoding is dict "
-        "lookups and memo gathers.",
+        "`Index` objects built per call, every title hashed) and argsorts; the engine's encoding is dict "
+        "lookups, memo gathers and the same text-cache lookups.",
         f"- Same scores: max |engine - deepctr| over 20 requests = {ip['max_abs_diff']:.1e}; identical top-{TOP_K} "
         f"lists: {'yes' if ip['same_top_k'] else 'no'}.",
     ]

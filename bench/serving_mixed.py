@@ -104,7 +104,7 @@ def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
     if out.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
     result = json.loads(match.group(1))
-    result["command"] = shlex.join(command[:-3] + ["-s", "rank.lua", command[-1]])
+    result["command"] = shlex.join(command[:-3] + ["-s", "rank.lua", "http://127.0.0.1:PORT/v1/rank"])
     return result
 
 
@@ -279,7 +279,7 @@ def render(r: dict) -> str:
         f"- Date: {r['date']}; git revision: {r['git']}",
         f"- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores (shared with other jobs); torch "
         f"{r['machine']['torch']}, Python {r['machine']['python']}, {r['machine']['wrk']}. Server: `xdeepfm serve` "
-        f"with `--threads {a['server_threads']}` {' '.join(a['server_arg'])} and the default limits "
+        f"with `{' '.join(['--threads', str(a['server_threads']), *a['server_arg']])}` and otherwise the default limits "
         f"({r['limits_note']}); the load generators (wrk, 1 thread; this bench's Python threads) run on the same cores.",
         f"- Model: {r['artifact_note']}. Good requests: {a['bodies']} bodies, each an ML-100K test user + "
         f"{a['candidates']} catalogue items with known titles, `top_k` 10 (seed {a['seed']}).",
@@ -312,8 +312,8 @@ def render(r: dict) -> str:
         "Good-request latency is wrk's (request written to response read); /healthz latency is measured by a Python "
         "client on the same cores (its own scheduling delay included); the server-side figure is the access log's.",
         "Load average (1/5/15 min) before / after each run: "
-        + "; ".join(f"{run['connections']} {'mixed' if run['mixed'] else 'alone'}: {run['load_before']} / {run['load_after']}"
-                    for run in r["runs"]) + ".",
+        + "; ".join(f"{run['connections']} conn. {'mixed' if run['mixed'] else 'alone'}: {run['load_before']} -> "
+                    f"{run['load_after']}" for run in r["runs"]) + ".",
         f"wrk command per run: `{r['runs'][0]['wrk']['command']}` (Lua script written by the bench: rotates the bodies, "
         "counts statuses).",
     ]

@@ -328,12 +328,13 @@ def state_dict_bytes(state: dict) -> bytes:
     return save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
 
 
-def export_manifest(fmt: str, source: Path, metrics: Any, versions: dict[str, str], **extra: Any) -> dict[str, Any]:
-    """The common manifest fields (``files`` is added by ``write_artifact``)."""
+def export_manifest(fmt: str, source: Path | None, metrics: Any, versions: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """The common manifest fields (``files`` is added by ``write_artifact``); ``source`` is the
+    checkpoint file exported, or None for a model saved from memory (``save_pretrained``)."""
     return {
         "format": fmt,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"path": str(source), "sha256": sha256_file(source)},
+        "source": {"path": str(source), "sha256": sha256_file(source)} if source is not None else None,
         "versions": versions,
         "metrics": metrics,
         **extra,

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from mmcore.artifact import (
+    MANIFEST,
     WEIGHTS,
     ArtifactError,
     export_manifest,
@@ -47,17 +48,25 @@ CONFIG, NORM = "config.json", "norm.json"
 def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Export an mmfusion training checkpoint (or a run directory's best) as an artifact directory."""
     checkpoint = checkpoint_file(checkpoint)
-    model, _, state = load_model(checkpoint, device="cpu")  # validates the checkpoint by rebuilding its model
+    model, norm, meta = load_model(checkpoint, device="cpu")  # validates the checkpoint by rebuilding its model
+    return export_model(model, norm, meta, out, overwrite=overwrite, source=checkpoint)
+
+
+def export_model(model: MultimodalSentimentModel, norm: NormStats | None, meta: dict, out: str | Path, *,
+                 overwrite: bool = False, source: Path | None = None) -> Path:
+    """Write a loaded model (``meta``: its checkpoint's or artifact's config, data_dims and metrics) as an artifact."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     files = {
-        CONFIG: json_bytes({"model": to_dict(model.cfg), "data_dims": state["data_dims"], "training_config": state["config"]}),
-        NORM: json_bytes(state.get("norm")),
-        WEIGHTS: state_dict_bytes(model.state_dict()),
+        CONFIG: json_bytes({"model": to_dict(model.cfg), "data_dims": meta["data_dims"],
+                            "training_config": meta.get("config")}),
+        NORM: json_bytes(norm.to_dict() if norm is not None else None),
+        WEIGHTS: state_dict_bytes(weights),
     }
-    metrics = {"epoch": state.get("epoch"), "valid": state.get("valid_metrics")}
-    manifest = export_manifest(MMFUSION_FORMAT, checkpoint, metrics, library_versions(("torch", "numpy", "safetensors", "transformers")),
-                               tasks=list(model.tasks))
+    metrics = {"epoch": meta.get("epoch"), "valid": meta.get("valid_metrics")}
+    manifest = export_manifest(MMFUSION_FORMAT, source, metrics,
+                               library_versions(("torch", "numpy", "safetensors", "transformers")), tasks=list(model.tasks))
     write_artifact(out, files, manifest, overwrite)
-    log.info("exported %s to %s", checkpoint, out)
+    log.info("exported %s to %s", source or "the model", out)
     return Path(out)
 
 
@@ -82,7 +91,10 @@ def load_model_artifact(directory: str | Path):
     except RuntimeError as exc:
         raise ArtifactError(f"{directory / WEIGHTS}: does not fit the model of {CONFIG} ({exc})") from None
     model.eval()
-    return model, norm, {"config": config.get("training_config"), "data_dims": dims, "norm": norm_dict}
+    manifest = read_json(directory, MANIFEST)
+    metrics = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
+    return model, norm, {"config": config.get("training_config"), "data_dims": dims, "norm": norm_dict,
+                         "epoch": metrics.get("epoch"), "valid_metrics": metrics.get("valid")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,14 +33,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from mmcore.artifact import MANIFEST
 from mmcore.files import atomic_write
 from mmcore.runtime import setup_logging
-from mmfusion.data.mmsa import SPLITS, load_mmsa, make_loader
-from mmfusion.evaluate import check_data_matches, load_model
-from mmfusion.export import load_model_artifact
+from mmfusion.data.mmsa import SPLITS
+from mmfusion.pretrained import SentimentModel
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +52,13 @@ def predict_semantics(
 ) -> dict[str, np.ndarray]:
     """Sentiment outputs and fused embeddings of every clip of ``splits``, in file order.
 
-    Returns ``{"ids": (N,) str, "split": (N,) str, "tasks": (n_tasks,) str, "sentiment":
-    (N, n_tasks) float32, "embedding": (N, 2 d_model) float32}``.
+    ``checkpoint``: a run directory, a checkpoint file or an exported artifact directory. Returns
+    ``{"ids": (N,) str, "split": (N,) str, "tasks": (n_tasks,) str, "sentiment": (N, n_tasks)
+    float32, "embedding": (N, 2 d_model) float32}`` (``SentimentModel.predict_file``).
     """
-    data_path = Path(data_path)
-    splits = list(splits)
-    bad = [s for s in splits if s not in SPLITS]
-    if not splits or bad:
-        raise ValueError(f"splits {splits}: expected a non-empty subset of {list(SPLITS)}")
-    if (Path(checkpoint) / MANIFEST).is_file():  # an exported artifact (mmfusion.export): checksums verified
-        model, norm, state = load_model_artifact(checkpoint)
-    else:  # a training checkpoint, or a run directory (its best checkpoint)
-        model, norm, state = load_model(checkpoint)
-    data = load_mmsa(data_path, vocab_size=model.text_vocab_size)
-    text_source = model.cfg.text.source
-    check_data_matches(data, state, text_source, data_path)
-    tasks = list(model.tasks)
-    device = next(model.parameters()).device  # batches follow the model's device
-    ids, split_names, sentiment, embedding = [], [], [], []
-    with torch.inference_mode():
-        for name in splits:
-            split = data.splits[name]
-            for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=text_source):
-                out = model(batch.to(device))
-                ids.extend(batch.ids)
-                sentiment.append(torch.stack([out.preds[t] for t in tasks], dim=1).float().cpu())
-                embedding.append(out.features["M"].float().cpu())
-            split_names.extend([name] * len(split))
-    log.info("%s: semantics of %d clips (%s) from %s", data_path, len(ids), ", ".join(splits), checkpoint)
-    return {
-        "ids": np.asarray(ids, dtype=str),
-        "split": np.asarray(split_names, dtype=str),
-        "tasks": np.asarray(tasks, dtype=str),
-        "sentiment": torch.cat(sentiment).numpy(),
-        "embedding": torch.cat(embedding).numpy(),
-    }
+    semantics = SentimentModel.from_pretrained(checkpoint).predict_file(data_path, list(splits), batch_size)
+    log.info("%s: semantics of %d clips (%s) from %s", data_path, len(semantics["ids"]), ", ".join(splits), checkpoint)
+    return semantics
 
 
 def semantics_frame(semantics: dict[str, np.ndarray]) -> pd.DataFrame:

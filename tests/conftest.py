@@ -49,3 +49,17 @@ def tiny_synthmosi(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("synthmosi") / "synthmosi_tiny_s0.pkl"
     write_pickle(generate("tiny", 0, text_features=True), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sentiment_run(tiny_synthmosi, tmp_path_factory) -> Path:
+    """A run directory: one epoch of configs/synthmosi_tiny.yaml on precomputed text features (no BERT
+    in the loop), trained once per session for the tests that need a trained sentiment model."""
+    from mmfusion.experiment import load_experiment
+    from mmfusion.train import train
+
+    out = tmp_path_factory.mktemp("tiny_sentiment") / "run"
+    overrides = [f"data.path={tiny_synthmosi}", "data.synthetic=null", "model.text.source=features",
+                 "train.epochs=1", "train.attention_clips=0"]
+    train(load_experiment(Path(__file__).resolve().parents[1] / "configs" / "synthmosi_tiny.yaml", overrides), out)
+    return out

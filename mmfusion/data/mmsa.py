@@ -563,6 +563,18 @@ def text_vocab_size(model_path: str | Path | None = None) -> int:
     return size
 
 
+def read_split(arrays: dict, name: str = "clips", where: str = "arrays", *, nonfinite: Nonfinite = "error",
+               vocab_size: int | None = None) -> MMSASplit:
+    """One split from in-memory arrays (the keys of an MMSA split), checked as ``load_mmsa`` checks a
+    file's; errors name ``where`` and ``name``. Labels may be left out (they default to 0)."""
+    if not isinstance(arrays, dict):
+        raise MMSAFormatError(f"{where}: expected a dict of arrays, got {type(arrays).__name__}")
+    if "regression_labels" not in arrays:
+        n = len(arrays.get("id", arrays.get("audio", [])))
+        arrays = {**arrays, "regression_labels": np.zeros(n, np.float32)}
+    return _SplitReader(Path(where), name, arrays, nonfinite, vocab_size).read()
+
+
 def load_mmsa(path: str | Path, *, nonfinite: Nonfinite = "error", vocab_size: int | None = None) -> MMSAData:
     """Read and check an MMSA pickle.
 

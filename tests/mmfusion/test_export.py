@@ -7,30 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from mmcore.artifact import ArtifactError
-from mmcore.config import build
-from mmfusion.experiment import SentimentExperiment
 from mmfusion.export import export_checkpoint as export_sentiment
 from mmfusion.predict import main as predict_main
 from mmfusion.predict import predict_semantics
-from mmfusion.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 
 @pytest.fixture(scope="module")
-def sentiment_checkpoint(tiny_synthmosi, tmp_path_factory) -> Path:
-    raw = yaml.safe_load((ROOT / "configs" / "synthmosi_tiny.yaml").read_text())
-    raw["data"]["path"] = str(tiny_synthmosi)
-    raw["data"].pop("synthetic", None)
-    raw["model"]["text"] = {"source": "features"}
-    raw["train"].update(epochs=1, attention_clips=0)
-    out = tmp_path_factory.mktemp("sentiment")
-    train(build(SentimentExperiment, raw, where="tiny"), out)
-    return out / "best.safetensors"
+def sentiment_checkpoint(tiny_sentiment_run) -> Path:
+    return tiny_sentiment_run / "best.safetensors"
 
 
 def test_mmfusion_export_feeds_predict(sentiment_checkpoint, tiny_synthmosi, tmp_path, monkeypatch):

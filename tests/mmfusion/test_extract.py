@@ -13,6 +13,7 @@ import yaml
 
 from mmcore.config import build
 from mmcore.hf import default_model_path
+from mmfusion import SentimentModel
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.experiment import SentimentExperiment
 from mmfusion.extract.audio import feature_names as audio_names
@@ -133,7 +134,7 @@ def test_features_follow_the_signal(extracted):
     assert hue == [int(c[4] * 8) for c in CLIPS[:4]] == [0, 2, 4, 6]  # dominant hue bin of the background
 
 
-def test_predict_on_extracted_features(extracted, tmp_path):
+def test_predict_on_extracted_features(extracted, clip_dir, tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     raw["data"] = {"path": str(extracted), "batch_size": 4}
     raw["model"]["text"] = {"source": "features"}
@@ -148,6 +149,18 @@ def test_predict_on_extracted_features(extracted, tmp_path):
         assert sem["sentiment"].shape == (8, 4) and np.isfinite(sem["sentiment"]).all()
         assert sem["embedding"].shape == (8, 64) and np.isfinite(sem["embedding"]).all()
         assert np.unique(sem["embedding"].round(5), axis=0).shape[0] == 8  # clips get different semantics
+    # the Python API on the video file itself: the same semantics as through the extracted pickle
+    model = SentimentModel.from_pretrained(tmp_path / "run")
+    videos, _ = clip_dir
+    with np.load(out, allow_pickle=False) as sem:
+        expected = {name: sem[name] for name in ("ids", "sentiment", "embedding")}
+    for index in (0, 1, 3):  # p3 has no audio track; p1 a transcript
+        clip_id, name, *_, title = CLIPS[index]
+        transcript = "honestly the worst sound I have heard" if clip_id == "p1" else ""
+        got = model.predict_video(videos / name, text=title, transcript=transcript)
+        assert list(got["ids"]) == [clip_id]
+        np.testing.assert_allclose(got["sentiment"][0], expected["sentiment"][index], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got["embedding"][0], expected["embedding"][index], rtol=0, atol=1e-5)
 
 
 def test_rerun_reads_the_cache_and_options_change_the_key(clip_dir, tmp_path):

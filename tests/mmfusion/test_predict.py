@@ -9,15 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from mmcore.config import build
 from mmfusion.checkpoint import load_sentiment_checkpoint, save_sentiment_checkpoint
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.evaluate import load_model, predict
-from mmfusion.experiment import SentimentExperiment
 from mmfusion.predict import main, predict_semantics, write_semantics
-from mmfusion.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "synthmosi_tiny.yaml"
@@ -29,16 +25,8 @@ def tiny_data(tiny_synthmosi) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_data, tmp_path_factory) -> Path:
-    """One epoch of the tiny config on precomputed text features (no BERT in the loop)."""
-    raw = yaml.safe_load(TINY.read_text())
-    raw["data"]["path"] = str(tiny_data)
-    raw["data"].pop("synthetic", None)
-    raw["model"]["text"] = {"source": "features"}
-    raw["train"].update(epochs=1, attention_clips=0)
-    out = tmp_path_factory.mktemp("run")
-    train(build(SentimentExperiment, raw, where=str(TINY)), out)
-    return out / "best.safetensors"
+def checkpoint(tiny_sentiment_run) -> Path:
+    return tiny_sentiment_run / "best.safetensors"
 
 
 def test_outputs_match_evaluate_predict(checkpoint, tiny_data):

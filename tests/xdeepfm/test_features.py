@@ -162,3 +162,98 @@ def test_spec_errors_name_the_key(tmp_path):
         load_spec({"fields": [{"name": "x", "kind": "vector"}]})
     with pytest.raises(ConfigError, match=r"duplicate field names \['x'\]"):
         load_spec({"fields": [{"name": "x", "kind": "numeric"}, {"name": "x", "kind": "categorical"}]})
+
+
+def _files(directory) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+def test_text_cache_appends_segments_and_never_rewrites_a_file(tmp_path, tiny_bert):
+    cache_dir = tmp_path / "cache"
+    first = SentenceVectorCache(str(tiny_bert), cache_dir, batch_size=8)
+    a = first.encode(["Heat", "Casino"])
+    before = _files(cache_dir)
+    assert len(before) == 1
+    first.encode(["Heat", "Fargo"])  # one new text
+    after = _files(cache_dir)
+    assert len(after) == 2 and {name: after[name] for name in before} == before  # the first file untouched
+    first.encode(["Fargo", "Casino"])  # nothing new: nothing written
+    assert _files(cache_dir) == after and first.encoder_calls == 2
+    again = SentenceVectorCache(str(tiny_bert), cache_dir, batch_size=8)  # loading merges the segments
+    np.testing.assert_array_equal(again.encode(["Heat", "Casino", "Fargo"])[:2], a)
+    assert again.encoder_calls == 0 and again.cached_count == 3
+
+
+def test_serving_mode_keeps_request_texts_in_a_bounded_lru_only(tmp_path, tiny_bert):
+    cache_dir = tmp_path / "cache"
+    SentenceVectorCache(str(tiny_bert), cache_dir).encode(["Heat"])  # training wrote one text
+    before = _files(cache_dir)
+    serving = SentenceVectorCache(str(tiny_bert), cache_dir).for_serving(lru_entries=2)
+    serving.encode(["Heat"])
+    assert serving.encoder_calls == 0  # from the disk cache
+    fresh = serving.encode(["x", "y", "z"])
+    assert serving.encoder_calls == 1 and serving.lru_count == 2 and _files(cache_dir) == before
+    np.testing.assert_array_equal(serving.encode(["z", "y"]), fresh[[2, 1]])
+    assert serving.encoder_calls == 1
+    serving.encode(["x"])  # the least recently used: evicted
+    assert serving.encoder_calls == 2 and serving.lru_count == 2
+    vectors, missing = serving.lookup(["Heat", "x", "never"])
+    assert missing.tolist() == [False, False, True] and not vectors[2].any()
+    none = SentenceVectorCache(str(tiny_bert), cache_dir).for_serving(lru_entries=0)
+    none.encode(["q"])
+    none.encode(["q"])
+    assert none.encoder_calls == 2 and none.lru_count == 0 and _files(cache_dir) == before
+
+
+def test_single_file_cache_of_earlier_versions_is_read_and_compacted(tmp_path, tiny_bert):
+    from safetensors.numpy import save_file
+
+    from xdeepfm.features import _text_hash
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    writer = SentenceVectorCache(str(tiny_bert), tmp_path / "elsewhere")
+    vectors = writer.encode(["Heat", "Casino"])
+    key = writer.model_key
+    save_file({"vectors": vectors}, str(cache_dir / f"{key}.safetensors"))
+    (cache_dir / f"{key}.json").write_text(json.dumps({"text_sha256": [_text_hash("Heat"), _text_hash("Casino")]}))
+    reader = SentenceVectorCache(str(tiny_bert), cache_dir)
+    np.testing.assert_array_equal(reader.encode(["Casino", "Heat"]), vectors[[1, 0]])
+    assert reader.encoder_calls == 0
+    reader.encode(["Fargo"])
+    merged = reader.compact()
+    assert [p.name for p in cache_dir.iterdir()] == [merged.name]
+    again = SentenceVectorCache(str(tiny_bert), cache_dir)
+    np.testing.assert_array_equal(again.encode(["Heat", "Casino"]), vectors)
+    assert again.encoder_calls == 0 and again.cached_count == 3
+
+
+def test_a_damaged_cache_file_costs_re_encoding_only(tmp_path, tiny_bert, caplog):
+    cache = SentenceVectorCache(str(tiny_bert), tmp_path)
+    expected = cache.encode(["Heat"])
+    segment = cache.segment_paths()[0]
+    segment.write_bytes(b"not a safetensors file")
+    again = SentenceVectorCache(str(tiny_bert), tmp_path)
+    np.testing.assert_allclose(again.encode(["Heat"]), expected, rtol=1e-6, atol=1e-6)
+    assert again.encoder_calls == 1 and "unreadable" in caplog.text
+
+
+def test_encoding_stops_at_a_batch_boundary_past_the_deadline(tmp_path, tiny_bert):
+    import time
+
+    cache = SentenceVectorCache(str(tiny_bert), tmp_path, batch_size=2).for_serving()
+    with pytest.raises(TimeoutError, match=r"text encoding stopped after 0 of 5 texts"):
+        cache.encode(list("abcde"), deadline=time.monotonic() - 1)
+    assert cache.encoder_calls == 0 and cache.lru_count == 0
+
+
+def test_concurrent_encodes_give_the_sequential_vectors(tmp_path, tiny_bert):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [[f"title {i} {j}" for j in range(i, i + 30)] for i in range(8)]  # overlapping sets
+    expected = [SentenceVectorCache(str(tiny_bert), tmp_path / "seq", batch_size=4).for_serving().encode(t) for t in texts]
+    shared = SentenceVectorCache(str(tiny_bert), tmp_path / "par", batch_size=4).for_serving()
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(shared.encode, texts))
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

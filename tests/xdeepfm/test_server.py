@@ -53,6 +53,16 @@ def test_bound_to_loopback_and_healthy(server):
     assert server.health() == {"status": "ok"}
 
 
+def test_started_means_ready_and_the_limits_are_served(server):
+    ready = server.ready()  # RankingServer.start waited for this: artifact loaded, text encoder warmed up
+    assert ready["status"] == "ready"
+    assert ready["scoring"]["workers"] == 1 and ready["encoding"] == {"workers": 1, "queue": 4, "in_flight": 0}
+    limits = server.model()["limits"]
+    assert limits["workers"] == 1 and limits["queue"] == 16 and limits["request_timeout_s"] == 30.0
+    assert limits["body_timeout_s"] == 10.0 and limits["text_lru"] == 10_000
+    assert "warm-up done" in server.log_tail(100_000)
+
+
 def test_score_round_trip_equals_the_engine(server, engine, tiny):
     rows = records(tiny.frame.head(20))
     body = server.score(rows)
