@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcore.config import build, load_yaml
+from mmcore.config import apply_overrides, build, load_yaml
 from mmcore.files import write_text
 from mmcore.runtime import setup_logging
 from mmfusion.experiment import SentimentExperiment
@@ -165,12 +165,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="study directory: <out>/<variant>/seed<k>/ per run and <out>/results.md (default runs/ablation)")
     parser.add_argument("--doc", type=Path,
                         help="also rewrite this tracked results file (e.g. docs/results_synthmosi.md), keeping its notes")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the base config for every variant (dotted, repeatable)")
     parser.set_defaults(prog=parser.prog)
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_paths(args.out / "results.md", args.doc)
-    base = load_yaml(args.config)
+    base = apply_overrides(load_yaml(args.config), args.overrides)
+    build(SentimentExperiment, base, where=str(args.config))  # a bad key fails before any run
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
     for seed in args.seeds:  # seed-major: a study cut short still has every variant for its first seeds
         for variant in args.variants:
@@ -178,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     if {"text_only", "audio_only", "vision_only"} <= set(args.variants):
         results[LATE_AVERAGE[0]] = [late_average(args.out, seed) for seed in args.seeds]
     command = (f"{args.prog} --config {args.config} --seeds {' '.join(map(str, args.seeds))} --out {args.out}"
-               + ("" if args.variants == list(VARIANTS) else f" --variants {' '.join(args.variants)}"))
+               + ("" if args.variants == list(VARIANTS) else f" --variants {' '.join(args.variants)}")
+               + "".join(f" --set {item}" for item in args.overrides))
     for path in (args.out / "results.md", args.doc):
         if path is not None:
             write_doc(path, command, args.config, args.seeds, results)

@@ -200,7 +200,7 @@ def _gain_line(results: dict[str, list[dict]], low: str, x: str, high: str,
 
 
 def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[int], out: Path, docs: list[Path],
-                command: str, note: str = "") -> None:
+                command: str, note: str = "", overrides: list[str] | tuple[str, ...] = ()) -> None:
     """Configs mode: every config file is one variant; runs in seed-major order under ``out/<stem>/seed<s>``."""
     stems = [Path(p).stem for p in config_paths]
     if len(set(stems)) != len(stems):
@@ -208,7 +208,7 @@ def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[i
     if labels is not None and len(labels) != len(config_paths):
         raise ValueError(f"--labels {labels}: expected {len(config_paths)} labels, one per --configs file")
     labels = labels if labels is not None else stems
-    configs = {stem: load_experiment(p) for stem, p in zip(stems, config_paths)}
+    configs = {stem: load_experiment(p, overrides) for stem, p in zip(stems, config_paths)}
     for config in configs.values():
         config.train.progress = False
     for seed in seeds:
@@ -242,6 +242,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),
                         help="study directory: the runs and <out>/results.md (default runs/compare)")
     parser.add_argument("--doc", type=Path, help="also rewrite this tracked results file (e.g. docs/results_ranking.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of every config (dotted, repeatable), e.g. --set train.epochs=2")
     parser.set_defaults(prog=parser.prog)
 
 
@@ -253,13 +255,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{doc}: is a directory, expected a markdown file")
     words = [*(["--configs", *args.configs] if args.configs else ["--config", str(args.config)]),
              *(["--labels", *args.labels] if args.labels else []), *(["--note", args.note] if args.note else []),
-             "--seeds", *map(str, args.seeds), "--out", str(out), *(["--doc", str(args.doc)] if args.doc else [])]
+             "--seeds", *map(str, args.seeds), "--out", str(out), *(["--doc", str(args.doc)] if args.doc else []),
+             *[word for item in args.overrides for word in ("--set", item)]]
     command = f"{args.prog} {shlex.join(words)}"  # the study's own command, as the doc records it
     if args.configs:
-        run_configs(args.configs, args.labels, args.seeds, out, docs, command, args.note)
+        run_configs(args.configs, args.labels, args.seeds, out, docs, command, args.note, args.overrides)
         print(docs[0].read_text())
         return 0
-    base = load_experiment(args.config)
+    base = load_experiment(args.config, args.overrides)
     base.train.progress = False
     for split in args.splits:
         for seed in args.seeds:

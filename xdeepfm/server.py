@@ -18,6 +18,7 @@ over HTTP and stops it::
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -110,7 +111,10 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
     log.info("loaded %s in %.2f s (%d inputs, torch threads %d, %d scoring worker(s), queue %d, encode queue %d)",
              artifact, time.perf_counter() - started, len(engine.fields), torch.get_num_threads(), limits.workers,
              limits.queue, limits.encode_queue)
-    build_server(create_app(engine, limits), host, port, limits, log_level).run()
+    app = create_app(engine, limits)
+    gc.collect()
+    gc.freeze()  # the loaded artifact and the imports: out of the collector's sight (app.py, warm-up)
+    build_server(app, host, port, limits, log_level).run()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
