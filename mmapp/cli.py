@@ -41,6 +41,7 @@ from mmfusion.checkpoint import KIND as SENTIMENT_CHECKPOINT
 from mmfusion.data import synthetic
 from mmfusion.experiment import SentimentExperiment
 from mmfusion.extract import cli as extract_cli
+from xdeepfm import cli as ranking_cli
 from xdeepfm import compare
 from xdeepfm import evaluate as ranking_evaluate
 from xdeepfm import export as ranking_export
@@ -182,6 +183,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "predict": ("video semantics (M/T/A/V sentiment, fused embedding) per clip", predict.add_arguments, predict.run),
     "extract": ("your own videos (+ meta.csv) to an MMSA pickle", extract_cli.add_arguments, extract_cli.run),
     "export": ("a checkpoint as a self-contained, checksummed artifact directory", add_export_arguments, run_export),
+    "serve": ("serve an exported ranker over HTTP (loopback by default)", ranking_cli.add_serve_arguments,
+              ranking_cli.run_serve),
     "ablate": ("the sentiment ablation study (variants x seeds)", ablate.add_arguments, ablate.run),
     "compare": ("the ranking comparison study (ours vs stock deepctr-torch)", compare.add_arguments, compare.run),
     "synth": ("generate SynthMOSI (MMSA pickle format)", synthetic.add_arguments, synthetic.run),

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--log-level", default="INFO")
 
     serve = commands.add_parser("serve", help="serve a ranking artifact over HTTP (FastAPI + uvicorn)")
+    add_serve_arguments(serve)
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The service's options (``python -m xdeepfm serve`` and ``mmfusion serve``)."""
     serve.add_argument("--artifact", required=True, type=Path, help="directory written by `xdeepfm export`")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -88,8 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--text-lru", type=_count, default=d.text_lru,
                         help=f"request-time text vectors kept in memory per text field (default {d.text_lru}; "
                              "about entries x (hidden x 4 + 400) bytes)")
-    serve.add_argument("--log-level", default="INFO")
-    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until interrupted (the options of :func:`add_serve_arguments`)."""
+    limits = Limits(max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes, workers=args.workers,
+                    queue=args.queue, encode_queue=args.encode_queue, request_timeout_s=args.request_timeout,
+                    body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+                    keep_alive_s=args.keep_alive, max_connections=args.max_connections, text_lru=args.text_lru)
+    serve(args.artifact, args.host, args.port, args.max_candidates, args.max_body_bytes, args.text_cache,
+          args.threads, args.log_level, limits=limits)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             export_checkpoint(args.checkpoint, args.out, args.item_field, args.overwrite)
             print(f"wrote {args.out}")
         else:
-            limits = Limits(max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes, workers=args.workers,
-                            queue=args.queue, encode_queue=args.encode_queue, request_timeout_s=args.request_timeout,
-                            body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
-                            keep_alive_s=args.keep_alive, max_connections=args.max_connections, text_lru=args.text_lru)
-            serve(args.artifact, args.host, args.port, args.max_candidates, args.max_body_bytes, args.text_cache,
-                  args.threads, args.log_level, limits=limits)
+            return run_serve(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:  # ArtifactError is a ValueError
         log.error("%s", exc)
         return 2

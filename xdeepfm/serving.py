@@ -323,7 +323,8 @@ class ScoringEngine:
         return self._lookup(self._keys(column), self._code[spec.name])
 
     def _tokens(self, spec: FieldSpec, value: Any) -> list[str]:
-        text = value if isinstance(value, str) else ("" if value is None else spec.sep.join(map(str, value)))
+        text = (value if isinstance(value, str) else "" if value is None else
+                spec.sep.join(map(str, value)) if isinstance(value, list) else str(value))  # a scalar: one token
         return [t for t in (t.strip() for t in text.split(spec.sep)) if t]
 
     def _encode_multi_valued(self, spec, fit, column):

@@ -373,6 +373,16 @@ def test_a_top_level_array_gets_422(client):
     assert error["field"] == "body" and "valid dictionary" in error["message"]
 
 
+@pytest.mark.parametrize("genres, token", [(True, "True"), (7, "7"), (2.5, "2.5"), ([1, "Opera"], "1")])
+def test_a_scalar_in_a_multi_valued_field_is_one_token(client, tiny, genres, token):
+    """Found by the fuzz tests: a non-string scalar with an unknown token crashed the unknown-value report (500)."""
+    body = rank_body(tiny.frame, 2)
+    body["candidates"][1]["genres"] = genres
+    response = client.post("/v1/rank", json=body)
+    assert response.status_code == 200, response.text
+    assert token in response.json()["unknown"]["genres"]
+
+
 def test_an_integer_beyond_float64_in_a_numeric_field_names_it(engine, tiny):
     from xdeepfm.serving import RecordError
 
