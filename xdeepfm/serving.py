@@ -182,8 +182,12 @@ class ScoringEngine:
                       for spec, _ in self.fields if spec.kind == "text"}
 
     @classmethod
-    def load(cls, directory: str | Path, text_cache_dir: str | Path | None = None, **options: Any) -> "ScoringEngine":
+    def from_pretrained(cls, directory: str | Path, text_cache_dir: str | Path | None = None,
+                        **options: Any) -> "ScoringEngine":
+        """The engine of an exported artifact directory (``mmfusion export``), verified file by file."""
         return cls(load_artifact(directory, text_cache_dir), **options)
+
+    load = from_pretrained  # the name the service and the benches have used
 
     # -- public API ------------------------------------------------------------------------
     def score(self, rows: Sequence[dict[str, Any]], on_unknown: OnUnknown = "oov", *, deadline: float | None = None,
