@@ -103,7 +103,7 @@ import pandas as pd
 
 from mmcore.files import write_bytes
 from mmcore.hf import default_model_path
-from mmcore.runtime import setup_logging
+from mmcore.runtime import command_main
 from mmfusion.data.synthetic import (
     AUDIO_LATENT,
     PRESETS,
@@ -441,12 +441,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmapp.catalogue",
-                                     description="Generate the synthetic e-commerce catalogue (videos, users, clicks).")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run(args)
+    return command_main("python -m mmapp.catalogue", "Generate the synthetic e-commerce catalogue (videos, users, clicks).",
+                        add_arguments, run, argv)
 
 
 if __name__ == "__main__":

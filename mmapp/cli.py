@@ -29,10 +29,10 @@ from typing import Callable
 
 from mmapp import catalogue, demo
 from mmcore import distributed
-from mmcore.checkpoint import CheckpointError, checkpoint_kind
+from mmcore.checkpoint import checkpoint_kind
 from mmcore.config import ConfigError, apply_overrides, build, load_yaml
-from mmcore.loop import RunDir, RunDirError
-from mmcore.runtime import setup_logging
+from mmcore.loop import RunDir
+from mmcore.runtime import USER_ERRORS, setup_logging
 from mmfusion import ablate, predict, slgm_report
 from mmfusion import evaluate as sentiment_evaluate
 from mmfusion import export as sentiment_export
@@ -52,7 +52,6 @@ log = logging.getLogger("mmfusion")
 
 # task -> (its experiment schema, its trainer module: train(cfg, out_dir, *, resume, stop_after, overwrite))
 TASKS = {"sentiment": (SentimentExperiment, sentiment_train), "ranking": (RankingExperiment, ranking_train)}
-USER_ERRORS = (ConfigError, CheckpointError, RunDirError, FileNotFoundError, FileExistsError, ValueError, KeyError)
 
 
 def build_experiment(raw: dict, where: str):

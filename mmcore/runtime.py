@@ -8,8 +8,10 @@ messages and weight-loading progress bars off unless the level is ``DEBUG``.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+from typing import Callable
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -30,3 +32,25 @@ def setup_logging(level: str = "INFO") -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         for name in ("transformers", "huggingface_hub", "urllib3"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError)  # config, data and path mistakes
+
+
+def command_main(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                 run: Callable[[argparse.Namespace], int], argv: list[str] | None = None,
+                 log_level: str = "INFO") -> int:
+    """A module's own command line (``python -m PACKAGE.MODULE``): its options plus ``--log-level``;
+    a user mistake is one logged error line and exit code 2 (the ``mmfusion`` command does the same)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    parser.add_argument("--log-level", default=log_level, type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), help="DEBUG adds third-party messages")
+    parser.set_defaults(prog=prog)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return run(args)
+    except USER_ERRORS as exc:
+        logging.getLogger(prog.split()[-1]).error("%s", exc)
+        return 2

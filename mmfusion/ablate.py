@@ -30,7 +30,7 @@ import numpy as np
 
 from mmcore.config import apply_overrides, build, load_yaml
 from mmcore.files import write_text
-from mmcore.runtime import setup_logging
+from mmcore.runtime import command_main
 from mmfusion.experiment import SentimentExperiment
 from mmfusion.metrics import mmsa_metrics
 from mmfusion.train import train
@@ -198,15 +198,7 @@ def check_output_paths(*paths: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfusion.ablate", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2
+    return command_main("python -m mmfusion.ablate", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mmcore.files import atomic_write
-from mmcore.runtime import setup_logging
+from mmcore.runtime import command_main
 from mmfusion.data.mmsa import SPLITS
 from mmfusion.pretrained import SentimentModel
 
@@ -122,17 +122,8 @@ def check_output(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfusion.predict",
-                                     description="Write per-clip video semantics (M/T/A/V outputs, fused embedding).")
-    add_arguments(parser)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG shows third-party messages too")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        log.error("%s", exc)
-        return 2
+    return command_main("python -m mmfusion.predict", "Write per-clip video semantics (M/T/A/V outputs, fused embedding).",
+                        add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch
 
 from mmcore.files import write_text
 from mmcore.loop import RunDir
-from mmcore.runtime import setup_logging
+from mmcore.runtime import command_main
 from mmfusion.checkpoint import load_sentiment_checkpoint
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.metrics import pearson
@@ -152,15 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfusion.slgm_report", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging("WARNING")
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2
+    return command_main("python -m mmfusion.slgm_report", __doc__.split("\n\n")[0], add_arguments, run, argv, "WARNING")
 
 
 if __name__ == "__main__":

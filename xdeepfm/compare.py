@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mmcore.files import write_text
-from mmcore.runtime import setup_logging
+from mmcore.runtime import command_main
 from xdeepfm.experiment import RankingExperiment, load_experiment
 from xdeepfm.train import train
 
@@ -284,15 +284,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xdeepfm.compare", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2
+    return command_main("python -m xdeepfm.compare", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from scipy.signal import lfilter
 
 from mmcore.files import atomic_write
 from mmcore.hf import default_model_path, load_model, load_tokenizer
-from mmcore.runtime import setup_logging
+from mmcore.runtime import command_main
 
 log = logging.getLogger(__name__)
 
@@ -573,12 +573,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmfusion.data.synthetic",
-                                     description="Generate SynthMOSI in the MMSA pickle format.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run(args)
+    return command_main("python -m mmfusion.data.synthetic", "Generate SynthMOSI in the MMSA pickle format.",
+                        add_arguments, run, argv)
 
 
 if __name__ == "__main__":
