@@ -66,7 +66,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     """The service's options (``python -m xdeepfm serve`` and ``mmfusion serve``)."""
     serve.add_argument("--artifact", required=True, type=Path, help="directory written by `xdeepfm export`")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve.add_argument("--max-candidates", type=_positive, default=1000,
                        help="candidates per /v1/rank and rows per /v1/score request (default 1000)")
     serve.add_argument("--max-body-bytes", type=_positive, default=2_000_000, help="request body limit (default 2 MB)")

@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="split of clips whose meta row has no split (default: test)")
     p.add_argument("--fps", type=_limited("fps", float), default=5.0,
                    help="video frames sampled per second, in (0, 1000] (default 5)")
-    p.add_argument("--audio-preset", choices=("covarep74", "mfcc", "fbank"), default="covarep74")
+    p.add_argument("--audio-preset", choices=("covarep74", "mfcc", "fbank"), default="covarep74",
+                   help="acoustic features: covarep74 (74 columns, MOSEI-like; default), mfcc or fbank")
     p.add_argument("--audio-dim", type=_audio_dim, default=74,
                    help=f"audio width for the mfcc / fbank presets, in [1, {MAX_AUDIO_DIM}]")
     p.add_argument("--visual", choices=("auto", "stats", *BACKBONES), default="auto",
