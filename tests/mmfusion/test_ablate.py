@@ -4,6 +4,7 @@ from pathlib import Path
 
 import yaml
 
+from mmcore.config import load_yaml
 from mmfusion import ablate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ def test_ablation_table_and_late_average(tmp_path, tiny_synthmosi):
 
 
 def test_ablation_base_is_the_default_model():
-    load = lambda name: yaml.safe_load((ROOT / "configs" / name).read_text())  # noqa: E731
+    load = lambda name: load_yaml(ROOT / "configs" / name)  # noqa: E731
     assert load("synthmosi_ablation.yaml") == load("synthmosi_default.yaml")
 
 
