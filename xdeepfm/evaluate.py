@@ -18,6 +18,7 @@ import torch
 
 from mmcore.checkpoint import CheckpointError
 from mmcore.config import build, load_yaml
+from mmcore.distributed import select_device
 from mmcore.files import write_bytes
 from mmcore.loop import RunDir
 from xdeepfm.baseline import build_stock_model
@@ -73,6 +74,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_config_path: str | Path | N
         fields = [pipeline.fitted[f.name] for f in pipeline.spec.fields]
         model = XDeepFMRanker(fields, cfg.model, seed=cfg.train.seed)
         _load_weights(model, ckpt.model_state, checkpoint)
+        model.to(select_device(cfg.train.device))  # the run's device (auto: CUDA when available); batches follow it
 
         def scores(frame, name):
             X = torch.from_numpy(stack_inputs(pipeline.transform(frame, name), model.columns))
