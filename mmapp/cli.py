@@ -31,7 +31,7 @@ from mmapp import catalogue, demo
 from mmcore import distributed
 from mmcore.checkpoint import checkpoint_kind
 from mmcore.config import ConfigError, apply_overrides, build, load_yaml
-from mmcore.loop import RunDir
+from mmcore.loop import RunDir, checkpoint_file
 from mmcore.runtime import USER_ERRORS, setup_logging
 from mmfusion import ablate, predict, slgm_report
 from mmfusion import evaluate as sentiment_evaluate
@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_file(path: Path) -> Path:
-    file = RunDir(path).best if path.is_dir() else path
+    file = checkpoint_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: checkpoint not found")
     return file

@@ -177,6 +177,12 @@ class RunDir:
                                 "pid": os.getpid(), "config": config})
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run directory's best checkpoint (what evaluation and export read)."""
+    path = Path(path)
+    return RunDir(path).best if path.is_dir() else path
+
+
 def claim_run_dir(path: str | Path, config: dict, *, resume: bool, overwrite: bool) -> RunDir:
     """:meth:`RunDir.start` on rank 0, its refusal (if any) raised on every rank of a torchrun job."""
     run, problem = RunDir(path), None

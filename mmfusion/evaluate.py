@@ -21,7 +21,7 @@ import torch
 from mmcore import distributed
 from mmcore.config import build
 from mmcore.files import write_json, write_text
-from mmcore.loop import RunDir
+from mmcore.loop import checkpoint_file
 from mmfusion.checkpoint import load_sentiment_checkpoint
 from mmfusion.data.mmsa import MMSAData, MMSASplit, NormStats, load_mmsa, make_loader
 from mmfusion.experiment import SentimentExperiment, build_model_config
@@ -77,12 +77,6 @@ def predictions_csv(pred: Predictions) -> str:
     for i, clip_id in enumerate(pred.ids):
         writer.writerow([clip_id, *(f"{float(c[i]):.6f}" for c in columns)])
     return buffer.getvalue()
-
-
-def checkpoint_file(checkpoint: str | Path) -> Path:
-    """A checkpoint file, or a run directory's best checkpoint."""
-    path = Path(checkpoint)
-    return RunDir(path).best if path.is_dir() else path
 
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[MultimodalSentimentModel, NormStats | None, dict]:

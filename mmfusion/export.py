@@ -34,9 +34,10 @@ from mmcore.artifact import (
     write_artifact,
 )
 from mmcore.config import ConfigError, build, to_dict
+from mmcore.loop import checkpoint_file
 from mmcore.runtime import setup_logging
 from mmfusion.data.mmsa import NormStats
-from mmfusion.evaluate import checkpoint_file, load_model
+from mmfusion.evaluate import load_model
 from mmfusion.model import MultimodalSentimentModel, SentimentModelConfig
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from mmcore.checkpoint import CheckpointError
 from mmcore.config import build, load_yaml
 from mmcore.distributed import select_device
 from mmcore.files import write_bytes
-from mmcore.loop import RunDir
+from mmcore.loop import checkpoint_file
 from xdeepfm.baseline import build_stock_model
 from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.data import load_splits
@@ -47,9 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_config_path: str | Path | N
     ``checkpoint``: a ranking checkpoint file, or a run directory (its ``best.safetensors``).
     ``out_dir``: a directory that receives ``eval_metrics.json`` (or a path ending in ``.json``: that file).
     """
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = RunDir(checkpoint).best
+    checkpoint = checkpoint_file(checkpoint)
     ckpt = load_ranking_checkpoint(checkpoint)
     mapping = dict(ckpt.config)
     if data_config_path is not None:

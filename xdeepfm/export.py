@@ -42,7 +42,7 @@ from mmcore.artifact import (
     write_artifact,
 )
 from mmcore.config import ConfigError, build, to_dict
-from mmcore.loop import RunDir
+from mmcore.loop import checkpoint_file
 from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.features import FeatureError, FeaturePipeline
 from xdeepfm.model import RankerConfig, XDeepFMRanker
@@ -81,9 +81,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, item_field: str |
     """Write the artifact of a ranking checkpoint (``best.safetensors``, or a run directory: its best) to directory ``out``."""
     from safetensors.numpy import save
 
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = RunDir(checkpoint).best
+    checkpoint = checkpoint_file(checkpoint)
     ckpt = load_ranking_checkpoint(checkpoint)
     model_dict = ckpt.config.get("model", {})
     config = build(RankerConfig, model_dict, f"{checkpoint}:config.model")
