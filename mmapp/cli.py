@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from mmapp import catalogue, demo
+from mmapp import catalogue, demo, ingest
 from mmcore import distributed
 from mmcore.checkpoint import checkpoint_kind
 from mmcore.config import ConfigError, apply_overrides, build, load_yaml
@@ -171,6 +171,19 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    ranking_cli.add_serve_arguments(parser)
+    parser.add_argument("--sentiment", type=Path,
+                        help="the sentiment model of the ranker's video semantics (artifact, run directory or checkpoint): "
+                             "enables POST /v1/items with a video (needs a store)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.sentiment is not None and not args.sentiment.exists():
+        raise FileNotFoundError(f"--sentiment {args.sentiment}: not found")
+    return ranking_cli.run_serve(args, ingest.make_ingestor(args.sentiment) if args.sentiment is not None else None)
+
+
 # --------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------
@@ -182,8 +195,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "predict": ("video semantics (M/T/A/V sentiment, fused embedding) per clip", predict.add_arguments, predict.run),
     "extract": ("your own videos (+ meta.csv) to an MMSA pickle", extract_cli.add_arguments, extract_cli.run),
     "export": ("a checkpoint as a self-contained, checksummed artifact directory", add_export_arguments, run_export),
-    "serve": ("serve an exported ranker over HTTP (loopback by default)", ranking_cli.add_serve_arguments,
-              ranking_cli.run_serve),
+    "serve": ("serve an exported ranker over HTTP (loopback by default)", add_serve_arguments, run_serve),
+    "store": ("build the item/user store a ranker's service ranks ids from", ranking_cli.add_store_arguments,
+              ranking_cli.run_store),
+    "ingest": ("new product videos into the item store: extraction, semantics, upsert", ingest.add_arguments, ingest.run),
     "ablate": ("the sentiment ablation study (variants x seeds)", ablate.add_arguments, ablate.run),
     "compare": ("the ranking comparison study (ours vs stock deepctr-torch)", compare.add_arguments, compare.run),
     "synth": ("generate SynthMOSI (MMSA pickle format)", synthetic.add_arguments, synthetic.run),

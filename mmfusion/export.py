@@ -59,7 +59,7 @@ def export_model(model: MultimodalSentimentModel, norm: NormStats | None, meta: 
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     files = {
         CONFIG: json_bytes({"model": to_dict(model.cfg), "data_dims": meta["data_dims"],
-                            "training_config": meta.get("config")}),
+                            "training_config": meta.get("config"), "extraction": meta.get("extraction")}),
         NORM: json_bytes(norm.to_dict() if norm is not None else None),
         WEIGHTS: state_dict_bytes(weights),
     }
@@ -95,6 +95,7 @@ def load_model_artifact(directory: str | Path):
     manifest = read_json(directory, MANIFEST)
     metrics = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
     return model, norm, {"config": config.get("training_config"), "data_dims": dims, "norm": norm_dict,
+                         "extraction": config.get("extraction"),
                          "epoch": metrics.get("epoch"), "valid_metrics": metrics.get("valid")}
 
 

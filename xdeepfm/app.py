@@ -54,9 +54,12 @@ logger as one JSON object: method, path, status, latency in ms, request bytes, r
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import gc
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -72,7 +75,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from xdeepfm.catalog import Ingestor, item_record, rank_by_id
 from xdeepfm.serving import Deadline, RecordError, ScoringEngine, TextsMissing
+from xdeepfm.store import FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("xdeepfm.access")
@@ -100,11 +105,15 @@ class Limits:
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     max_connections: int = 100  # open connections / requests in progress (uvicorn limit_concurrency)
     text_lru: int = 10_000  # request-time text vectors kept in memory, per text field
+    max_item_body_bytes: int = 64_000_000  # POST /v1/items (videos travel base64-encoded in the JSON body)
+    max_items: int = 100  # items per POST /v1/items
+    ingest_queue: int = 4  # /v1/items requests that may wait for the ingestion thread (beyond the one running)
+    ingest_timeout_s: float = 300.0  # from the end of a /v1/items body to its answer (extraction takes seconds)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            least = 0 if f.name in ("queue", "encode_queue", "text_lru") else 1
+            least = 0 if f.name in ("queue", "encode_queue", "ingest_queue", "text_lru") else 1
             if f.name.endswith("_s"):
                 if not value > 0:
                     raise ValueError(f"{f.name} {value!r}: expected a number of seconds > 0")
@@ -118,6 +127,30 @@ class RankRequest(BaseModel):
     candidates: list[dict[str, Any]] = Field(min_length=1)
     top_k: int | None = Field(default=None, ge=1, strict=True, description="return the best top_k (default: all)")
     unknown: Literal["oov", "error"] = "oov"
+
+
+class RankByIdRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(description="a user of the store (an unknown one is ranked for as a new user)")
+    candidate_ids: list[str] = Field(min_length=1, description="item ids of the store")
+    context: dict[str, Any] = Field(default_factory=dict, description="per-request columns (device, time, ...)")
+    top_k: int | None = Field(default=None, ge=1, strict=True, description="return the best top_k (default: all)")
+    unknown: Literal["oov", "error"] = "oov"
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    columns: dict[str, Any] = Field(description="the item's input columns (its id, title, category, price, ...)")
+    vectors: dict[str, list[float]] = Field(default_factory=dict, description="precomputed vectors by field name "
+                                                                             "(e.g. video semantics)")
+    video: str | None = Field(default=None, description="the product video file, base64-encoded (needs a service "
+                                                        "started with ingestion: `mmfusion serve --sentiment ...`)")
+    transcript: str = Field(default="", description="the spoken words of the video, when known")
+
+
+class ItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[ItemIn] = Field(min_length=1)
 
 
 class ScoreRequest(BaseModel):
@@ -322,39 +355,106 @@ class Lane:
 class _Job:
     """One POST: parse + validate + score on the scoring pool; ``second`` after its texts were encoded elsewhere."""
 
-    def __init__(self, engine: ScoringEngine, limits: Limits, kind: str, raw: bytes, state, deadline: float) -> None:
-        self.engine, self.limits, self.kind, self.raw, self.state, self.deadline = engine, limits, kind, raw, state, deadline
-        self.body: RankRequest | ScoreRequest | None = None
+    def __init__(self, service: "_Service", kind: str, raw: bytes, state, deadline: float) -> None:
+        self.service, self.kind, self.raw, self.state, self.deadline = service, kind, raw, state, deadline
+        self.body: RankRequest | RankByIdRequest | ScoreRequest | None = None
 
-    def first(self) -> bytes:
-        value = parse_json(self.raw)
-        self.raw = b""
-        model = RankRequest if self.kind == "rank" else ScoreRequest
+    def _validate(self, value: Any) -> None:
+        if self.kind == "rank":
+            model = RankByIdRequest if isinstance(value, dict) and "candidate_ids" in value else RankRequest
+        else:
+            model = ScoreRequest
         try:
             self.body = model.model_validate(value)
         except ValidationError as exc:
             raise _validation_error(exc.errors(include_input=False, include_url=False)) from None
-        name = "candidates" if self.kind == "rank" else "rows"
+
+    def first(self) -> bytes:
+        value = parse_json(self.raw)
+        self.raw = b""
+        self._validate(value)
+        name = {RankRequest: "candidates", RankByIdRequest: "candidate_ids", ScoreRequest: "rows"}[type(self.body)]
         n = len(getattr(self.body, name))
         self.state.rows = n
-        if n > self.limits.max_candidates:
-            raise RecordError(name, f"{n} {name} given; at most {self.limits.max_candidates} per request")
+        limit = self.service.limits.max_candidates
+        if n > limit:
+            raise RecordError(name, f"{n} {name} given; at most {limit} per request")
+        if isinstance(self.body, RankByIdRequest) and self.service.store is None:
+            raise RecordError("candidate_ids", "this service has no item/user store, so it ranks only full feature rows "
+                                               "(`candidates`); start it with --store")
         return self._run(defer_texts=True)
 
     def second(self) -> bytes:
         return self._run(defer_texts=False)
 
     def _run(self, defer_texts: bool) -> bytes:
-        engine, body = self.engine, self.body
-        if self.kind == "score":
+        engine, body = self.service.engine, self.body
+        if isinstance(body, ScoreRequest):
             result = engine.score(body.rows, body.unknown, deadline=self.deadline, defer_texts=defer_texts)
             return render({"scores": result.scores.tolist(), "unknown": result.unknown})
+        if isinstance(body, RankByIdRequest):
+            ranked = rank_by_id(engine, self.service.store, body.user_id, body.candidate_ids, body.top_k, body.context,
+                                body.unknown, deadline=self.deadline, defer_texts=defer_texts)
+            items = [{"id": item, "score": score} for item, score in zip(ranked.ids, ranked.scores.tolist())]
+            return render({"items": items, "n_candidates": ranked.n_candidates, "unknown": ranked.unknown,
+                           "unknown_ids": ranked.unknown_ids})
         ranking = engine.rank(body.user, body.candidates, body.top_k, body.unknown, deadline=self.deadline,
                               defer_texts=defer_texts)
         order = ranking.order.tolist()
         ids = [body.candidates[i].get(engine.item_field) for i in order] if engine.item_field else [None] * len(order)
         items = [{"index": i, "id": item, "score": s} for i, item, s in zip(order, ids, ranking.scores.tolist())]
         return render({"items": items, "n_candidates": len(body.candidates), "unknown": ranking.unknown})
+
+
+def ingest_items(service: "_Service", raw: bytes, state, deadline: float) -> bytes:
+    """POST /v1/items: every item checked (and its video turned into semantics), then all upserted in one transaction."""
+    value = parse_json(raw)
+    try:
+        body = ItemsRequest.model_validate(value)
+    except ValidationError as exc:
+        raise _validation_error(exc.errors(include_input=False, include_url=False)) from None
+    state.rows = len(body.items)
+    if len(body.items) > service.limits.max_items:
+        raise RecordError("items", f"{len(body.items)} items given; at most {service.limits.max_items} per request")
+    if service.store is None:
+        raise RecordError("items", "this service has no item store; start it with --store")
+    records, described = [], []
+    for i, item in enumerate(body.items):
+        where = f"items[{i}]"
+        vectors: dict[str, Any] = dict(item.vectors)
+        semantics = None
+        if item.video is not None:
+            if service.ingestor is None:
+                raise RecordError(f"{where}.video", "this service does not ingest videos (start it with "
+                                                    "`mmfusion serve --sentiment ARTIFACT`); send the item's vectors instead")
+            try:
+                video = base64.b64decode(item.video, validate=True)
+            except (binascii.Error, ValueError):
+                raise RecordError(f"{where}.video", "not valid base64") from None
+            if time.monotonic() > deadline:
+                raise Deadline(f"ingestion stopped before {where}")
+            derived, semantics = service.ingestor(video, item.columns, item.transcript, where)
+            both = sorted(set(derived) & set(vectors))
+            if both:
+                raise RecordError(f"{where}.vectors.{both[0]}", "given, but it also comes from the video; send one of them")
+            vectors.update(derived)
+        records.append(item_record(service.engine, service.store.layout, item.columns, vectors, where))
+        described.append(semantics)
+    try:
+        generation = service.store.put("item", records)
+    except StoreError as exc:
+        raise RecordError("items", str(exc)) from None
+    items = [{"id": r.id, "semantics": d} for r, d in zip(records, described)]
+    log.info("upserted %d item(s) into %s (generation %d)", len(records), service.store.path, generation)
+    return render({"items": items, "generation": generation, "n_items": service.store.count("item")})
+
+
+@dataclass
+class _Service:
+    engine: ScoringEngine
+    limits: Limits
+    store: FeatureStore | None = None
+    ingestor: Ingestor | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,8 +466,10 @@ class GuardMiddleware:
     """Pure ASGI: refuses oversized, late and non-JSON bodies, turns any unhandled exception into a
     logged 500 JSON error, and writes the access log line."""
 
-    def __init__(self, app, max_body_bytes: int, body_timeout_s: float | None = None) -> None:
+    def __init__(self, app, max_body_bytes: int, body_timeout_s: float | None = None,
+                 path_limits: dict[str, int] | None = None) -> None:
         self.app, self.max_body_bytes, self.body_timeout_s = app, max_body_bytes, body_timeout_s
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -375,6 +477,7 @@ class GuardMiddleware:
         started, status, received, body_done = time.perf_counter(), None, 0, False
         deadline = None if self.body_timeout_s is None else time.monotonic() + self.body_timeout_s
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        max_body = self.path_limits.get(scope["path"], self.max_body_bytes)
 
         async def send_logged(message) -> None:
             nonlocal status
@@ -394,15 +497,15 @@ class GuardMiddleware:
                                              f"({received} bytes received)", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise HTTPException(413, f"request body over {self.max_body_bytes} bytes", headers={"Connection": "close"})
+                if received > max_body:
+                    raise HTTPException(413, f"request body over {max_body} bytes", headers={"Connection": "close"})
                 body_done = not message.get("more_body", False)
             return message
 
         try:
             declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                response = error_response(413, f"request body is {declared} bytes; at most {self.max_body_bytes} are accepted",
+            if declared is not None and declared.isdigit() and int(declared) > max_body:
+                response = error_response(413, f"request body is {declared} bytes; at most {max_body} are accepted",
                                           headers={"Connection": "close"})
             elif scope["method"] == "POST" and headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 response = error_response(415, "Content-Type must be application/json")
@@ -429,15 +532,21 @@ class GuardMiddleware:
 # --------------------------------------------------------------------------------------------
 
 
-def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: bool = True) -> FastAPI:
+def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: bool = True,
+               store: FeatureStore | None = None, ingestor: Ingestor | None = None) -> FastAPI:
     """The FastAPI application around a loaded ``ScoringEngine``.
 
     ``warm_up``: load the text encoders at start-up (the app's lifespan) and report ready after;
-    without it the app is ready at once.
+    without it the app is ready at once. ``store``: the item/user store (``xdeepfm.store``) that
+    ranking by id reads and ``POST /v1/items`` writes (without it, both are refused with the reason).
+    ``ingestor``: turns uploaded videos into semantics (``xdeepfm.catalog.Ingestor``; the
+    application layer's ``mmapp.ingest`` builds it from the sentiment model).
     """
     limits = limits or Limits()
     scoring = Lane("scoring", limits.workers, limits.queue)
     encoding = Lane("encoding", 1, limits.encode_queue)
+    ingesting = Lane("ingestion", 1, limits.ingest_queue)
+    service = _Service(engine, limits, store, ingestor)
     readiness: dict[str, Any] = {"ready": not warm_up, "error": None}
 
     def warm_and_freeze() -> None:
@@ -467,9 +576,11 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
                 task.cancel()
             scoring.close()
             encoding.close()
+            ingesting.close()
 
     app = FastAPI(title="xdeepfm ranking service", version=engine.artifact.manifest.get("format", "?"), lifespan=lifespan)
-    app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
+    app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
+                       path_limits={"/v1/items": limits.max_item_body_bytes})
     app.state.scoring, app.state.encoding, app.state.readiness = scoring, encoding, readiness
     artifact = engine.artifact
     model_info = {
@@ -478,6 +589,11 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
         "inputs": artifact.info.get("inputs"),
         "item_field": engine.item_field,
         "limits": asdict(limits),
+        "store": None if store is None else {"path": str(getattr(store, "path", "")), "items": store.count("item"),
+                                             "users": store.count("user"), "item_columns": list(store.layout.item.columns),
+                                             "user_columns": list(store.layout.user.columns),
+                                             "context_columns": list(store.layout.context)},
+        "ingestion": ingestor is not None,
     }
     retry = {"Retry-After": str(RETRY_AFTER_S)}
 
@@ -509,7 +625,7 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
     async def handle(request: Request, kind: str) -> Response:
         raw = await request.body()
         deadline = time.monotonic() + limits.request_timeout_s
-        job = _Job(engine, limits, kind, raw, request.state, deadline)
+        job = _Job(service, kind, raw, request.state, deadline)
         try:
             return Response(await scoring.run(job.first, deadline), media_type="application/json")
         except TextsMissing as missing:
@@ -527,7 +643,8 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         if readiness["ready"]:
-            return JSONResponse({"status": "ready", "scoring": scoring.stats(), "encoding": encoding.stats()})
+            return JSONResponse({"status": "ready", "pid": os.getpid(), "scoring": scoring.stats(),
+                                 "encoding": encoding.stats(), "ingestion": ingesting.stats()})
         if readiness["error"]:
             return error_response(503, f"not ready: the warm-up failed ({readiness['error']})")
         return error_response(503, "not ready: warming up (loading the text encoders)", headers=retry)
@@ -539,6 +656,13 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
     @app.post("/v1/rank", openapi_extra=body_schema(RankRequest))
     async def rank(request: Request) -> Response:
         return await handle(request, "rank")
+
+    @app.post("/v1/items", openapi_extra=body_schema(ItemsRequest))
+    async def items(request: Request) -> Response:
+        raw = await request.body()
+        deadline = time.monotonic() + limits.ingest_timeout_s
+        payload = await ingesting.run(lambda: ingest_items(service, raw, request.state, deadline), deadline)
+        return Response(payload, media_type="application/json")
 
     @app.post("/v1/score", openapi_extra=body_schema(ScoreRequest))
     async def score(request: Request) -> Response:

@@ -14,10 +14,16 @@ import logging
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from mmcore.runtime import setup_logging
 from xdeepfm.app import Limits
+from xdeepfm.catalog import build_store, default_store_path
+from xdeepfm.data import load_splits
+from xdeepfm.experiment import load_experiment
 from xdeepfm.export import export_checkpoint
 from xdeepfm.server import serve
+from xdeepfm.serving import ScoringEngine
 
 log = logging.getLogger("xdeepfm")
 
@@ -72,7 +78,13 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--max-body-bytes", type=_positive, default=2_000_000, help="request body limit (default 2 MB)")
     serve.add_argument("--text-cache", type=Path, help="text-vector cache directory (default: the feature spec's)")
     serve.add_argument("--threads", type=_positive, default=1,
-                       help="torch intra-op threads (default 1: the scoring and encoding threads leave a core to the server)")
+                       help="torch intra-op threads per process (default 1: the scoring and encoding threads leave a core "
+                            "to the server)")
+    serve.add_argument("--processes", type=_positive, default=1,
+                       help="server processes sharing the port (default 1; e.g. one per core: each loads the artifact)")
+    serve.add_argument("--store", type=Path,
+                       help="the item/user store (SQLite) for ranking by id and POST /v1/items "
+                            "(default: <artifact>.store.sqlite when it exists)")
     d = Limits()
     limits = serve.add_argument_group("limits", "per-request and per-connection bounds (docs/security.md, 'HTTP service')")
     limits.add_argument("--workers", type=_positive, default=d.workers,
@@ -97,14 +109,45 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                              "about entries x (hidden x 4 + 400) bytes)")
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Serve until interrupted (the options of :func:`add_serve_arguments`)."""
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """``mmfusion store``: build the item/user store of an exported ranker from its training data."""
+    p.add_argument("--artifact", required=True, type=Path, help="the exported ranker (`mmfusion export`)")
+    p.add_argument("--config", required=True, type=Path,
+                   help="the ranking YAML the ranker was trained with: its data section gives every item and user")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of --config (repeatable)")
+    p.add_argument("--out", type=Path, help="the store file to create (default: <artifact>.store.sqlite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store file")
+    p.add_argument("--text-cache", type=Path, help="text-vector cache directory (default: the ranker's)")
+
+
+def run_store(args: argparse.Namespace) -> int:
+    out = args.out or default_store_path(args.artifact)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: exists (pass --overwrite to rebuild it)")
+    cfg = load_experiment(args.config, args.set)
+    engine = ScoringEngine.load(args.artifact, args.text_cache)
+    splits = load_splits(cfg.data)
+    frame = pd.concat(list(splits.values()), ignore_index=True)
+    store = build_store(engine, frame, out, overwrite=args.overwrite)
+    layout = store.layout
+    print(f"wrote {out}: {store.count('item')} items ({', '.join(layout.item.columns)}), {store.count('user')} users "
+          f"({', '.join(layout.user.columns)})" + (f"; per-request context: {', '.join(layout.context)}" if layout.context else ""))
+    return 0
+
+
+def run_serve(args: argparse.Namespace, ingestor=None) -> int:
+    """Serve until interrupted (the options of :func:`add_serve_arguments`); ``ingestor``: see ``xdeepfm.server.serve``."""
     limits = Limits(max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes, workers=args.workers,
                     queue=args.queue, encode_queue=args.encode_queue, request_timeout_s=args.request_timeout,
                     body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
                     keep_alive_s=args.keep_alive, max_connections=args.max_connections, text_lru=args.text_lru)
+    store = args.store
+    if store is None and default_store_path(args.artifact).is_file():
+        store = default_store_path(args.artifact)
+    elif store is not None and not Path(store).is_file():
+        raise FileNotFoundError(f"--store {store}: no such file (build one with `mmfusion store`)")
     serve(args.artifact, args.host, args.port, args.max_candidates, args.max_body_bytes, args.text_cache,
-          args.threads, args.log_level, limits=limits)
+          args.threads, args.log_level, limits=limits, store=store, ingestor=ingestor, processes=args.processes)
     return 0
 
 

@@ -20,18 +20,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from mmcore.runtime import setup_logging
 from xdeepfm.app import Limits, create_app
+from xdeepfm.catalog import Ingestor, open_store
 from xdeepfm.serving import ScoringEngine
 
 log = logging.getLogger(__name__)
@@ -94,27 +98,79 @@ def build_server(app, host: str, port: int, limits: Limits, log_level: str = "in
 
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_candidates: int = 1000,
           max_body_bytes: int = 2_000_000, text_cache_dir: str | Path | None = None, threads: int | None = 1,
-          log_level: str = "info", limits: Limits | None = None) -> None:
+          log_level: str = "info", limits: Limits | None = None, store: str | Path | None = None,
+          ingestor: Callable[[ScoringEngine], Ingestor] | None = None, processes: int = 1) -> None:
     """Load ``artifact`` and serve it until interrupted (SIGINT/SIGTERM end it cleanly).
 
     ``limits`` (default ``Limits()``) holds every bound; ``max_candidates`` and ``max_body_bytes``
-    replace its two fields. ``threads``: torch intra-op threads (default 1, so that the scoring and
-    encoding threads leave a core to the event loop; None: torch's choice).
+    replace its two fields. ``threads``: torch intra-op threads per process (default 1, so that the
+    scoring and encoding threads leave a core to the event loop; None: torch's choice). ``store``:
+    the item/user store file for ranking by id and ``POST /v1/items``. ``ingestor``: a picklable
+    callable making the video ingestor from the engine (the application layer's). ``processes``
+    > 1 runs that many server processes on one listening socket (the kernel spreads connections
+    over them); they share the store file, so an item one of them ingests is seen by all.
     """
     limits = Limits(**{**asdict(limits or Limits()), "max_candidates": max_candidates, "max_body_bytes": max_body_bytes})
-    if threads:
-        torch.set_num_threads(threads)
     if host not in LOOPBACK:
         log.warning("binding %s: the service has no authentication; keep it behind a trusted network", host)
+    options = dict(artifact=artifact, text_cache_dir=text_cache_dir, threads=threads, log_level=log_level, limits=limits,
+                   store=store, ingestor=ingestor)
+    if processes <= 1:
+        app = load_app(**options)
+        build_server(app, host, port, limits, log_level).run()
+        return
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_serve_process, args=(options, host, port, sock), name=f"xdeepfm-serve-{i}")
+                for i in range(processes)]
+    for child in children:
+        child.start()
+    log.info("serving %s on %s:%d with %d processes (pids %s)", artifact, host, port, processes,
+             [c.pid for c in children])
+
+    def stop(signum, frame) -> None:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for child in children:
+            child.join()
+    finally:
+        stop(None, None)
+        sock.close()
+
+
+def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: int | None, log_level: str, limits: Limits,
+             store: str | Path | None, ingestor: Callable[[ScoringEngine], Ingestor] | None):
+    """The app of one server process: the engine, the store it checks against the artifact, the ingestor."""
+    if threads:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     engine = ScoringEngine.load(artifact, text_cache_dir, text_lru=limits.text_lru)
-    log.info("loaded %s in %.2f s (%d inputs, torch threads %d, %d scoring worker(s), queue %d, encode queue %d)",
+    opened = open_store(engine, store) if store is not None else None
+    log.info("loaded %s in %.2f s (%d inputs, torch threads %d, %d scoring worker(s), queue %d, encode queue %d%s)",
              artifact, time.perf_counter() - started, len(engine.fields), torch.get_num_threads(), limits.workers,
-             limits.queue, limits.encode_queue)
-    app = create_app(engine, limits)
+             limits.queue, limits.encode_queue,
+             f", store {store}: {opened.count('item')} items, {opened.count('user')} users" if opened else "")
+    app = create_app(engine, limits, store=opened, ingestor=ingestor(engine) if ingestor is not None else None)
     gc.collect()
     gc.freeze()  # the loaded artifact and the imports: out of the collector's sight (app.py, warm-up)
-    build_server(app, host, port, limits, log_level).run()
+    return app
+
+
+def _serve_process(options: dict, host: str, port: int, sock: socket.socket) -> None:
+    """One of ``serve``'s processes: its own engine, store connection and app, on the shared socket."""
+    setup_logging(options["log_level"].upper())
+    app = load_app(**options)
+    server = build_server(app, host, port, options["limits"], options["log_level"])
+    server.run(sockets=[sock])
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -133,12 +189,15 @@ class RankingServer:
 
     ``log_path`` receives the server's stdout and stderr (the access log included); by default
     they go to a temp file that ``stop`` removes. ``args`` adds serve options (e.g.
-    ``["--max-candidates", "100"]``).
+    ``["--max-candidates", "100"]``); with ``--processes N`` the server is ready once N distinct
+    processes have answered ``/readyz``. ``module`` is the program run as ``python -m MODULE serve``
+    (``mmapp`` for the service that also ingests videos).
     """
 
     def __init__(self, artifact: str | Path, host: str = "127.0.0.1", port: int | None = None,
                  args: Sequence[str] = (), log_path: str | Path | None = None, startup_timeout: float = 120.0,
-                 request_timeout: float = 60.0) -> None:
+                 request_timeout: float = 60.0, module: str = "xdeepfm") -> None:
+        self.module = module
         self.artifact, self.host, self.port = Path(artifact), host, port
         self.args, self.startup_timeout, self.request_timeout = list(args), startup_timeout, request_timeout
         self.log_path = Path(log_path) if log_path else None
@@ -167,7 +226,7 @@ class RankingServer:
             port = self.port if fixed else free_port(self.host)
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-            command = [sys.executable, "-m", "xdeepfm", "serve", "--artifact", str(self.artifact), "--host", self.host,
+            command = [sys.executable, "-m", self.module, "serve", "--artifact", str(self.artifact), "--host", self.host,
                        "--port", str(port), *self.args]
             with open(self.log_path, "ab") as out:
                 self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -188,13 +247,18 @@ class RankingServer:
         import requests
 
         deadline = time.monotonic() + self.startup_timeout
+        processes = int(self.args[self.args.index("--processes") + 1]) if "--processes" in self.args else 1
+        ready: set[int] = set()
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
             try:
-                response = self._session.get(f"{self.url}/readyz", timeout=2)
+                response = self._session.get(f"{self.url}/readyz", timeout=2, headers={"Connection": "close"})
                 if response.status_code == 200:
-                    return True
+                    ready.add(response.json().get("pid", 0))
+                    if len(ready) >= processes:
+                        return True
+                    continue
                 if "warm-up failed" in response.text:
                     return False
             except requests.RequestException:
@@ -242,6 +306,16 @@ class RankingServer:
     def rank(self, user: dict, candidates: list[dict], top_k: int | None = None, unknown: str = "oov") -> dict:
         return self._json("POST", "/v1/rank", json={"user": user, "candidates": candidates, "top_k": top_k,
                                                     "unknown": unknown})
+
+    def rank_ids(self, user_id: str, candidate_ids: list[str], top_k: int | None = None, context: dict | None = None,
+                 unknown: str = "oov") -> dict:
+        """``POST /v1/rank`` by id: the features come from the service's store."""
+        return self._json("POST", "/v1/rank", json={"user_id": user_id, "candidate_ids": candidate_ids, "top_k": top_k,
+                                                    "context": context or {}, "unknown": unknown})
+
+    def put_items(self, items: list[dict]) -> dict:
+        """``POST /v1/items``: each ``{"columns": {...}, "vectors": {...}}`` or with ``"video"`` (base64)."""
+        return self._json("POST", "/v1/items", json={"items": items})
 
     def score(self, rows: list[dict], unknown: str = "oov") -> dict:
         return self._json("POST", "/v1/score", json={"rows": rows, "unknown": unknown})

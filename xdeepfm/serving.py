@@ -63,7 +63,7 @@ class RecordError(ValueError):
     """A record does not fit the model's inputs; ``path`` is the JSON path of the bad value."""
 
     def __init__(self, path: str, message: str) -> None:
-        self.path = path
+        self.path, self.message = path, message
         super().__init__(f"{path}: {message}")
 
 
@@ -124,7 +124,7 @@ class _Column:
         self.name, self.values, self.where = name, values, where
 
     def error(self, i: int, message: str) -> RecordError:
-        path = f"{self.where}.{self.name}" if self.where == "user" else f"{self.where}[{i}].{self.name}"
+        path = f"{self.where}.{self.name}" if self.where in ("user", "context") else f"{self.where}[{i}].{self.name}"
         return RecordError(path, message)
 
 
@@ -239,6 +239,30 @@ class ScoringEngine:
         for name, texts in pending.items():
             self._text[name].encode(texts, deadline)
 
+    def field_inputs(self, name: str, values: Sequence[Any], on_unknown: OnUnknown = "oov") -> np.ndarray:
+        """The model inputs of one field for raw ``values`` ((n, d) float32): what ``encode`` puts in its columns
+        (a title's sentence vector, a vector field's row for a key, a code, a z-score)."""
+        spec, fit = next(((s, f) for s, f in self.fields if s.name == name), (None, None))
+        if spec is None:
+            raise KeyError(f"{name!r} is not a field of this model (fields: {[s.name for s, _ in self.fields]})")
+        column = _Column(spec.column, list(values), name)
+        if spec.kind == "text":
+            encoded, _ = self._encode_text(spec, fit, column)
+        else:
+            encoded, missing = getattr(self, f"_encode_{spec.kind}")(spec, fit, column)
+            if on_unknown == "error" and missing is not None and missing.any():
+                raise column.error(int(np.flatnonzero(missing)[0]), "unknown value (not seen in training)")
+        return np.asarray(encoded, np.float32).reshape(len(column.values), -1)
+
+    @staticmethod
+    def column(name: str, values: list[Any], where: str) -> _Column:
+        """An input column for ``encode``: one value per row, or one value (``where="user"``/``"context"``) broadcast."""
+        return _Column(name, values, where)
+
+    def field_width(self, name: str) -> int:
+        start, end = self.model.feature_index[name]
+        return end - start
+
     def warm_up(self) -> None:
         """Load every text encoder (and its disk cache) and run the model once, so the first request pays neither."""
         for cache in self._text.values():
@@ -264,17 +288,23 @@ class ScoringEngine:
 
     # -- columns -> the model's input matrix -----------------------------------------------
     def encode(self, columns: dict[str, _Column], n: int, on_unknown: OnUnknown = "oov", *, deadline: float | None = None,
-               defer_texts: bool = False) -> tuple[np.ndarray, dict[str, list[str]]]:
+               defer_texts: bool = False, given: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, list[str]]]:
         """The flat float32 matrix (n, width) in the model's column layout, and the unknown values per field.
 
         A column holding one value (``rank``'s user fields) is broadcast to all n rows. With
         ``defer_texts``, uncached texts raise ``TextsMissing`` once every field has been checked.
+        ``given`` holds precomputed inputs of text and vector fields by field name ((n, d) or (1, d),
+        e.g. the stored title vectors and video semantics of ``xdeepfm.catalog``): they are used as they are.
         """
         X = np.empty((n, self.width), np.float32)
         unknown: dict[str, list[str]] = {}
         pending: dict[str, list[str]] | None = {} if defer_texts else None
         for spec, fit in self.fields:
             _check_deadline(deadline, f"encoding at field {spec.name!r}")
+            if given is not None and spec.name in given:
+                start, end = self.model.feature_index[spec.name]
+                X[:, start:end] = given[spec.name]
+                continue
             column = columns[spec.column]
             if spec.kind == "text":
                 encoded, missing = self._encode_text(spec, fit, column, deadline, pending)

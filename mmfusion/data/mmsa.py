@@ -107,6 +107,7 @@ class MMSAData:
     splits: dict[str, MMSASplit]
     path: Path
     aligned: bool  # True when no split carries audio_lengths / vision_lengths
+    extraction: dict | None = None  # how mmfusion.extract made the file (its "extraction" entry), else None
 
     @property
     def train(self) -> MMSASplit:
@@ -614,7 +615,8 @@ def load_mmsa(path: str | Path, *, nonfinite: Nonfinite = "error", vocab_size: i
         splits[name] = _SplitReader(path, name, raw[name], nonfinite, None if vocab_size is None else int(vocab_size)).read()
     _check_across_splits(path, splits, {name: raw[name] for name in SPLITS})
     aligned = not any(k in raw[s] for s in SPLITS for k in ("audio_lengths", "vision_lengths"))
-    data = MMSAData(splits=splits, path=path, aligned=aligned)
+    extraction = raw.get("extraction") if isinstance(raw.get("extraction"), dict) else None
+    data = MMSAData(splits=splits, path=path, aligned=aligned, extraction=extraction)
     logger.info("loaded %s: %s", path, ", ".join(f"{s} {len(splits[s])}" for s in SPLITS))
     return data
 

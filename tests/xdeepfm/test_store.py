@@ -1,0 +1,185 @@
+"""The item/user store (SQLite) and ranking by id: round trips, layouts, all-or-nothing writes,
+equivalence with the full-feature ranking, unknown ids, and concurrent readers and writers."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tests.serving_factory import tiny_ranking
+from xdeepfm.catalog import build_store, item_record, open_store, rank_by_id, store_layout
+from xdeepfm.serving import RecordError, ScoringEngine
+from xdeepfm.store import EntityLayout, Record, SQLiteStore, StoreError, StoreLayout, partition_columns
+
+LAYOUT = StoreLayout(item=EntityLayout("item_id", ("item_id", "title", "price"), (("sem", 3),)),
+                     user=EntityLayout("user_id", ("user_id", "age"), ()), context=("hour",))
+
+
+def item(i: int, price: float = 1.0) -> Record:
+    return Record(f"v{i}", {"item_id": f"v{i}", "title": f"t{i}", "price": price}, {"sem": np.full(3, price, np.float32)})
+
+
+@pytest.fixture(scope="module")
+def engine():
+    tiny = tiny_ranking()
+    return ScoringEngine.load(tiny.artifact, tiny.text_cache)
+
+
+@pytest.fixture(scope="module")
+def frame():
+    """The tiny impressions with each item's genres fixed (so genres belongs to the item; price stays context)."""
+    frame = tiny_ranking().frame.copy()
+    frame["genres"] = frame.groupby("item_id")["genres"].transform("first")
+    return frame
+
+
+@pytest.fixture(scope="module")
+def store(engine, frame, tmp_path_factory):
+    return build_store(engine, frame, tmp_path_factory.mktemp("store") / "store.sqlite")
+
+
+def test_records_round_trip_and_each_write_moves_the_generation(tmp_path):
+    store = SQLiteStore.create(tmp_path / "s.sqlite", LAYOUT)
+    assert store.generation() == 0
+    assert store.put("item", [item(1, 2.0), item(2, 3.0)]) == 1
+    got = store.get("item", ["v2", "v1", "nope"])
+    assert set(got) == {"v1", "v2"}
+    assert got["v2"].columns == {"item_id": "v2", "title": "t2", "price": 3.0}
+    np.testing.assert_array_equal(got["v2"].vectors["sem"], np.full(3, 3.0, np.float32))
+    store.put("item", [item(1, 5.0)])  # an upsert replaces the row, and the cache sees it
+    assert store.generation() == 2
+    assert store.get("item", ["v1"])["v1"].columns["price"] == 5.0
+    assert SQLiteStore(tmp_path / "s.sqlite").layout == LAYOUT  # the layout travels with the file
+
+
+def test_a_batch_with_one_bad_record_writes_nothing(tmp_path):
+    store = SQLiteStore.create(tmp_path / "s.sqlite", LAYOUT)
+    store.put("item", [item(1)])
+    bad = Record("v3", {"item_id": "v3", "title": "t", "price": 1.0}, {"sem": np.zeros(4, np.float32)})
+    with pytest.raises(StoreError, match=r"items\[1\]: vector 'sem' has 4 values; expected 3"):
+        store.put("item", [item(2), bad])
+    with pytest.raises(StoreError, match=r"items\[1\]\.id: 'v2' also given as items\[0\]"):
+        store.put("item", [item(2), item(2)])
+    with pytest.raises(StoreError, match=r"column 'price' is missing"):
+        store.put("item", [Record("v4", {"item_id": "v4", "title": "t"}, {"sem": np.zeros(3)})])
+    with pytest.raises(StoreError, match=r"items\[0\]\.price: nan is not a finite number"):
+        store.put("item", [item(5, float("nan"))])
+    assert store.ids("item") == ["v1"] and store.generation() == 1
+
+
+def test_opening_refuses_a_foreign_file_and_a_layout_that_does_not_fit(tmp_path):
+    (tmp_path / "x.sqlite").write_bytes(b"not a database at all, just text" * 10)
+    with pytest.raises(StoreError, match="not an item/user store"):
+        SQLiteStore(tmp_path / "x.sqlite")
+    with pytest.raises(FileNotFoundError, match="store not found"):
+        SQLiteStore(tmp_path / "missing.sqlite")
+    SQLiteStore.create(tmp_path / "s.sqlite", LAYOUT)
+    other = StoreLayout(LAYOUT.item, EntityLayout("user_id", ("user_id",), ()), ("hour", "age"))
+    with pytest.raises(StoreError, match=r"user columns are \['user_id', 'age'\], the artifact's are \['user_id'\]"):
+        SQLiteStore(tmp_path / "s.sqlite", expect=other)
+    with pytest.raises(FileExistsError):
+        SQLiteStore.create(tmp_path / "s.sqlite", LAYOUT)
+
+
+def test_columns_are_partitioned_by_what_is_constant_per_item_and_per_user(frame):
+    item, user, context = partition_columns(frame, ["user_id", "item_id", "gender", "genres", "age", "price", "title"],
+                                            "item_id", "user_id")
+    assert (item, user, context) == (["item_id", "genres", "title"], ["user_id", "gender", "age"], ["price"])
+
+
+def test_the_layout_keeps_title_vectors_and_semantics_with_the_item(engine, frame):
+    layout = store_layout(engine, frame)
+    assert layout.item.vectors == (("title", engine.field_width("title")), ("semantics", 3))
+    assert layout.user.vectors == () and layout.context == ("price",)
+
+
+def test_ranking_by_id_equals_ranking_the_full_feature_rows(engine, frame, store):
+    ids = [f"i{k}" for k in range(1, 31)]
+    by_id = rank_by_id(engine, store, "7", ids, top_k=10, context={"price": 12.5})
+    row = frame[frame.user_id == 7].iloc[0]
+    user = {"user_id": "7", "gender": row.gender, "age": float(row.age), "price": 12.5}
+    firsts = frame.drop_duplicates("item_id").set_index("item_id")
+    candidates = [{"item_id": i, "genres": firsts.loc[i, "genres"], "title": firsts.loc[i, "title"]} for i in ids]
+    full = engine.rank(user, candidates, top_k=10)
+    assert by_id.ids == [ids[i] for i in full.order]
+    np.testing.assert_allclose(by_id.scores, full.scores, rtol=0, atol=1e-6)
+    assert by_id.n_candidates == 30 and by_id.unknown_ids == {}
+
+
+def test_unknown_ids_are_reported_or_refused(engine, store):
+    ranked = rank_by_id(engine, store, "nobody", ["i1", "ghost", "i2"], context={"price": 3.0})
+    assert sorted(ranked.ids) == ["i1", "i2"]
+    assert ranked.unknown_ids == {"user_id": ["nobody"], "candidate_ids": ["ghost"]}
+    with pytest.raises(RecordError, match=r"candidate_ids\[1\]: unknown item 'ghost'"):
+        rank_by_id(engine, store, "7", ["i1", "ghost"], context={"price": 3.0}, on_unknown="error")
+    with pytest.raises(RecordError, match=r"user_id: unknown user 'nobody'"):
+        rank_by_id(engine, store, "nobody", ["i1"], context={"price": 3.0}, on_unknown="error")
+    with pytest.raises(RecordError, match=r"context\.price: missing"):
+        rank_by_id(engine, store, "7", ["i1"])
+    with pytest.raises(RecordError, match=r"context\.title: a column of an item, read from the store"):
+        rank_by_id(engine, store, "7", ["i1"], context={"price": 1.0, "title": "x"})
+    with pytest.raises(RecordError, match=r"candidate_ids\[2\]: 'i1' is also candidate_ids\[0\]"):
+        rank_by_id(engine, store, "7", ["i1", "i2", "i1"], context={"price": 1.0})
+
+
+def test_a_new_item_is_ranked_from_its_stored_columns_without_retraining(engine, store):
+    columns = {"item_id": "fresh", "genres": "Drama", "title": "a brand new drama product"}
+    record = item_record(engine, store.layout, columns, {"semantics": [2.0, -1.0, 0.5]})
+    np.testing.assert_allclose(record.vectors["title"], engine.field_inputs("title", [columns["title"]])[0])
+    store.put("item", [record])
+    ranked = rank_by_id(engine, store, "7", ["fresh", "i1"], context={"price": 4.0})
+    full = engine.score([{"user_id": "7", "gender": "M", "age": 25.0, "price": 4.0, **columns}])  # vector row unknown -> 0
+    assert "fresh" in ranked.ids and ranked.unknown_ids == {}
+    assert not np.isclose(ranked.scores[ranked.ids.index("fresh")], full.scores[0], atol=1e-7)  # the semantics count
+    with pytest.raises(RecordError, match=r"item\.vectors\.semantics: missing"):
+        item_record(engine, store.layout, columns)
+    with pytest.raises(RecordError, match=r"item\.price: not an item column"):
+        item_record(engine, store.layout, {**columns, "price": 3.0}, {"semantics": [0, 0, 0]})
+    with pytest.raises(RecordError, match=r"item\.genres: expected a '\|'-separated string"):
+        item_record(engine, store.layout, {**columns, "genres": {"a": 1}}, {"semantics": [0, 0, 0]})
+
+
+def test_open_store_checks_the_store_against_the_artifact(engine, tmp_path):
+    SQLiteStore.create(tmp_path / "s.sqlite", LAYOUT)
+    with pytest.raises(StoreError, match="item vector 'sem' is not a field of the artifact"):
+        open_store(engine, tmp_path / "s.sqlite")
+
+
+def test_readers_never_see_a_torn_item_while_a_writer_upserts(engine, frame, tmp_path):
+    """Each write sets an item's title-vector marker and its genres together; readers check they agree."""
+    store = build_store(engine, frame, tmp_path / "s.sqlite")
+    path, errors, stop = store.path, [], threading.Event()
+    width = engine.field_width("title")
+
+    def writer():
+        own = SQLiteStore(path)
+        for version in range(60):
+            recs = [Record(f"i{k}", {"item_id": f"i{k}", "genres": f"G{version}", "title": "t"},
+                           {"title": np.full(width, version, np.float32), "semantics": np.full(3, version, np.float32)})
+                    for k in range(1, 31)]
+            own.put("item", recs)
+        stop.set()
+
+    def reader():
+        own = SQLiteStore(path)
+        try:
+            while not stop.is_set():
+                got = own.get("item", [f"i{k}" for k in range(1, 31)])
+                versions = {r.columns["genres"] for r in got.values() if r.columns["genres"].startswith("G")}
+                for r in got.values():
+                    if r.columns["genres"].startswith("G"):
+                        v = float(r.columns["genres"][1:])
+                        assert (r.vectors["title"] == v).all() and (r.vectors["semantics"] == v).all()
+                assert len(versions) <= 1, f"one snapshot mixes versions {versions}"
+        except Exception as exc:  # noqa: BLE001 -- reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[0]
+    assert store.generation() == 2 + 60

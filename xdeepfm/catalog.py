@@ -1,0 +1,271 @@
+"""Ranking by id: the item and user store joined into the scoring engine's inputs.
+
+``store_layout(engine, frame)`` decides, from the training data, which of the model's input columns
+belong to an item, which to a user and which are per-request context (``store.partition_columns``),
+and which vectors the store keeps: the sentence vector of every text column of the entity and every
+vector field keyed by the entity's id (e.g. the video semantics, keyed by ``video_id``).
+``build_store`` writes a store from a data frame (the training impressions, or item and user
+tables); ``item_record`` makes the record of one new item (its title encoded here; its semantics
+given, e.g. by the sentiment model at ingestion).
+
+``rank_by_id(engine, store, user_id, candidate_ids, ...)`` reads the user and the candidates from
+the store (one snapshot each), fills the request's context columns, and scores with the stored
+vectors used as they are (no BERT pass for a stored title). Ids the store does not hold are
+reported per id (``unknown_ids``) and left out of the ranking, or refused with ``on_unknown="error"``.
+An unknown user is scored as a new user: categorical user columns at the out-of-vocabulary
+bucket, numeric ones at the training mean, texts empty, vectors zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from xdeepfm.serving import OnUnknown, RecordError, ScoringEngine
+from xdeepfm.store import EntityLayout, FeatureStore, Record, SQLiteStore, StoreError, StoreLayout, partition_columns
+
+log = logging.getLogger(__name__)
+
+USER_KEYS = ("user_id",)
+
+
+class Ingestor(Protocol):
+    """Turns an uploaded video into an item's vectors (``POST /v1/items`` with a ``video``).
+
+    Called with the file's bytes, the item's columns, its transcript and the JSON path of the item
+    (for errors: raise ``RecordError(f"{where}.video", reason)``); returns the vectors by field name
+    (e.g. ``video_sentiment``, ``video_embedding``) and a JSON-able description of the semantics for
+    the response. The application layer builds one from the sentiment model (``mmapp.ingest``).
+    """
+
+    def __call__(self, video: bytes, columns: dict[str, Any], transcript: str,
+                 where: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+
+def default_store_path(artifact: str | Path) -> Path:
+    """The store file beside an artifact directory: ``<artifact>.store.sqlite``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".store.sqlite")
+
+
+def _vectors_of(engine: ScoringEngine, key: str, columns: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    out = []
+    for spec, _ in engine.fields:
+        if (spec.kind == "text" and spec.column in columns) or (spec.kind == "vector" and spec.key_column == key):
+            out.append((spec.name, engine.field_width(spec.name)))
+    return tuple(out)
+
+
+def store_layout(engine: ScoringEngine, frame, user_key: str | None = None) -> StoreLayout:
+    """The layout of a store for ``engine``'s model, its columns partitioned by ``frame`` (impressions)."""
+    item_key = engine.item_field
+    if item_key is None:
+        raise StoreError("the artifact names no item field (model.json item_field); export it with --item-field")
+    user_key = user_key or next((c for c in USER_KEYS if c in engine.columns), None)
+    if user_key is None:
+        raise StoreError(f"no user id column among the model's inputs {sorted(engine.columns)} (expected one of {USER_KEYS})")
+    missing = sorted(engine.columns - set(frame.columns))
+    if missing:
+        raise StoreError(f"the data lacks input column {missing[0]!r} of the model")
+    item, user, context = partition_columns(frame, sorted(engine.columns), item_key, user_key)
+    return StoreLayout(item=EntityLayout(item_key, tuple(item), _vectors_of(engine, item_key, item)),
+                       user=EntityLayout(user_key, tuple(user), _vectors_of(engine, user_key, user)),
+                       context=tuple(context))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def records(engine: ScoringEngine, layout: EntityLayout, frame, batch: int = 4096) -> list[Record]:
+    """One record per distinct key of ``frame``: its columns, and its vectors encoded by the engine."""
+    rows = frame.drop_duplicates(layout.key)[list(layout.columns)]
+    out: list[Record] = []
+    for start in range(0, len(rows), batch):
+        part = rows.iloc[start : start + batch]
+        columns = {c: [_json_value(v) for v in part[c].tolist()] for c in layout.columns}
+        columns[layout.key] = [str(v) for v in columns[layout.key]]
+        vectors = {name: engine.field_inputs(name, columns[_column_of(engine, name)]) for name, _ in layout.vectors}
+        for i in range(len(part)):
+            out.append(Record(columns[layout.key][i], {c: columns[c][i] for c in layout.columns},
+                              {name: v[i] for name, v in vectors.items()}))
+    return out
+
+
+def _column_of(engine: ScoringEngine, name: str) -> str:
+    return next(spec.column for spec, _ in engine.fields if spec.name == name)
+
+
+def build_store(engine: ScoringEngine, frame, path: str | Path, overwrite: bool = False,
+                users: Any = None, items: Any = None) -> SQLiteStore:
+    """A new store at ``path`` holding every item and user of ``frame`` (impressions with all input
+    columns); ``items`` / ``users`` frames, when given, add entities that have no impression."""
+    layout = store_layout(engine, frame)
+    store = SQLiteStore.create(path, layout, overwrite=overwrite)
+    for kind, extra in (("item", items), ("user", users)):
+        entity = layout.entity(kind)
+        source = frame if extra is None else _concat(frame, extra, entity)
+        recs = records(engine, entity, source)
+        for start in tqdm(range(0, len(recs), 5000), desc=f"store {kind}s", unit="batch", leave=False):
+            store.put(kind, recs[start : start + 5000])
+    log.info("store %s: %d items, %d users", path, store.count("item"), store.count("user"))
+    return store
+
+
+def _concat(frame, extra, entity: EntityLayout):
+    import pandas as pd
+
+    missing = [c for c in entity.columns if c not in extra.columns]
+    if missing:
+        raise StoreError(f"the extra {entity.key} table lacks column {missing[0]!r}")
+    return pd.concat([frame[list(entity.columns)], extra[list(entity.columns)]], ignore_index=True)
+
+
+def item_record(engine: ScoringEngine, layout: StoreLayout, columns: dict[str, Any],
+                vectors: dict[str, Any] | None = None, where: str = "item") -> Record:
+    """The record of one item from its columns: text vectors encoded here, other vectors from ``vectors``.
+
+    Values are checked by the engine (an unknown category is fine: the OOV bucket; a wrong type is a
+    ``RecordError`` naming ``<where>.<column>``)."""
+    entity = layout.item
+    missing = [c for c in entity.columns if c not in columns]
+    if missing:
+        raise RecordError(f"{where}.{missing[0]}", f"missing; an item needs {list(entity.columns)}")
+    extra = sorted(set(columns) - set(entity.columns))
+    if extra:
+        raise RecordError(f"{where}.{extra[0]}", f"not an item column (the item columns: {list(entity.columns)})")
+    columns = dict(columns)
+    if not isinstance(columns[entity.key], str):
+        raise RecordError(f"{where}.{entity.key}", f"expected a string id, got {type(columns[entity.key]).__name__}")
+    for spec, _ in engine.fields:  # type checks of every column, as a ranking request would make them
+        if spec.column in columns and spec.kind in ("categorical", "numeric", "multi_valued"):
+            try:
+                engine.field_inputs(spec.name, [columns[spec.column]])
+            except RecordError as exc:
+                raise RecordError(f"{where}.{spec.column}", exc.message) from None
+    given = dict(vectors or {})
+    out = {}
+    for name, dim in entity.vectors:
+        spec = next(s for s, _ in engine.fields if s.name == name)
+        if name in given:
+            vector = np.asarray(given.pop(name), dtype=np.float32).reshape(-1)
+            if vector.shape != (dim,) or not np.isfinite(vector).all():
+                raise RecordError(f"{where}.vectors.{name}", f"expected {dim} finite numbers, got shape {vector.shape}")
+            out[name] = vector
+        elif spec.kind == "text":
+            try:
+                out[name] = engine.field_inputs(name, [columns[spec.column]])[0]
+            except RecordError as exc:
+                raise RecordError(f"{where}.{spec.column}", exc.message) from None
+        else:
+            raise RecordError(f"{where}.vectors.{name}", f"missing: vector field {name!r} ({dim} values) must be given "
+                                                         "(or a video, where the service ingests videos)")
+    if given:
+        raise RecordError(f"{where}.vectors.{sorted(given)[0]}", f"not a stored vector (the store keeps {[n for n, _ in entity.vectors]})")
+    return Record(columns[entity.key], columns, out)
+
+
+@dataclass
+class IdRanking:
+    """The ranked ids with their probabilities, the unknown values met per field, and the unknown ids."""
+
+    ids: list[str]
+    scores: np.ndarray
+    n_candidates: int
+    unknown: dict[str, list[str]] = field(default_factory=dict)
+    unknown_ids: dict[str, list[str]] = field(default_factory=dict)
+
+
+def new_user(engine: ScoringEngine, entity: EntityLayout, user_id: str) -> Record:
+    """The stand-in record of a user the store does not hold (see the module docstring)."""
+    fit_of = {spec.column: (spec, fit) for spec, fit in engine.fields}
+    columns: dict[str, Any] = {}
+    for c in entity.columns:
+        spec, fit = fit_of.get(c, (None, None))
+        columns[c] = float(fit.mean) if spec is not None and spec.kind == "numeric" else None
+    columns[entity.key] = user_id
+    return Record(user_id, columns, {name: np.zeros(dim, np.float32) for name, dim in entity.vectors})
+
+
+def rank_by_id(engine: ScoringEngine, store: FeatureStore, user_id: str, candidate_ids: Sequence[str],
+               top_k: int | None = None, context: dict[str, Any] | None = None, on_unknown: OnUnknown = "oov", *,
+               deadline: float | None = None, defer_texts: bool = False) -> IdRanking:
+    """Rank ``candidate_ids`` for ``user_id`` with the features joined from ``store`` (module docstring)."""
+    layout = store.layout
+    context = dict(context or {})
+    extra = sorted(set(context) - set(layout.context))
+    if extra:
+        owner = "an item" if extra[0] in layout.item.columns else "a user" if extra[0] in layout.user.columns else None
+        why = f"a column of {owner}, read from the store" if owner else "not an input of the model"
+        raise RecordError(f"context.{extra[0]}", f"{why}; the context columns are {list(layout.context)}")
+    missing = [c for c in layout.context if c not in context]
+    if missing:
+        raise RecordError(f"context.{missing[0]}", f"missing; send the context columns {list(layout.context)} with the request")
+    seen: dict[str, int] = {}
+    for i, cid in enumerate(candidate_ids):
+        if cid in seen:
+            raise RecordError(f"candidate_ids[{i}]", f"{cid!r} is also candidate_ids[{seen[cid]}]")
+        seen[cid] = i
+    unknown_ids: dict[str, list[str]] = {}
+    user = store.get("user", [user_id]).get(user_id)
+    if user is None:
+        if on_unknown == "error":
+            raise RecordError("user_id", f"unknown user {user_id!r} (not in the user store; send unknown='oov' to rank "
+                                         "for a new user)")
+        unknown_ids["user_id"] = [user_id]
+        user = new_user(engine, layout.user, user_id)
+    items = store.get("item", list(candidate_ids))
+    absent = [(i, c) for i, c in enumerate(candidate_ids) if c not in items]
+    if absent:
+        if on_unknown == "error":
+            i, cid = absent[0]
+            raise RecordError(f"candidate_ids[{i}]", f"unknown item {cid!r} (not in the item store; ingest it first, "
+                                                     "or send unknown='oov' to rank the known ones)")
+        unknown_ids["candidate_ids"] = [c for _, c in absent]
+    known = [items[c] for c in candidate_ids if c in items]
+    if not known:
+        return IdRanking([], np.zeros(0, np.float32), len(candidate_ids), {}, unknown_ids)
+    raw = {**{c: [user.columns[c]] for c in layout.user.columns},
+           **{c: [rec.columns[c] for rec in known] for c in layout.item.columns},
+           **{c: [v] for c, v in context.items()}}
+    given = {**{name: user.vectors[name][None] for name, _ in layout.user.vectors},
+             **{name: np.stack([rec.vectors[name] for rec in known]) for name, _ in layout.item.vectors}}
+    where = {**{c: "user" for c in layout.user.columns}, **{c: "candidates" for c in layout.item.columns},
+             **{c: "context" for c in context}}
+    columns = {c: engine.column(c, values, where[c]) for c, values in raw.items()}
+    X, unknown = engine.encode(columns, len(known), on_unknown, deadline=deadline, defer_texts=defer_texts, given=given)
+    scores = engine.score_matrix(X, deadline)
+    order = np.argsort(-scores, kind="stable")[: min(top_k or len(scores), len(scores))]
+    return IdRanking([known[i].id for i in order], scores[order], len(candidate_ids), unknown, unknown_ids)
+
+
+def open_store(engine: ScoringEngine, path: str | Path) -> SQLiteStore:
+    """Open the store at ``path`` and check it fits ``engine``'s artifact (its columns and vector widths)."""
+    store = SQLiteStore(path)
+    for kind in ("item", "user"):
+        entity: EntityLayout = store.layout.entity(kind)
+        unknown = [c for c in entity.columns if c not in engine.columns]
+        if unknown:
+            raise StoreError(f"{path}: {kind} column {unknown[0]!r} is not an input of the artifact")
+        for name, dim in entity.vectors:
+            try:
+                width = engine.field_width(name)
+            except KeyError:
+                raise StoreError(f"{path}: {kind} vector {name!r} is not a field of the artifact") from None
+            if width != dim:
+                raise StoreError(f"{path}: {kind} vector {name!r} has width {dim}; the artifact's field has {width}")
+    covered = set(store.layout.item.columns) | set(store.layout.user.columns) | set(store.layout.context)
+    if covered != engine.columns:
+        raise StoreError(f"{path}: the store's columns {sorted(covered)} are not the artifact's inputs {sorted(engine.columns)}")
+    return store
+
