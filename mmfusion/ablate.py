@@ -9,7 +9,8 @@ single-modality models; and a late average of the three single-modality models' 
 Each run lives in ``<out>/<variant>/seed<k>`` and is skipped when its ``metrics.json`` exists, so an
 interrupted study continues where it stopped. The tables go to ``<out>/results.md``, and to the
 tracked ``docs/`` file only when ``--doc`` names it; text below the ``<!-- notes -->`` marker of an
-existing results file is kept.
+existing results file is kept. Beside each markdown file goes a PNG of the variants table (same
+name, ``.png``; ``plot_results``), linked from the markdown.
 """
 
 from __future__ import annotations
@@ -26,14 +27,19 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
+import matplotlib
 
-from mmcore.config import apply_overrides, build, load_yaml
-from mmcore.files import write_text
-from mmcore.runtime import command_main
-from mmfusion.experiment import SentimentExperiment
-from mmfusion.metrics import mmsa_metrics
-from mmfusion.train import train
+matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+import numpy as np  # noqa: E402
+
+from mmcore.config import apply_overrides, build, load_yaml  # noqa: E402
+from mmcore.files import write_text  # noqa: E402
+from mmcore.runtime import command_main  # noqa: E402
+from mmfusion.experiment import SentimentExperiment  # noqa: E402
+from mmfusion.metrics import mmsa_metrics  # noqa: E402
+from mmfusion.train import train  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 LATE_AVERAGE = ("late_average", "mean of the text-, audio- and vision-only models' predictions")
 TABLE_KEYS = ("Has0_acc_2", "Non0_acc_2", "Non0_F1", "Acc_7", "MAE", "Corr")
 NOTES_MARKER = "<!-- notes -->"
+PLOT_KEYS = ("Non0_acc_2", "MAE")  # higher is better, lower is better
 
 
 def run_variant(base: dict, variant: str, seed: int, out: Path) -> dict:
@@ -120,6 +127,37 @@ def slgm_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def plot_results(results: dict[str, list[dict]], path: Path, title: str = "Ablation on SynthMOSI (test split)") -> Path:
+    """A PNG of the variants table: one panel per ``PLOT_KEYS`` metric, a bar per variant (mean over
+    seeds, the error bar one std), the full model's mean as a dashed line. Returns ``path``."""
+    variants = list(results)
+    fig, axes = plt.subplots(1, len(PLOT_KEYS), figsize=(10, 0.45 * len(variants) + 1.6), dpi=100, sharey=True)
+    for ax, key in zip(np.atleast_1d(axes), PLOT_KEYS):
+        values = [[r["test"][key] for r in results[v] if r["test"].get(key) is not None] for v in variants]
+        means = [float(np.mean(v)) if v else np.nan for v in values]
+        stds = [float(np.std(v)) if v else 0.0 for v in values]
+        y = np.arange(len(variants))
+        ax.barh(y, means, xerr=stds, color=["tab:blue" if v == "full" else "tab:gray" for v in variants], capsize=3)
+        if "full" in results and np.isfinite(means[variants.index("full")]):
+            ax.axvline(means[variants.index("full")], color="tab:blue", linestyle="--", linewidth=1)
+        finite = [m for m in means if np.isfinite(m)]
+        if finite:  # zoom on the range the variants span, so the differences show
+            low, high = min(finite) - max(stds), max(finite) + max(stds)
+            pad = 0.1 * (high - low) or 0.01
+            ax.set_xlim(low - pad, high + pad)
+        ax.set_yticks(y)
+        ax.set_yticklabels(variants, fontsize=8)
+        ax.set_xlabel(f"{key} ({'higher' if key != 'MAE' else 'lower'} is better)")
+        ax.grid(axis="x", alpha=0.3)
+    np.atleast_1d(axes)[0].invert_yaxis()  # table order, top down (the panels share the y axis)
+    fig.suptitle(f"{title}, mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
 def _git_revision() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -143,6 +181,8 @@ Test-split metrics, mean ± std over seeds {seeds}; each run early-stops on the 
 ## Variants
 
 {results_table(results)}
+
+![Test metrics per variant, mean ± std over seeds]({path.with_suffix(".png").name})
 
 ## SLGM against the hidden unimodal truth (train split, labels after the last epoch)
 
@@ -186,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.out / "results.md", args.doc):
         if path is not None:
             write_doc(path, command, args.config, args.seeds, results)
+            plot_results(results, path.with_suffix(".png"))  # the table as a chart, beside the markdown
     print(results_table(results))
     return 0
 

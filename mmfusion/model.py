@@ -146,6 +146,8 @@ class ModelOutput:
     features: dict[str, torch.Tensor]  # "M": (B, 2*d_model [+ d_model per subnet]); "T"/"A"/"V": unimodal (B, d_model)
     attention: dict[str, torch.Tensor] | None = None  # modality -> last LGT layer weights (B, heads, Lq, Lk)
     modality_weights: torch.Tensor | None = None  # (B, n_mod) soft mapping shares, or (n_mod,) weighted average
+    # with return_attention and soft mapping: modality -> SM slot attention over that stream's positions (B, K, L)
+    slot_attention: dict[str, torch.Tensor] | None = None
 
 
 class MultimodalSentimentModel(nn.Module):
@@ -214,7 +216,7 @@ class MultimodalSentimentModel(nn.Module):
         unimodal = self.unimodal_tap("encoded", streams, masks)  # before the LGT mixes text in
         streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)
         unimodal = unimodal or self.unimodal_tap("lgt", streams, masks)
-        agg = self.aggregate(streams, masks)
+        agg = self.aggregate(streams, masks, need_weights=return_attention)
         unimodal = unimodal or self.unimodal_tap("soft_mapping", streams, masks, agg)
         fused_uff = self.fusion([agg.pooled[m] for m in self.modalities])
         features = {"M": torch.cat([agg.fused, fused_uff, *(unimodal[m] for m in self.subnets)], dim=-1)}
@@ -225,6 +227,7 @@ class MultimodalSentimentModel(nn.Module):
             features=features,
             attention=attention if return_attention else None,
             modality_weights=agg.weights.detach(),
+            slot_attention=agg.attention,
         )
 
     def unimodal_tap(self, stage: str, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],

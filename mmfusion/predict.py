@@ -16,17 +16,23 @@ in eval mode under ``torch.inference_mode`` and keeps
   ``sentiment``, ``embedding``. The ranking model reads it directly as ``vector`` fields
   (``xdeepfm.features``: ``{kind: vector, path: semantics.npz, key_column: video_id,
   array: sentiment}``, or ``array: embedding``);
-- ``.csv`` / ``.parquet``: one row per clip, columns ``id, split, M[, T, A, V], emb_0 ...``.
+- ``.csv`` / ``.parquet``: one row per clip, columns ``id, split, M[, T, A, V], emb_0 ...``;
+- ``.jsonl``: one JSON object per line and clip, ``{"id", "split", "sentiment": {task: value},
+  "embedding": [...]}``, and with ``--explain`` its ``explanation`` (``mmfusion.explain``: the
+  modalities' soft-mapping shares, the words and time segments the attention weighted most, the
+  M/T/A/V outputs of that pass). ``--explain`` needs a ``.jsonl`` output, checked before inference.
 
 Usage::
 
     mmfusion predict --checkpoint runs/synthmosi --data clips.pkl --splits train valid test --out semantics.npz
+    mmfusion predict --checkpoint runs/synthmosi --data clips.pkl --splits test --out semantics.jsonl --explain
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +47,8 @@ from mmfusion.pretrained import SentimentModel
 
 log = logging.getLogger(__name__)
 
-FORMATS = (".npz", ".csv", ".parquet")
+FORMATS = (".npz", ".csv", ".parquet", ".jsonl")
+EXPLAIN_FORMATS = (".jsonl",)
 
 
 def predict_semantics(
@@ -70,8 +77,25 @@ def semantics_frame(semantics: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.concat([frame, tasks, embedding], axis=1)
 
 
-def write_semantics(semantics: dict[str, np.ndarray], path: str | Path) -> None:
-    """Write to ``.npz`` (arrays as returned), ``.csv`` or ``.parquet``, atomically."""
+def semantics_records(semantics: dict[str, np.ndarray], explanations: list[dict] | None = None) -> list[dict]:
+    """One JSON-ready dict per clip: ``id, split, sentiment {task: value}, embedding`` (+ ``explanation``)."""
+    if explanations is not None and [e["id"] for e in explanations] != [str(i) for i in semantics["ids"]]:
+        raise ValueError("explanations and semantics cover different clips (or another order)")
+    tasks = [str(t) for t in semantics["tasks"]]
+    records = []
+    for i, clip in enumerate(semantics["ids"]):
+        record = {"id": str(clip), "split": str(semantics["split"][i]),
+                  "sentiment": {t: float(v) for t, v in zip(tasks, semantics["sentiment"][i])},
+                  "embedding": [float(v) for v in semantics["embedding"][i]]}
+        if explanations is not None:
+            record["explanation"] = {k: v for k, v in explanations[i].items() if k not in ("id", "split")}
+        records.append(record)
+    return records
+
+
+def write_semantics(semantics: dict[str, np.ndarray], path: str | Path, explanations: list[dict] | None = None) -> None:
+    """Write to ``.npz`` (arrays as returned), ``.csv``, ``.parquet`` or ``.jsonl``, atomically;
+    ``explanations`` (``SentimentModel.explain_file``, same clips and order) go into ``.jsonl`` only."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -79,7 +103,12 @@ def write_semantics(semantics: dict[str, np.ndarray], path: str | Path) -> None:
     if len(np.unique(semantics["ids"])) != len(semantics["ids"]):
         values, counts = np.unique(semantics["ids"], return_counts=True)
         raise ValueError(f"{path}: clip id {str(values[counts > 1][0])!r} occurs {counts.max()} times; ids must be unique")
-    if suffix == ".npz":
+    if explanations is not None and suffix not in EXPLAIN_FORMATS:
+        raise ValueError(f"{path}: explanations are written to {' or '.join(EXPLAIN_FORMATS)}, not {suffix!r}")
+    if suffix == ".jsonl":
+        def write(tmp: str) -> None:
+            Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in semantics_records(semantics, explanations)))
+    elif suffix == ".npz":
         def write(tmp: str) -> None:
             with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
                 np.savez(handle, **semantics)
@@ -100,23 +129,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="MMSA pickle of the clips")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS),
                         help="splits to predict (default: train valid test)")
-    parser.add_argument("--out", required=True, type=Path, help="semantics.npz | .csv | .parquet")
+    parser.add_argument("--out", required=True, type=Path, help="semantics.npz | .csv | .parquet | .jsonl")
     parser.add_argument("--batch-size", type=int, default=128, help="clips per forward pass (default 128)")
+    parser.add_argument("--explain", action="store_true",
+                        help="add an explanation per clip (modality shares, words, time segments; needs a .jsonl --out)")
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output(args.out)  # before any inference
-    semantics = predict_semantics(args.checkpoint, args.data, args.splits, args.batch_size)
-    write_semantics(semantics, args.out)
+    check_output(args.out, args.explain)  # before any inference
+    explanations = None
+    if args.explain:
+        model = SentimentModel.from_pretrained(args.checkpoint)
+        semantics = model.predict_file(args.data, list(args.splits), args.batch_size)
+        explanations = model.explain_file(args.data, list(args.splits), batch_size=args.batch_size)
+        log.info("%s: semantics and explanations of %d clips from %s", args.data, len(semantics["ids"]), args.checkpoint)
+    else:
+        semantics = predict_semantics(args.checkpoint, args.data, args.splits, args.batch_size)
+    write_semantics(semantics, args.out, explanations)
     n, d = semantics["embedding"].shape
     print(f"wrote {args.out}: {n} clips, tasks {'/'.join(semantics['tasks'])}, embedding dim {d}")
     return 0
 
 
-def check_output(path: Path) -> None:
-    """Refuse an output path ``write_semantics`` cannot write, before any work."""
+def check_output(path: Path, explain: bool = False) -> None:
+    """Refuse an output path ``write_semantics`` cannot write (with explanations: not a .jsonl), before any work."""
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"{path}: unknown output format {path.suffix.lower()!r}; expected one of {list(FORMATS)}")
+    if explain and path.suffix.lower() not in EXPLAIN_FORMATS:
+        raise ValueError(f"{path}: --explain writes {' or '.join(EXPLAIN_FORMATS)} (one JSON object per clip), "
+                         f"not {path.suffix.lower()!r}")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, expected a file")
 

@@ -7,13 +7,17 @@
                                "audio_lengths": la, "vision_lengths": lv})
     semantics = model.predict_file("clips.pkl", splits=["test"])  # an MMSA pickle
     semantics = model.predict_video("clip.mp4", text="Kalora Headphones X2")  # a video file
+    explanations = model.explain({...same arrays as predict...})  # per clip: shares, words, time segments
+    explanations = model.explain_file("clips.pkl", splits=["test"])
     model.save_pretrained("artifacts/sentiment")                 # the exported artifact form
 
 Every ``predict*`` returns the dict ``mmfusion.predict.predict_semantics`` does: ``ids``,
 ``split``, ``tasks`` (M, then T/A/V for multi-task models), ``sentiment`` (N, n_tasks) and
 ``embedding`` (N, 2 d_model), the fused representation that feeds the M head. Inputs are checked
 like a data file (token ids within the encoder's vocabulary, feature widths equal to the model's),
-and the training normalisation statistics are applied.
+and the training normalisation statistics are applied. ``explain*`` return one dict per clip
+(``mmfusion.explain``: the outputs, each modality's soft-mapping share, the words and time segments
+the attention weighted most).
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import numpy as np
 import torch
 
 from mmcore.artifact import MANIFEST
+from mmcore.config import build
 from mmcore.distributed import select_device
 from mmcore.hf import default_model_path
 from mmfusion.data.mmsa import SPLITS, MMSASplit, NormStats, load_mmsa, make_loader, read_split, text_vocab_size
 from mmfusion.data.synthetic import encode_text_features
 from mmfusion.evaluate import check_data_matches, load_model
+from mmfusion.explain import Explainer, explain_split, text_tokenizer
 from mmfusion.export import export_model, load_model_artifact
 from mmfusion.extract.pipeline import ExtractConfig, extract_file
 from mmfusion.extract.text import tokenize
@@ -95,10 +101,9 @@ class SentimentModel:
     def predict_video(self, video: str | Path, text: str, transcript: str = "",
                       extract: ExtractConfig | None = None) -> dict[str, np.ndarray]:
         """Semantics of one video file: decoded and turned into features by ``mmfusion.extract``
-        (``extract``: the options the model's training data was extracted with; default the
-        extractor's defaults with frame statistics as visual features), ``text`` the title or
-        description, ``transcript`` the spoken words when known."""
-        cfg = extract or ExtractConfig(visual=VisualConfig(backbone="stats"))
+        (``extract``: default ``extract_config``, the options the model's training data was
+        extracted with), ``text`` the title or description, ``transcript`` the spoken words when known."""
+        cfg = extract or self.extract_config()
         features = extract_file(video, cfg)
         clips = {
             "id": np.asarray([Path(video).stem]),
@@ -111,7 +116,54 @@ class SentimentModel:
         }
         return self.predict(clips)
 
+    def explain(self, clips: dict, top_words: int = 5, top_segments: int = 3, rates: dict[str, float] | None = None,
+                batch_size: int = 64) -> list[dict]:
+        """One explanation per clip given as arrays (the keys ``predict`` takes), from one forward pass
+        per batch: ``{"id", "outputs": {M, T, A, V}, "shares": {modality: share}, "shares_kind",
+        "text": {"words"}, "audio"/"vision": {"words", "segments", "peak", "frames"}}``
+        (``mmfusion.explain`` says what each weight is). ``rates``: frames per second per modality
+        (``{"audio": 100.0, "vision": 5.0}`` for ``mmfusion.extract``'s defaults) adds seconds to the segments."""
+        split = self._clips_split(clips)
+        return explain_split(self.model, split, self.norm, self._explainer(top_words, top_segments, rates), batch_size)
+
+    def explain_file(self, data_path: str | Path, splits: Sequence[str] = SPLITS, top_words: int = 5, top_segments: int = 3,
+                     rates: dict[str, float] | None = None, batch_size: int = 64) -> list[dict]:
+        """``explain`` for every clip of ``splits`` of an MMSA pickle, in file order, each with its ``split``."""
+        bad = [s for s in splits if s not in SPLITS]
+        if not splits or bad:
+            raise ValueError(f"splits {list(splits)}: expected a non-empty subset of {list(SPLITS)}")
+        data = load_mmsa(data_path, vocab_size=self.model.text_vocab_size)
+        check_data_matches(data, self.meta, self.model.cfg.text.source, data_path)
+        explainer = self._explainer(top_words, top_segments, rates)
+        return [{"split": name, **item} for name in splits
+                for item in explain_split(self.model, data.splits[name], self.norm, explainer, batch_size)]
+
+    def extract_config(self) -> ExtractConfig:
+        """The extraction options of the model's training data (recorded by ``mmfusion.extract`` in the
+        pickle and carried by the checkpoint); for a model trained on another file, the extractor's
+        defaults with frame statistics as visual features."""
+        recorded = (self.meta.get("extraction") or {}).get("config")
+        if recorded is None:
+            return ExtractConfig(visual=VisualConfig(backbone="stats"))
+        return build(ExtractConfig, recorded, where="the model's extraction config")
+
     # -- helpers --------------------------------------------------------------------------
+    def _explainer(self, top_words: int, top_segments: int, rates: dict[str, float] | None) -> Explainer:
+        return Explainer(self.model, text_tokenizer(self.model), top_words=top_words, top_segments=top_segments, rates=rates)
+
+    def _clips_split(self, clips: dict) -> MMSASplit:
+        """``clips`` (the arrays ``predict`` takes) as a checked split, text tokenised and featurised as ``predict`` does."""
+        clips = self._tokens(dict(clips))
+        clips.setdefault("id", np.asarray([f"clip_{i}" for i in range(len(clips.get("audio", [])))]))
+        vocab = self.model.text_vocab_size
+        if self.model.cfg.text.source == "features" and "text" not in clips and "text_bert" in clips:
+            vocab = text_vocab_size(self._text_model_path())
+            read_split(clips, "clips", "explain", vocab_size=vocab)
+            clips["text"] = encode_text_features(np.asarray(clips["text_bert"], dtype=np.int64), self._text_model_path())
+        split = read_split(clips, "clips", "explain", vocab_size=vocab)
+        self._check_widths(split)
+        return split
+
     def _text_model_path(self) -> str:
         return self.model.cfg.text.model_path or default_model_path()
 

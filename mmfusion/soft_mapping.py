@@ -45,6 +45,7 @@ class AggregateOutput:
     fused: torch.Tensor  # (B, d): LayerNorm(s_t + s_a + s_v), or the weighted average
     pooled: dict[str, torch.Tensor]  # modality -> (B, d)
     weights: torch.Tensor  # (B, n_modalities) for SM, (n_modalities,) for the weighted average
+    attention: dict[str, torch.Tensor] | None = None  # SM only, when asked: modality -> slot attention p (B, K, L)
 
 
 class SoftMapping(nn.Module):
@@ -79,16 +80,20 @@ class SoftMappingFusion(nn.Module):
                                    for m in self.modalities})
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> AggregateOutput:
-        s_all, pooled = [], {}
+    def forward(self, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                need_weights: bool = False) -> AggregateOutput:
+        """``need_weights`` also returns each modality's slot attention p (eq. 9); the outputs are the same."""
+        s_all, pooled, attention = [], {}, {}
         for m in self.modalities:
-            s, sequence, _ = self.maps[m](streams[m], masks[m])
+            s, sequence, p = self.maps[m](streams[m], masks[m])
             s_all.append(s)
             pooled[m] = masked_mean(sequence, masks[m])
+            attention[m] = p.detach()
         s_stack = torch.stack(s_all, 1)  # (B, n, d)
         norms = s_stack.detach().norm(dim=-1)
         weights = norms / norms.sum(1, keepdim=True).clamp(min=1e-12)
-        return AggregateOutput(fused=self.norm(s_stack.sum(1)), pooled=pooled, weights=weights)
+        return AggregateOutput(fused=self.norm(s_stack.sum(1)), pooled=pooled, weights=weights,
+                               attention=attention if need_weights else None)
 
 
 class WeightedAverage(nn.Module):
@@ -99,7 +104,9 @@ class WeightedAverage(nn.Module):
         self.modalities = list(modalities)
         self.logits = nn.Parameter(torch.zeros(len(self.modalities)))
 
-    def forward(self, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> AggregateOutput:
+    def forward(self, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                need_weights: bool = False) -> AggregateOutput:
+        """``need_weights`` is accepted for SM's interface; the masked mean weights positions uniformly (no attention)."""
         pooled = {m: masked_mean(streams[m], masks[m]) for m in self.modalities}
         weights = self.logits.softmax(0)
         fused = torch.einsum("n,bnd->bd", weights, torch.stack([pooled[m] for m in self.modalities], 1))

@@ -207,13 +207,17 @@ def setup(cfg: SentimentExperiment, out_dir: str | Path, *, resume: bool = False
         cfg=cfg, ctx=ctx, run=run, data=data, norm=norm, model=model, net=distributed.wrap_ddp(model, ctx),
         optimizer=optimizer, slgm=slgm, stopper=EarlyStopping(key, cfg.train.patience, metric_mode(key)),
         writer=distributed.NullWriter(),
-        meta={"config": to_dict(cfg), "data_dims": dims, "norm": norm.to_dict() if norm else None},
-        attention_batch=tb.fixed_batch(data.splits["valid"], norm, cfg.train.attention_clips, cfg.model.text.source),
+        meta={"config": to_dict(cfg), "data_dims": dims, "norm": norm.to_dict() if norm else None,
+              "extraction": data.extraction},
+        attention_batch=tb.fixed_clips(data.splits["valid"], norm, cfg.train.attention_clips, cfg.model.text.source,
+                                       cfg.model.text.model_path, text="text" in model.modalities),
     )
     if resume:
         _restore(state)
     if ctx.is_rank0:
         state.writer = SummaryWriter(str(run.tensorboard), purge_step=state.step if resume else None)
+        if not resume:
+            tb.log_run_card(state.writer, cfg, model.modalities)
     log.info("training %s on %s (%d train clips, %s); TensorBoard: %s", run.path, cfg.data.path,
              len(train_split.labels), ctx.device, run.tensorboard)
     return state
@@ -250,6 +254,7 @@ def train_epoch(state: TrainingRun, epoch: int) -> float:
     model.train()
     loader = _train_loader(state.train_split, state.norm, cfg, epoch, ctx)
     started, seen = time.perf_counter(), 0
+    epoch_loss: dict[str, float] = {}  # loss and per-task sums over this rank's batches, for the epoch-axis charts
     for batch in tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True,
                       disable=not ctx.is_rank0):
         batch = batch.to(ctx.device)
@@ -273,6 +278,10 @@ def train_epoch(state: TrainingRun, epoch: int) -> float:
         state.writer.add_scalar("train/loss", loss.item(), state.step)  # rank 0's share of the global batch
         for task, value in per_task.items():
             state.writer.add_scalar(f"train/loss_{task}", value.item(), state.step)
+        for name, value in (("loss", loss), *((f"loss_{t}", v) for t, v in per_task.items())):
+            epoch_loss[name] = epoch_loss.get(name, 0.0) + value.item() * len(batch)
+    for name, total in epoch_loss.items():
+        state.writer.add_scalar(f"train_epoch/{name}", total / max(seen, 1), epoch)  # rank 0's clips
     (seen_all,) = distributed.sum_floats(seen)
     return seen_all / (time.perf_counter() - started)
 

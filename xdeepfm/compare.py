@@ -6,7 +6,8 @@
 Every run goes to ``<out>/<split>/<variant>/seed<s>``; a run whose ``metrics.json`` exists is
 reused, so an interrupted comparison resumes. The table (mean +- sample std over seeds, test
 split) is written to ``<out>/results.md`` after every finished run, and to the tracked ``--doc``
-file only when one is named.
+file only when one is named; beside each goes a PNG of the table (``results.png``, or
+``<doc>_ecommerce.png`` in configs mode; ``plot_table``), linked from the markdown.
 
 Configs mode: each config file is one variant (trained as written, on the split it names)::
 
@@ -32,12 +33,17 @@ import shlex
 import time
 from pathlib import Path
 
-import numpy as np
+import matplotlib
 
-from mmcore.files import write_text
-from mmcore.runtime import command_main
-from xdeepfm.experiment import RankingExperiment, load_experiment
-from xdeepfm.train import train
+matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+import numpy as np  # noqa: E402
+
+from mmcore.files import write_text  # noqa: E402
+from mmcore.runtime import command_main  # noqa: E402
+from xdeepfm.experiment import RankingExperiment, load_experiment  # noqa: E402
+from xdeepfm.train import train  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,50 @@ VARIANTS = ("ours_notext", "ours_text", "deepctr_stock")
 LABELS = {"ours_notext": "ours, no text", "ours_text": "ours + BERT title", "deepctr_stock": "stock deepctr xDeepFM"}
 METRICS = ("auc", "logloss", "gauc", "ndcg@10", "hr@10", "precision@10")
 SECTION_START, SECTION_END = "<!-- ecommerce:start -->", "<!-- ecommerce:end -->"
+PLOT_METRICS = ("auc", "gauc", "ndcg@10")
+
+
+def plot_table(tables: dict[str, dict[str, list[dict]]], path: Path, title: str) -> Path:
+    """A PNG of result tables: one panel per ``PLOT_METRICS`` metric, bars grouped by table (a split, or
+    one table in configs mode), a bar per row (variant or config) with the mean over seeds and a
+    one-std error bar. ``tables``: table name -> row label -> the runs' ``metrics.json``. Returns ``path``."""
+    labels = list(dict.fromkeys(label for rows in tables.values() for label in rows))
+    fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(4 * len(PLOT_METRICS), 3.4), dpi=100)
+    width = 0.8 / max(len(labels), 1)
+    for ax, metric in zip(np.atleast_1d(axes), PLOT_METRICS):
+        everything = []
+        for i, label in enumerate(labels):
+            means, stds = [], []
+            for rows in tables.values():
+                values = [r["test"][metric] for r in rows.get(label, []) if r["test"].get(metric) is not None]
+                means.append(float(np.mean(values)) if values else np.nan)
+                stds.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+                everything += [m for m in means[-1:] if np.isfinite(m)]
+            x = np.arange(len(tables)) + (i - (len(labels) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=stds, capsize=3, label=label)
+        if everything:  # zoom on the range the rows span, so the differences show
+            low, high = min(everything), max(everything)
+            pad = 0.25 * (high - low) or 0.01
+            ax.set_ylim(low - pad, high + pad)
+        ax.set_xticks(np.arange(len(tables)))
+        ax.set_xticklabels(list(tables), fontsize=8)
+        ax.set_title(f"test {metric}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: mean ± sample std over seeds", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def movielens_png(doc: Path) -> Path:
+    return doc.with_suffix(".png")
+
+
+def ecommerce_png(doc: Path) -> Path:
+    return doc.with_name(f"{doc.stem}_ecommerce.png")
 
 
 def variant_config(base: RankingExperiment, variant: str, split: str, seed: int) -> RankingExperiment:
@@ -75,11 +125,14 @@ def write_doc(doc: Path, out: Path, splits: list[str], seeds: list[int], command
         "Top-K lists are each user's test impressions ranked by score. Early stopping on validation AUC.",
         "",
     ]
+    tables = {split: {LABELS[v]: _results(out / split / v, seeds) for v in VARIANTS} for split in splits}
     for split in splits:
         lines += [f"## {split} split", "", *_table_header()]
         for variant in VARIANTS:
-            lines.append(_row(LABELS[variant], _results(out / split / variant, seeds)))
+            lines.append(_row(LABELS[variant], tables[split][LABELS[variant]]))
         lines.append("")
+    plot_table(tables, movielens_png(doc), "MovieLens-100K")
+    lines += [f"![Test metrics per split and model]({movielens_png(doc).name})", ""]
     text = doc.read_text() if doc.is_file() else ""
     if text.find(SECTION_START) >= 0:  # the e-commerce section and whatever follows it are kept
         lines += [text[text.find(SECTION_START):].rstrip(), ""]
@@ -164,6 +217,9 @@ def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingExperiment
     for stem, label in zip(configs, labels):
         lines.append(_row(label, results[stem]))
     lines.append("")
+    plot_table({"e-commerce": {label: results[stem] for stem, label in zip(configs, labels)}}, ecommerce_png(doc),
+               "E-commerce catalogue")
+    lines += [f"![Test metrics per config]({ecommerce_png(doc).name})", ""]
     stems = list(configs)
     if len(stems) >= 3:
         low, high = stems[0], stems[-1]

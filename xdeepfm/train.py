@@ -240,6 +240,33 @@ def _log_scalars(writer, prefix: str, metrics: dict, step: int) -> None:
             writer.add_scalar(f"{prefix}/{name}", value, step)
 
 
+RUN_CARD = """**What the tags of this ranking run mean** (x axis: epoch, counted from 1, for every chart)
+
+| tag | what it is |
+|---|---|
+| `train/bce` | mean binary cross-entropy of the epoch's training batches (without the L2 term), over all ranks |
+| `valid/<metric>` | after the epoch, on the valid split: `auc`, `logloss` (the same loss as `train/bce`, so the two overlay), `gauc` (per-user AUC weighted by impressions), `ndcg@{k}`, `hr@{k}`, `precision@{k}` over each user's list; early stopping reads `valid/auc` |
+| `test/<metric>` | the best checkpoint on the test split, at its epoch |
+| `lr/group<i>` | the optimizer's learning rate per parameter group ({optimizer}) |
+| `speed/train_rows_per_s` | training rows per second of the epoch (all ranks), forward + backward + step |
+
+HPARAMS holds the configuration (`model.*`, `train.*`) with the final valid and test metrics.
+"""
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    """Config values as the flat ``{dotted.key: scalar}`` add_hparams takes (lists joined with commas)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, item, out)
+    elif isinstance(value, (int, float, str, bool)):
+        out[prefix] = value
+    elif isinstance(value, (list, tuple)):
+        out[prefix] = ",".join(map(str, value))
+    elif value is None:
+        out[prefix] = "none"
+
+
 # --------------------------------------------------------------------------- the four phases
 
 
@@ -327,6 +354,9 @@ def setup(cfg: RankingExperiment, out_dir: str | Path, ctx: distributed.Context,
     if ctx.is_rank0:
         write_json(run.config, state.config_dict)
         state.writer = SummaryWriter(str(run.tensorboard), purge_step=state.epoch + 1 if resumed else None)
+        if not resumed:
+            state.writer.add_text("about/tags", RUN_CARD.format(k=cfg.eval.k, optimizer=cfg.train.optimizer), 0)
+            state.writer.add_custom_scalars({"train vs valid": {"loss per epoch": ["Multiline", ["train/bce", "valid/logloss"]]}})
     log.info("model: %d fields, %d parameters on %s; train %d rows", model.n_fields,
              sum(p.numel() for p in model.parameters()), ctx.device,
              data["train"].total_rows if state.sharded else len(data["train"].X))
@@ -374,7 +404,12 @@ def run_epoch(state: TrainingRun, epoch: int) -> float:
     batches = epoch_batches(state.data["train"], tc, epoch, state.ctx, workers)
     loss = train_epoch(state.model, state.optimizer, batches, tc, generator, f"epoch {epoch + 1}/{tc.epochs}",
                        forward=state.net, uneven=state.sharded and state.ctx.enabled)
-    state.train_seconds += time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    state.train_seconds += seconds
+    rows = state.data["train"].total_rows if state.sharded else len(state.data["train"].X)
+    state.writer.add_scalar("speed/train_rows_per_s", rows / max(seconds, 1e-9), epoch + 1)
+    for i, group in enumerate(state.optimizer.param_groups):
+        state.writer.add_scalar(f"lr/group{i}", group["lr"], epoch + 1)
     return loss
 
 
@@ -417,6 +452,11 @@ def finish(state: TrainingRun) -> dict:
         "checkpoint": str(run.best),
     }
     _log_scalars(state.writer, "test", result["test"], state.stopper.best_epoch)
+    hparams: dict = {}
+    _flatten("", {"model": state.config_dict.get("model", {}), "train": state.config_dict.get("train", {})}, hparams)
+    scores = {f"hparam/{split}_{k}": v for split in ("valid", "test") for k, v in result[split].items()
+              if isinstance(v, (int, float)) and math.isfinite(v)}
+    state.writer.add_hparams(hparams, scores, run_name="hparams")
     state.writer.close()
     if ctx.is_rank0:
         state.save(run.best, {key: result[key] for key in ("valid", "test", "best_epoch")})

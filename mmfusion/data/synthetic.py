@@ -397,6 +397,7 @@ def modality_sequences(
     modality: str,
     params: GeneratorParams,
     chunk: int = 1024,
+    segments: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n, max_len, D) float32 features expressing ``sentiment`` (n,), zero after each length.
 
@@ -404,6 +405,8 @@ def modality_sequences(
     S: valence channels shifted by ``valence_shift * s`` and the arousal channel's noise scaled
     by ``1 + arousal_gain |s|``. Observed x = scale * (z A^T) + offset + white noise. Clips are
     generated ``chunk`` at a time to bound memory (MOSEI-sized splits are gigabytes).
+    ``segments``, when given, an (n, 2) int64 array, receives each clip's segment S as
+    ``[start, end)`` frame indices (read off the mask; the random stream is the same either way).
     """
     n = sentiment.size
     dim, k = mixing.matrix.shape
@@ -414,6 +417,9 @@ def modality_sequences(
         m = s.shape[0]
         z = _ar1(rng, m, max_len, params.ar_phi[:k])
         seg = _segment_mask(rng, length, max_len)
+        if segments is not None:
+            first = seg.argmax(axis=1)
+            segments[start : start + m] = np.stack([first, first + seg.sum(axis=1)], axis=1)
         arousal = np.where(seg, 1.0 + params.arousal_gain * np.abs(s), 1.0)
         if modality == "audio":
             z[:, :, 1] *= arousal
@@ -483,11 +489,15 @@ def generate(
     tokenizer_path: str | None = None,
     text_features: bool = False,
     params: GeneratorParams | None = None,
+    segments: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Generate SynthMOSI as an MMSA dict ``{"train"|"valid"|"test": {key: array}}``.
 
     Same ``size``, ``seed`` and ``aligned`` give byte-identical arrays. ``text_features`` adds
     ``text`` (N, 50, 384) from the encoder at ``tokenizer_path`` (default: bundled MiniLM).
+    ``segments`` adds ``synth_segment_audio`` / ``synth_segment_vision`` (N, 2) int64: each clip's
+    expressive segment (where the audio / vision cue is) as ``[start, end)`` frame indices, for
+    checking explanations (``mmfusion.explain``); every other array is the same with or without it.
     """
     if size not in PRESETS:
         raise ValueError(f"unknown size {size!r}: expected one of {sorted(PRESETS)}")
@@ -519,12 +529,14 @@ def generate(
         else:
             audio_len, vision_len = clip_lengths(rng, n_tokens, preset)
             max_a, max_v = preset.max_audio_len, preset.max_vision_len
+        segment = {m: np.zeros((n, 2), np.int64) for m in ("audio", "vision")}
         split_data = {
             "id": np.array([f"synth_{offset + i:06d}" for i in range(n)]),
             "raw_text": np.array(c.raw_text),
             "text_bert": text_bert,
-            "audio": modality_sequences(rng, c.s_a, audio_len, max_a, audio_mix, "audio", params),
-            "vision": modality_sequences(rng, c.s_v, vision_len, max_v, vision_mix, "vision", params),
+            "audio": modality_sequences(rng, c.s_a, audio_len, max_a, audio_mix, "audio", params, segments=segment["audio"]),
+            "vision": modality_sequences(rng, c.s_v, vision_len, max_v, vision_mix, "vision", params,
+                                         segments=segment["vision"]),
             "regression_labels": c.y.astype(np.float32),
             "classification_labels": (np.sign(c.y) + 1).astype(np.int64),
             "regression_labels_T": c.s_t.astype(np.float32),
@@ -534,6 +546,8 @@ def generate(
         }
         if text_all is not None:
             split_data["text"] = text_all[offset : offset + n]
+        if segments:
+            split_data["synth_segment_audio"], split_data["synth_segment_vision"] = segment["audio"], segment["vision"]
         if not aligned:
             split_data["audio_lengths"] = audio_len
             split_data["vision_lengths"] = vision_len
@@ -559,13 +573,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aligned", action="store_true", help="word-aligned variant: all sequences 50 long")
     parser.add_argument("--tokenizer-path", default=None, help="local tokenizer/encoder dir (default: bundled MiniLM)")
     parser.add_argument("--text-features", action="store_true", help="also write `text` (N, 50, 384) encoder states")
+    parser.add_argument("--segments", action="store_true",
+                        help="also write synth_segment_audio/vision (N, 2): each clip's expressive segment [start, end)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise ValueError(f"{args.out}: is a directory, expected the output pickle's path")
     data = generate(args.size, args.seed, aligned=args.aligned, tokenizer_path=args.tokenizer_path,
-                    text_features=args.text_features)
+                    text_features=args.text_features, segments=args.segments)
     write_pickle(data, args.out)
     sizes = ", ".join(f"{split} {len(data[split]['id'])}" for split in SPLITS)
     print(f"wrote {args.out}: {sizes}")
