@@ -23,6 +23,26 @@ Presets (``AudioConfig.preset``), feature names per column from ``feature_names`
   coefficients ``mfcc_i`` (from 40 mel bands, or from k when k > 40) or k log-mel bands
   ``logmel_i``, then the deltas ``d_f0_hz, d_log_energy, d_mfcc_i`` / ``d_logmel_i``, with
   ``k = max(1, ceil((D - 5) / 2))``; the first D of these columns are kept.
+* ``prosody`` (16 columns, ``PROSODY_NAMES``): how something is said, for voices whose sentiment
+  lives in pitch, loudness, tempo and pauses (SynthVideo's espeak-ng narration, docs/synthvideo.md).
+  Windows are centred on the frame; "local" is +-250 ms, "rate window" +-500 ms; the clip's
+  speech level is the median ``energy_db`` of its voiced frames (the loudest frame minus 20 dB
+  when none is voiced) and its pitch level the median semitone value of its voiced frames:
+  0 ``f0_hz`` and 1 ``voiced`` (as in covarep74), 2 ``nccf_peak``, 3 ``f0_st`` (semitones re
+  100 Hz of the voiced frames, octave errors folded back: a value more than 6 semitones from the
+  median of the 31 voiced frames around it moves by whole octaves towards it, then a 5-frame
+  median; linearly interpolated across unvoiced frames, held at the ends; 0 without any voiced
+  frame), 4 ``f0_st_rel`` (``f0_st`` minus the clip's pitch level: speaker-normalised pitch),
+  5 ``f0_slope`` (least-squares slope of ``f0_st`` over +-70 ms, semitones per second),
+  6 ``f0_range_local`` (90th minus 10th percentile of ``f0_st``, local), 7 ``f0_sd_local`` (its
+  local standard deviation), 8 ``energy_db`` (10 log10 of the frame's energy), 9 ``energy_rel_db``
+  (``energy_db`` minus the speech level), 10 ``d_energy_db`` (5-frame regression delta),
+  11 ``energy_sd_local`` (local standard deviation of ``energy_db`` floored at the speech level
+  - 40 dB), 12 ``syllable_rate`` (peaks per second of the 50 ms-smoothed energy within the rate
+  window: peaks at least 80 ms apart, 3 dB prominent and above the speech level - 15 dB, a
+  syllable-nucleus proxy), 13 ``pause`` (1 inside a run of at least 100 ms below the speech
+  level - 25 dB that lies between the first and last sounding frame), 14 ``pause_frac_local``
+  (mean of ``pause`` over the rate window), 15 ``voiced_frac_local`` (mean of ``voiced``, local).
 """
 
 from __future__ import annotations
@@ -34,6 +54,8 @@ from typing import Literal
 import numpy as np
 import torch
 import torchaudio.functional as AF
+from scipy.ndimage import median_filter, percentile_filter, uniform_filter1d
+from scipy.signal import find_peaks
 
 from mmfusion.extract.decode import SAMPLE_RATE
 
@@ -49,20 +71,35 @@ COVAREP74_SCALARS = (
     "f0_hz", "voiced", "nccf_peak", "log_energy", "d_log_energy", "zcr",
     "spectral_centroid_khz", "spectral_spread_khz", "spectral_rolloff85_khz", "spectral_flatness", "spectral_tilt",
 )
+PRESETS = ("covarep74", "mfcc", "fbank", "prosody")
+PROSODY_NAMES = (
+    "f0_hz", "voiced", "nccf_peak", "f0_st", "f0_st_rel", "f0_slope", "f0_range_local", "f0_sd_local",
+    "energy_db", "energy_rel_db", "d_energy_db", "energy_sd_local", "syllable_rate", "pause", "pause_frac_local",
+    "voiced_frac_local",
+)
+PROSODY_LOCAL_MS = 250.0  # half-width of the "local" windows
+PROSODY_RATE_MS = 500.0  # half-width of the syllable-rate and pause windows
+PROSODY_SLOPE_MS = 70.0  # half-width of the pitch-slope regression
+PITCH_FOLD_FRAMES = 31  # octave errors are folded towards the median of this many voiced frames
+PAUSE_DB = 25.0  # a pause frame is this far below the clip's speech level ...
+PAUSE_MIN_MS = 100.0  # ... in a run at least this long
+SYLLABLE_GAP_MS = 80.0
+SYLLABLE_PROMINENCE_DB = 3.0
+SYLLABLE_FLOOR_DB = 15.0
 
 
 @dataclass(frozen=True)
 class AudioConfig:
     """Which acoustic features: a preset and, for ``mfcc`` / ``fbank``, the output width."""
 
-    preset: Literal["covarep74", "mfcc", "fbank"] = "covarep74"
-    dim: int = 74  # ignored by covarep74 (always 74)
+    preset: Literal["covarep74", "mfcc", "fbank", "prosody"] = "covarep74"
+    dim: int = 74  # ignored by covarep74 (always 74) and prosody (always 16)
     frame_ms: float = 25.0
     hop_ms: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.preset not in ("covarep74", "mfcc", "fbank"):
-            raise ValueError(f"audio preset {self.preset!r}: expected covarep74, mfcc or fbank")
+        if self.preset not in PRESETS:
+            raise ValueError(f"audio preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or not 1 <= self.dim <= MAX_AUDIO_DIM:
             raise ValueError(f"audio dim {self.dim!r}: expected an integer in [1, {MAX_AUDIO_DIM}]")
         for name in ("frame_ms", "hop_ms"):
@@ -72,7 +109,7 @@ class AudioConfig:
 
     @property
     def out_dim(self) -> int:
-        return 74 if self.preset == "covarep74" else self.dim
+        return {"covarep74": 74, "prosody": len(PROSODY_NAMES)}.get(self.preset, self.dim)
 
     @property
     def n_coefficients(self) -> int:
@@ -81,6 +118,8 @@ class AudioConfig:
 
 def feature_names(cfg: AudioConfig) -> list[str]:
     """The name of every output column, in order."""
+    if cfg.preset == "prosody":
+        return list(PROSODY_NAMES)
     if cfg.preset == "covarep74":
         return [*COVAREP74_SCALARS, *(f"mfcc_{i}" for i in range(25)), *(f"d_mfcc_{i}" for i in range(25)),
                 *(f"dd_mfcc_{i}" for i in range(13))]
@@ -129,6 +168,69 @@ def _deltas(x: torch.Tensor) -> torch.Tensor:
     return AF.compute_deltas(x.T.contiguous(), win_length=5).T
 
 
+def _local_sd(x: np.ndarray, half: int) -> np.ndarray:
+    mean = uniform_filter1d(x, 2 * half + 1, mode="nearest")
+    return np.sqrt(np.maximum(uniform_filter1d(x * x, 2 * half + 1, mode="nearest") - mean * mean, 0.0))
+
+
+def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
+    """``mask`` kept only inside runs of at least ``length`` consecutive True frames."""
+    out = np.zeros_like(mask)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    for start, end in zip(edges[::2], edges[1::2]):
+        if end - start >= length:
+            out[start:end] = True
+    return out
+
+
+def prosody_features(f0: np.ndarray, voiced: np.ndarray, nccf_peak: np.ndarray, log_energy: np.ndarray,
+                     frame_rate: float) -> np.ndarray:
+    """(T, 16) ``PROSODY_NAMES`` from the per-frame pitch, voicing, NCCF peak and natural-log energy."""
+    n = f0.size
+    idx = np.arange(n)
+    is_voiced = voiced > 0
+    local = max(1, round(PROSODY_LOCAL_MS * frame_rate / 1000))
+    wide = max(1, round(PROSODY_RATE_MS * frame_rate / 1000))
+    if is_voiced.any():
+        semitones = 12.0 * np.log2(np.maximum(f0[is_voiced], 1.0) / 100.0)
+        around = median_filter(semitones, PITCH_FOLD_FRAMES, mode="nearest")
+        semitones = median_filter(semitones - 12.0 * np.round((semitones - around) / 12.0), 5, mode="nearest")
+        f0_st = np.interp(idx, idx[is_voiced], semitones)
+        f0_rel = f0_st - np.median(semitones)
+    else:
+        f0_st = f0_rel = np.zeros(n)
+    half = max(1, round(PROSODY_SLOPE_MS * frame_rate / 1000))
+    kernel = np.arange(-half, half + 1, dtype=np.float64)
+    padded = np.pad(f0_st, half, mode="edge")
+    slope = np.convolve(padded, kernel[::-1], mode="valid") / (kernel**2).sum() * frame_rate
+    f0_range = (percentile_filter(f0_st, 90, 2 * local + 1, mode="nearest")
+                - percentile_filter(f0_st, 10, 2 * local + 1, mode="nearest"))
+    energy_db = 10.0 / math.log(10.0) * log_energy
+    level = np.median(energy_db[is_voiced]) if is_voiced.any() else energy_db.max() - 20.0
+    d_energy = _deltas(torch.from_numpy(energy_db[:, None]))[:, 0].numpy()
+    energy_sd = _local_sd(np.maximum(energy_db, level - 40.0), local)
+    smooth = uniform_filter1d(energy_db, max(1, round(50 * frame_rate / 1000)), mode="nearest")
+    peaks, _ = find_peaks(smooth, height=level - SYLLABLE_FLOOR_DB, prominence=SYLLABLE_PROMINENCE_DB,
+                          distance=max(1, round(SYLLABLE_GAP_MS * frame_rate / 1000)))
+    onsets = np.zeros(n)
+    onsets[peaks] = 1.0
+    syllable_rate = uniform_filter1d(onsets, 2 * wide + 1, mode="constant") * frame_rate
+    silent = energy_db < level - PAUSE_DB
+    sounding = np.flatnonzero(~silent)
+    pause = _runs_at_least(silent, max(1, round(PAUSE_MIN_MS * frame_rate / 1000)))
+    if sounding.size:
+        pause[: sounding[0]] = False
+        pause[sounding[-1] + 1 :] = False
+    else:
+        pause[:] = False
+    pause = pause.astype(np.float64)
+    columns = [f0, voiced, nccf_peak, f0_st, f0_rel, slope, f0_range, _local_sd(f0_st, local), energy_db,
+               energy_db - level, d_energy, energy_sd, syllable_rate, pause,
+               uniform_filter1d(pause, 2 * wide + 1, mode="nearest"),
+               uniform_filter1d(voiced.astype(np.float64), 2 * local + 1, mode="nearest")]
+    return np.stack(columns, axis=1)
+
+
 def audio_features(audio: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """(S,) float32 16 kHz mono -> (T, cfg.out_dim) float32, T = 1 + (S - frame) // hop (at least 1)."""
     frame = int(SAMPLE_RATE * cfg.frame_ms / 1000)
@@ -145,6 +247,9 @@ def audio_features(audio: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     loud = log_energy > log_energy.max() - SILENCE_DB * math.log(10) / 10
     voiced = ((nccf_peak >= VOICING_THRESHOLD) & loud).to(x.dtype)
     f0 = f0 * voiced
+    if cfg.preset == "prosody":
+        return prosody_features(f0.numpy(), voiced.numpy(), nccf_peak.numpy(), log_energy.numpy(),
+                                1000.0 / cfg.hop_ms).astype(np.float32)
 
     k = cfg.n_coefficients
     n_mels = k if cfg.preset == "fbank" else max(40, k)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mmcore.runtime import setup_logging
-from mmfusion.extract.audio import MAX_AUDIO_DIM, AudioConfig
+from mmfusion.extract.audio import MAX_AUDIO_DIM, PRESETS, AudioConfig
 from mmfusion.extract.pipeline import (
     ExtractConfig,
     MetaError,
@@ -18,7 +18,7 @@ from mmfusion.extract.pipeline import (
     limit_problem,
     write_pickle,
 )
-from mmfusion.extract.visual import BACKBONES, VisualConfig, load_backbone, resolve
+from mmfusion.extract.visual import BACKBONES, FEATURE_SETS, VisualConfig, load_backbone, resolve
 
 log = logging.getLogger("mmfusion.extract")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -67,12 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="split of clips whose meta row has no split (default: test)")
     p.add_argument("--fps", type=_limited("fps", float), default=5.0,
                    help="video frames sampled per second, in (0, 1000] (default 5)")
-    p.add_argument("--audio-preset", choices=("covarep74", "mfcc", "fbank"), default="covarep74",
-                   help="acoustic features: covarep74 (74 columns, MOSEI-like; default), mfcc or fbank")
+    p.add_argument("--audio-preset", choices=PRESETS, default="covarep74",
+                   help="acoustic features: covarep74 (74 columns, MOSEI-like; default), mfcc or fbank (--audio-dim "
+                        "columns), prosody (16 pitch / energy / tempo / pause columns)")
     p.add_argument("--audio-dim", type=_audio_dim, default=74,
                    help=f"audio width for the mfcc / fbank presets, in [1, {MAX_AUDIO_DIM}]")
-    p.add_argument("--visual", choices=("auto", "stats", *BACKBONES), default="auto",
-                   help="visual features (auto: resnet18 when its weights are in the torchvision cache, else stats)")
+    p.add_argument("--visual", choices=("auto", *FEATURE_SETS, *BACKBONES), default="auto",
+                   help="visual features: stats (34 frame statistics), face (17 face-geometry columns for rendered "
+                        "faces), a torchvision backbone (auto: resnet18 when its weights are cached, else stats)")
     p.add_argument("--vision-weights", default="cache",
                    help="backbone weights: a state-dict file, 'cache' (torchvision cache) or 'random' (cost only)")
     p.add_argument("--max-audio-len", type=_limited("max_audio_len", int), default=500,
@@ -111,12 +113,12 @@ def run(args: argparse.Namespace) -> int:
     """Extract, report per file, write the pickle; 0 all ok, 1 some files failed, 2 nothing usable."""
     try:
         visual = resolve(VisualConfig(backbone=args.visual, weights=args.vision_weights))
-        if visual.backbone != "stats":
+        if visual.needs_weights:
             load_backbone(visual.backbone, visual.weights)  # a bad weights file fails here, once, not per clip
         cfg = ExtractConfig(fps=args.fps, audio=AudioConfig(preset=args.audio_preset, dim=args.audio_dim),
                             visual=visual, max_audio_len=args.max_audio_len, max_vision_len=args.max_vision_len)
         log.info("visual features: %s (%d columns%s); audio: %s (%d columns)", visual.backbone, visual.dim,
-                 "" if visual.backbone == "stats" else f", weights {visual.weights}", cfg.audio.preset, cfg.audio.out_dim)
+                 f", weights {visual.weights}" if visual.needs_weights else "", cfg.audio.preset, cfg.audio.out_dim)
         cache = None if args.no_cache else (args.cache_dir or args.out.with_name(args.out.name + ".cache"))
         result = extract(args.videos, args.meta, cfg, labels=args.labels, default_split=args.split,
                          workers=args.workers, cache_dir=cache, text_model=args.text_model,

@@ -163,7 +163,7 @@ def cache_key(path: Path, cfg: ExtractConfig) -> str:
     stat = path.stat()
     ident = {"file": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
              "config": dataclasses.asdict(cfg), "version": CACHE_VERSION}
-    if cfg.visual.weights not in ("cache", "random") and cfg.visual.backbone != "stats":
+    if cfg.visual.weights not in ("cache", "random") and cfg.visual.needs_weights:
         w = Path(cfg.visual.weights).stat()
         ident["weights"] = [w.st_size, w.st_mtime_ns]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -401,7 +401,7 @@ def extract(
     (``LIMITS``); per-file problems only go into the reports. Every video path is confined to
     ``videos``: a row whose file resolves outside it is reported, never read.
     """
-    if cfg.visual.backbone == "auto" or (cfg.visual.backbone != "stats" and cfg.visual.weights == "cache"):
+    if cfg.visual.backbone == "auto" or (cfg.visual.needs_weights and cfg.visual.weights == "cache"):
         raise ValueError("extract: resolve the visual config first (mmfusion.extract.visual.resolve)")
     check_limit("workers", workers)
     check_limit("text_len", text_len)
@@ -475,7 +475,7 @@ def describe_config(cfg: ExtractConfig, labels: bool, text_model: str, text_len:
         "audio_frame_rate_hz": 1000.0 / cfg.audio.hop_ms,
         "vision_dim": cfg.visual.dim,
         "vision_backbone": cfg.visual.backbone,
-        "vision_weights": None if cfg.visual.backbone == "stats" else cfg.visual.weights,
+        "vision_weights": cfg.visual.weights if cfg.visual.needs_weights else None,
         "vision_features": visual_mod.feature_names(cfg.visual),
         "sample_rate": SAMPLE_RATE,
         "labels": "from meta.csv" if labels else "none (regression_labels are 0 placeholders)",

@@ -20,6 +20,28 @@
   over the three channels), ``shot_change`` (1 when ``hist_change``
   exceeds 0.5), and the mean luma of the four quadrants ``luma_tl, luma_tr, luma_bl, luma_br``.
   The first frame has motion and change 0;
+* ``face``: 17 face-geometry columns (``FACE_NAMES``) on frames scaled to a 96-pixel short side,
+  needing no weights. **A geometric proxy for rendered faces** (SynthVideo's drawn presenter,
+  docs/synthvideo.md), not a face detector for camera footage: the face is the largest
+  connected region of skin-coloured pixels (R > G > B, G >= B - 0.02, R - B > 0.08, max(R, G, B)
+  > 0.22 on RGB in [0, 1]) with its holes filled; inside it, *dark* pixels (weight
+  clip(1 - luma / (0.75 x the median skin luma), 0, 1)) form the features, found in bands of
+  the region's height measured from its top (brows 0.12-0.35, eyes 0.35-0.48, mouth 0.6-0.9) and
+  within 0.3 face widths of its centre. Columns: ``face_found`` (1 when the region covers at least
+  0.5% of the frame; otherwise every other column is 0), ``face_x``, ``face_y`` (centre of the
+  region's bounding box over the frame's width / height), ``face_size`` (box height over frame
+  height), ``face_aspect`` (width over height), ``mouth_curvature`` (minus the quadratic
+  coefficient of a weighted least-squares parabola y = c + b u + a u^2 through the mouth pixels,
+  u = horizontal offset over half the face width, y in face heights: positive for a smile, negative
+  for a frown), ``mouth_corner_lift`` (mean height of the mouth's centre (|u| < 0.12) below its
+  corners (0.24 < |u| < 0.4), face heights), ``mouth_openness`` (mouth weight per mouth column,
+  face heights), ``mouth_width`` (columns with mouth weight above 0.5 pixels, face widths),
+  ``brow_tilt`` (half the difference of the right and left brows' fitted slopes dy/dx: positive
+  when the inner ends are higher), ``brow_raise`` (eye-band minus brow-band mean height, face
+  heights), ``eye_openness`` (eye-band weight per face area), ``face_warmth`` (mean R - B over the
+  skin pixels), ``scene_warmth`` (mean R - B outside the face), ``face_luma`` (mean skin luma),
+  ``face_motion`` (shift of the box centre from the previous sampled frame, face heights; 0 on the
+  first) and ``frame_motion`` (mean absolute luma change from the previous frame);
 * ``auto``: ``resnet18`` when its torchvision weights are in the cache, else ``stats``.
 
 ``resolve`` turns ``auto`` / ``cache`` into the concrete choice once, in the main process; the
@@ -34,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 BACKBONES = {
     "resnet18": 512, "resnet34": 512, "resnet50": 2048,
@@ -45,7 +68,16 @@ STATS_NAMES = (
     "colourfulness", "sharpness", "motion_energy", "hist_change", "shot_change",
     "luma_tl", "luma_tr", "luma_bl", "luma_br",
 )
+FACE_NAMES = (
+    "face_found", "face_x", "face_y", "face_size", "face_aspect", "mouth_curvature", "mouth_corner_lift",
+    "mouth_openness", "mouth_width", "brow_tilt", "brow_raise", "eye_openness", "face_warmth", "scene_warmth",
+    "face_luma", "face_motion", "frame_motion",
+)
+FEATURE_SETS = {"stats": len(STATS_NAMES), "face": len(FACE_NAMES)}  # computed features: no weights
 STATS_FRAME_SIZE = 64
+FACE_FRAME_SIZE = 96
+FACE_MIN_AREA = 0.005
+BROW_BAND, EYE_BAND, MOUTH_BAND = (0.12, 0.35), (0.35, 0.48), (0.6, 0.9)
 BACKBONE_FRAME_SIZE = 224
 SHOT_CHANGE_THRESHOLD = 0.5
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,23 +86,29 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class VisualConfig:
-    """``backbone``: stats | auto | a key of BACKBONES; ``weights``: a file, "cache" or "random"."""
+    """``backbone``: stats | face | auto | a key of BACKBONES; ``weights``: a file, "cache" or "random"
+    (ignored by stats and face)."""
 
     backbone: str = "auto"
     weights: str = "cache"
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("auto", "stats", *BACKBONES):
-            raise ValueError(f"visual backbone {self.backbone!r}: expected auto, stats or one of {sorted(BACKBONES)}")
+        if self.backbone not in ("auto", *FEATURE_SETS, *BACKBONES):
+            raise ValueError(f"visual backbone {self.backbone!r}: expected auto, stats, face or one of {sorted(BACKBONES)}")
+
+    @property
+    def needs_weights(self) -> bool:
+        """A torchvision backbone (stats and face are computed, auto is not resolved yet)."""
+        return self.backbone in BACKBONES
 
     @property
     def frame_size(self) -> int:
-        return STATS_FRAME_SIZE if self.backbone == "stats" else BACKBONE_FRAME_SIZE
+        return {"stats": STATS_FRAME_SIZE, "face": FACE_FRAME_SIZE}.get(self.backbone, BACKBONE_FRAME_SIZE)
 
     @property
     def dim(self) -> int:
-        return len(STATS_NAMES) if self.backbone == "stats" else BACKBONES[self.backbone]
+        return FEATURE_SETS.get(self.backbone) or BACKBONES[self.backbone]
 
 
 def cached_weights(backbone: str) -> Path:
@@ -86,7 +124,7 @@ def resolve(cfg: VisualConfig) -> VisualConfig:
     if cfg.backbone == "auto":
         found = cached_weights("resnet18").is_file()
         cfg = dataclasses.replace(cfg, backbone="resnet18" if found else "stats", weights="cache")
-    if cfg.backbone == "stats" or cfg.weights == "random":
+    if not cfg.needs_weights or cfg.weights == "random":
         return cfg
     path = cached_weights(cfg.backbone) if cfg.weights == "cache" else Path(cfg.weights)
     if not path.is_file():
@@ -97,7 +135,11 @@ def resolve(cfg: VisualConfig) -> VisualConfig:
 
 
 def feature_names(cfg: VisualConfig) -> list[str]:
-    return list(STATS_NAMES) if cfg.backbone == "stats" else [f"{cfg.backbone}_{i}" for i in range(cfg.dim)]
+    if cfg.backbone == "stats":
+        return list(STATS_NAMES)
+    if cfg.backbone == "face":
+        return list(FACE_NAMES)
+    return [f"{cfg.backbone}_{i}" for i in range(cfg.dim)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +206,106 @@ def frame_statistics(frames: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Face geometry (rendered faces)
+# --------------------------------------------------------------------------------------------
+
+
+def skin_mask(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) bool skin-coloured pixels of (H, W, 3) RGB in [0, 1] (the rule in the docstring)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return (r > g) & (g >= b - 0.02) & (r - b > 0.08) & (r > 0.22)
+
+
+def _band_weights(dark: np.ndarray, yr: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+    return dark * ((yr >= band[0]) & (yr < band[1]))
+
+
+def _weighted_polyfit(x: np.ndarray, y: np.ndarray, w: np.ndarray, degree: int) -> np.ndarray | None:
+    """Least-squares coefficients (highest power first), or None with too little weight or spread."""
+    if w.sum() < 2.0 or np.ptp(x) < 1e-6:
+        return None
+    sw = np.sqrt(w)
+    design = np.vander(x, degree + 1) * sw[:, None]
+    coef, *_ = np.linalg.lstsq(design, y * sw, rcond=None)
+    return coef
+
+
+def _face_row(rgb: np.ndarray, luma: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The 17 columns but the two motion ones (filled by the caller) and the box centre (px)."""
+    h, w = luma.shape
+    row = np.zeros(len(FACE_NAMES))
+    skin = skin_mask(rgb)
+    labels, count = ndimage.label(skin)
+    if count == 0:
+        return row, None
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    if sizes[biggest - 1] < FACE_MIN_AREA * h * w:
+        return row, None
+    region = ndimage.binary_fill_holes(labels == biggest)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    fh, fw = float(bottom - top), float(right - left)
+    cx, cy = 0.5 * (left + right - 1), 0.5 * (top + bottom - 1)
+    face_skin = region & skin
+    skin_luma = float(np.median(luma[face_skin]))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yr = (yy - top) / fh
+    u = (xx - cx) / (0.5 * fw)
+    dark = np.clip(1.0 - luma / (0.75 * max(skin_luma, 1e-3)), 0.0, 1.0) * region * (np.abs(u) < 0.6)
+    mouth = _band_weights(dark, yr, MOUTH_BAND)
+    brows = _band_weights(dark, yr, BROW_BAND)
+    eyes = _band_weights(dark, yr, EYE_BAND)
+    y_face = (yy - top) / fh
+    sel = mouth > 0.05
+    curvature = corner_lift = openness = width = 0.0
+    coef = _weighted_polyfit(u[sel], y_face[sel], mouth[sel], 2)
+    if coef is not None:
+        curvature = -float(coef[0])
+        centre_w, corner_w = mouth * (np.abs(u) < 0.12), mouth * ((np.abs(u) > 0.24) & (np.abs(u) < 0.4))
+        if centre_w.sum() > 0.5 and corner_w.sum() > 0.5:
+            corner_lift = float((centre_w * y_face).sum() / centre_w.sum() - (corner_w * y_face).sum() / corner_w.sum())
+        column = mouth.sum(axis=0)
+        mouth_cols = column > 0.5
+        width = float(mouth_cols.sum()) / fw
+        openness = float(column[mouth_cols].mean()) / fh if mouth_cols.any() else 0.0
+    tilt = 0.0
+    slopes = []
+    for side in (u < 0, u > 0):
+        ws = brows * side
+        fit = _weighted_polyfit(xx[ws > 0.05], yy[ws > 0.05], ws[ws > 0.05], 1)
+        slopes.append(float(fit[0]) if fit is not None else 0.0)
+    tilt = 0.5 * (slopes[1] - slopes[0])
+    raise_ = 0.0
+    if brows.sum() > 0.5 and eyes.sum() > 0.5:
+        raise_ = float((eyes * y_face).sum() / eyes.sum() - (brows * y_face).sum() / brows.sum())
+    warm = rgb[..., 0] - rgb[..., 2]
+    outside = ~region
+    row[:] = [1.0, (cx + 0.5) / w, (cy + 0.5) / h, fh / h, fw / fh, curvature, corner_lift, openness, width, tilt,
+              raise_, float(eyes.sum()) / (fh * fw), float(warm[face_skin].mean()),
+              float(warm[outside].mean()) if outside.any() else 0.0, float(luma[face_skin].mean()), 0.0, 0.0]
+    return row, (cx, cy)
+
+
+def face_features(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, 17) float32 in the order of ``FACE_NAMES``."""
+    rgb_all = frames.astype(np.float64) / 255.0
+    luma_all = rgb_all @ np.array([0.299, 0.587, 0.114])
+    out = np.zeros((len(frames), len(FACE_NAMES)))
+    previous: tuple[float, float] | None = None
+    for i in range(len(frames)):
+        row, centre = _face_row(rgb_all[i], luma_all[i])
+        if centre is not None and previous is not None:
+            row[FACE_NAMES.index("face_motion")] = np.hypot(centre[0] - previous[0], centre[1] - previous[1]) / (
+                row[FACE_NAMES.index("face_size")] * frames.shape[1])
+        if i:
+            row[FACE_NAMES.index("frame_motion")] = float(np.abs(luma_all[i] - luma_all[i - 1]).mean())
+        out[i] = row
+        previous = centre
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
 # Backbones
 # --------------------------------------------------------------------------------------------
 
@@ -218,4 +360,6 @@ def visual_features(frames: np.ndarray, cfg: VisualConfig) -> np.ndarray:
     """(T, H, W, 3) uint8 frames -> (T, cfg.dim) float32 with the (resolved) ``cfg``."""
     if cfg.backbone == "stats":
         return frame_statistics(frames)
+    if cfg.backbone == "face":
+        return face_features(frames)
     return backbone_features(frames, cfg)
