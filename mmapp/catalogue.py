@@ -48,10 +48,19 @@ that have videos), the video uniformly within it. **Click model** (all constants
 with b0 = -2.5, w_a = 1, w_s = 1, noise_sd = 0.5. For a review reader (sigma ~ 1.6) the
 sentiment term spans about +-5 logits over the [-3, 3] range: video semantics matter.
 
+**The video catalogue** (what the main job, ``mmfusion demo``, builds): ``catalogue_from_clips(clips)``
+makes the catalogue around given clips instead of drawing new ones, e.g. the SynthVideo clips
+(``mmfusion.data.synthvideo``: SynthMOSI clips rendered as mp4 files with spoken narration and a
+drawn presenter), so that every product video is a real file whose features come from
+``mmfusion extract``; ``hold_out_videos`` removes videos (and their impressions) that are to
+"arrive after training" and be ingested; ``write_product_videos`` renders a catalogue's videos as
+files with the same renderer when they do not exist yet.
+
 **Files** written by ``write_catalogue(catalogue, out_dir)`` (each atomically):
 
 - ``videos.pkl``: the clips as an MMSA pickle (train/valid/test = 70/15/15% of the videos, ids
-  = ``video_id``), ready for ``python -m mmfusion.predict``;
+  = ``video_id``), ready for ``python -m mmfusion.predict`` (not for a catalogue of given clips,
+  whose features come from their files);
 - ``videos.csv``: one row per video: ids, category, product, brand, price band (and
   ``price_level`` l), price, title, and the hidden truth (``brand_quality`` q_b,
   ``true_sentiment`` s*, ``label`` y, ``s_t``, ``s_a``, ``s_v``, ``kind``, ``clip_split``);
@@ -95,17 +104,20 @@ import io
 import json
 import logging
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from mmcore.files import write_bytes
 from mmcore.hf import default_model_path
 from mmcore.runtime import command_main
 from mmfusion.data.synthetic import (
     AUDIO_LATENT,
+    KIND_NAMES,
     PRESETS,
     SPLITS,
     VISION_LATENT,
@@ -119,6 +131,7 @@ from mmfusion.data.synthetic import (
     tokenize,
     write_pickle,
 )
+from mmfusion.data.synthvideo import RENDER, render_clip, speakers
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +167,8 @@ SEGMENT_PRICE_SENS = np.array([1.6, 0.5, 0.3, 0.8])
 SEGMENT_SENTIMENT_SENS = np.array([0.4, 1.6, 0.6, 0.9])
 SYLLABLES = ("ka", "lo", "ra", "vi", "no", "tes", "mar", "zu", "bel", "fi", "dor", "qua", "sen", "tri", "ol", "pex")
 SERIES = ("X", "S", "Pro ", "Air ", "Max ", "Lite ", "")
+ITEM_COLUMNS = ("video_id", "category", "product", "brand", "price_band", "price", "title")
+USER_COLUMNS = ("user_id", "user_segment", "user_fav_category", "user_age")
 
 
 @dataclass
@@ -392,6 +407,41 @@ def generate_catalogue(
     return Catalogue(mmsa=mmsa, videos=videos, users=users, impressions=impressions, meta=meta)
 
 
+def catalogue_from_clips(clips: pd.DataFrame, seed: int = 0, n_users: int = 2000, impressions_per_user: int = 150, *,
+                         brands_per_category: int = 6, click: ClickModel | None = None,
+                         params: GeneratorParams | None = None) -> Catalogue:
+    """The catalogue around given clips, e.g. the SynthVideo clips (``mmfusion.data.synthvideo``'s
+    ``truth.csv`` joined with its ``meta.csv`` text): each clip is one product video, its id the
+    video's id. ``clips`` has the columns ``id, split, kind, text, s_t, s_a, s_v, y``. The videos'
+    features come from their files (``mmfusion extract``), so there are no direct MMSA clips
+    (``mmsa`` is empty). Users, impressions and clicks are drawn as in ``generate_catalogue``."""
+    missing = [c for c in ("id", "split", "kind", "text", "s_t", "s_a", "s_v", "y") if c not in clips.columns]
+    if missing:
+        raise ValueError(f"clips: column {missing[0]!r} is missing (has {list(clips.columns)})")
+    click = click or ClickModel()
+    params = params or GeneratorParams()
+    kinds = clips["kind"].map({name: i for i, name in enumerate(KIND_NAMES)})
+    if kinds.isna().any():
+        raise ValueError(f"clips: kind {clips['kind'][kinds.isna()].iloc[0]!r}: expected one of {list(KIND_NAMES)}")
+    s_t, s_a, s_v = (clips[c].to_numpy(np.float64) for c in ("s_t", "s_a", "s_v"))
+    truth = pd.DataFrame({
+        "video_id": clips["id"].astype(str).to_numpy(), "clip_split": clips["split"].to_numpy(),
+        "product_raw": _products_of(clips["text"].astype(str).tolist()),
+        "true_sentiment": multimodal_target(s_t, s_a, s_v, params).astype(np.float64),
+        "label": clips["y"].to_numpy(np.float64), "s_t": s_t, "s_a": s_a, "s_v": s_v, "kind": kinds.to_numpy(np.int64),
+    })
+    catalogue_seq, user_seq, impression_seq = np.random.SeedSequence(seed).spawn(3)
+    videos = _catalogue_columns(np.random.default_rng(catalogue_seq), truth, brands_per_category, click)
+    users = _users(np.random.default_rng(user_seq), n_users, click)
+    impressions = _impressions(np.random.default_rng(impression_seq), users, videos, impressions_per_user, click)
+    meta = {"seed": seed, "n_videos": len(videos), "n_users": n_users, "impressions_per_user": impressions_per_user,
+            "clips": "given", "brands_per_category": brands_per_category, "click_model": dataclasses.asdict(click),
+            "click_rate": float(impressions["click"].mean())}
+    mmsa = {split: {"id": np.array([], dtype=str), "raw_text": np.array([], dtype=str)} for split in SPLITS}
+    mmsa["test"] = {"id": truth["video_id"].to_numpy(dtype=str), "raw_text": clips["text"].astype(str).to_numpy(dtype=str)}
+    return Catalogue(mmsa=mmsa, videos=videos, users=users, impressions=impressions, meta=meta)
+
+
 def _csv_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.6g")
@@ -403,7 +453,10 @@ def write_catalogue(catalogue: Catalogue, out_dir: str | Path) -> dict[str, Path
     out = Path(out_dir)
     paths = {name: out / name for name in ("videos.pkl", "videos.csv", "users.csv", "impressions.csv",
                                            "oracle_sentiment.npz", "catalogue.json")}
-    write_pickle(catalogue.mmsa, paths["videos.pkl"])
+    if "audio" in catalogue.mmsa["train"]:  # direct-feature clips (not for a catalogue of given clips)
+        write_pickle(catalogue.mmsa, paths["videos.pkl"])
+    else:
+        paths.pop("videos.pkl")
     write_bytes(paths["videos.csv"], _csv_bytes(catalogue.videos))
     write_bytes(paths["users.csv"], _csv_bytes(catalogue.users))
     write_bytes(paths["impressions.csv"], _csv_bytes(catalogue.impressions))
@@ -416,6 +469,83 @@ def write_catalogue(catalogue: Catalogue, out_dir: str | Path) -> dict[str, Path
     write_bytes(paths["oracle_sentiment.npz"], buffer.getvalue())
     write_bytes(paths["catalogue.json"], json.dumps(catalogue.meta, indent=2).encode())
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Product videos as files, and videos that arrive after training
+# --------------------------------------------------------------------------------------------
+
+
+def narrations(catalogue: Catalogue) -> dict[str, str]:
+    """video_id -> the clip's narration (its SynthMOSI transcript)."""
+    return {str(i): str(t) for part in catalogue.mmsa.values() for i, t in zip(part["id"], part["raw_text"])}
+
+
+def _render_product(path: str, text: str, s_a: float, s_v: float, seed: int, speaker) -> None:
+    render_clip(path, text, s_a, s_v, seed, speaker=speaker)
+
+
+def write_product_videos(catalogue: Catalogue, folder: str | Path, videos: pd.DataFrame | None = None,
+                         world_seed: int = 0, workers: int = 1, transcripts: bool = False) -> Path:
+    """Every product video (or those of ``videos``) as an mp4 in ``folder`` (``mmfusion.data.synthvideo``'s
+    renderer: the narration spoken with the clip's ``s_a`` prosody, a presenter showing its ``s_v``),
+    with ``folder/meta.csv`` for ``mmfusion extract`` (video, id, text = the narration, label, split)
+    and ``folder/items.csv`` for ``mmfusion ingest`` (video, the item's columns and, with
+    ``transcripts``, the narration as ``transcript``). The presenters are those of the SynthVideo
+    world ``world_seed``; a video's render seed is derived from its id, so a file is reproducible."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    videos = catalogue.videos if videos is None else videos
+    text_of = narrations(catalogue)
+    cast = speakers(world_seed, RENDER.n_speakers)
+    jobs = []
+    for row in videos.itertuples(index=False):
+        seed = int(np.random.SeedSequence([world_seed, 7, int(str(row.video_id).rsplit("_", 1)[-1])]).generate_state(1)[0])
+        jobs.append((str(folder / f"{row.video_id}.mp4"), text_of[row.video_id], float(row.s_a), float(row.s_v), seed,
+                     cast[seed % len(cast)]))
+    todo = [j for j in jobs if not Path(j[0]).is_file()]
+    with tqdm(total=len(todo), desc="render product videos", unit="video") as bar:
+        if workers <= 1:
+            for job in todo:
+                _render_product(*job)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for future in as_completed([pool.submit(_render_product, *job) for job in todo]):
+                    future.result()
+                    bar.update()
+    meta = pd.DataFrame({"video": [Path(j[0]).name for j in jobs], "id": videos["video_id"].to_numpy(),
+                         "text": [j[1] for j in jobs], "label": videos["label"].to_numpy(),
+                         "split": videos["clip_split"].to_numpy()})
+    write_bytes(folder / "meta.csv", _csv_bytes(meta))
+    items = videos[list(ITEM_COLUMNS)].copy()
+    items.insert(0, "video", meta["video"].to_numpy())
+    if transcripts:
+        items["transcript"] = meta["text"].to_numpy()
+    write_bytes(folder / "items.csv", _csv_bytes(items))
+    log.info("%d product videos in %s (%d rendered now)", len(jobs), folder, len(todo))
+    return folder
+
+
+def hold_out_videos(catalogue: Catalogue, held: set[str]) -> tuple[Catalogue, pd.DataFrame, pd.DataFrame]:
+    """(the catalogue without the ``held`` videos, those videos, their impressions): videos that
+    "arrive after training", for ingestion. They leave ``videos``, ``impressions`` and the MMSA
+    clips; users stay."""
+    unknown = sorted(held - set(catalogue.videos["video_id"]))
+    if unknown or not held:
+        raise ValueError(f"hold out {sorted(held)[:5]}: " + (f"{unknown[0]!r} is not a video of the catalogue" if unknown
+                                                             else "expected at least one video id"))
+    keep_video = ~catalogue.videos["video_id"].isin(held)
+    keep_impression = ~catalogue.impressions["video_id"].isin(held)
+    mmsa = {}
+    for split, part in catalogue.mmsa.items():
+        mask = ~np.isin(part["id"], list(held))
+        mmsa[split] = {k: v[mask] if isinstance(v, np.ndarray) and len(v) == len(mask) else v for k, v in part.items()}
+    kept = Catalogue(mmsa=mmsa, videos=catalogue.videos[keep_video].reset_index(drop=True), users=catalogue.users,
+                     impressions=catalogue.impressions[keep_impression].reset_index(drop=True),
+                     meta={**catalogue.meta, "held_out_videos": sorted(held)})
+    new = catalogue.videos[~keep_video].reset_index(drop=True)
+    return kept, new, catalogue.impressions[~keep_impression].reset_index(drop=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

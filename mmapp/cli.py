@@ -38,7 +38,7 @@ from mmfusion import evaluate as sentiment_evaluate
 from mmfusion import export as sentiment_export
 from mmfusion import train as sentiment_train
 from mmfusion.checkpoint import KIND as SENTIMENT_CHECKPOINT
-from mmfusion.data import synthetic
+from mmfusion.data import synthetic, synthvideo
 from mmfusion.experiment import SentimentExperiment
 from mmfusion.extract import cli as extract_cli
 from xdeepfm import cli as ranking_cli
@@ -202,6 +202,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "ablate": ("the sentiment ablation study (variants x seeds)", ablate.add_arguments, ablate.run),
     "compare": ("the ranking comparison study (ours vs stock deepctr-torch)", compare.add_arguments, compare.run),
     "synth": ("generate SynthMOSI (MMSA pickle format)", synthetic.add_arguments, synthetic.run),
+    "synth-video": ("generate SynthVideo: SynthMOSI clips as mp4 files (spoken narration, rendered presenter)",
+                    synthvideo.add_arguments, synthvideo.run),
     "catalogue": ("generate the synthetic e-commerce catalogue", catalogue.add_arguments, catalogue.run),
     "report": ("SLGM's generated unimodal labels against known ones", slgm_report.add_arguments, slgm_report.run),
     "demo": ("the main job: the whole product on bundled data", demo.add_arguments, demo.run),

@@ -86,9 +86,10 @@ class VideoIngestor:
         ``xdeepfm.server.serve``'s processes: ``partial(VideoIngestor.load, path)``)."""
         return cls(SentimentModel.from_pretrained(sentiment_path, device="cpu"), engine)
 
-    def semantics(self, video: str | Path, text: str, transcript: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """(vectors by ranker field, a JSON description: M/T/A/V by name) of one video file."""
-        out = self.sentiment.predict_video(video, text=text, transcript=transcript, extract=self.extract)
+    def semantics(self, video: str | Path, text: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(vectors by ranker field, a JSON description: M/T/A/V by name) of one video file; ``text`` is the
+        sentiment model's text input (the narration), as ``text`` of a meta.csv row is for ``mmfusion extract``."""
+        out = self.sentiment.predict_video(video, text=text, extract=self.extract)
         vectors = {}
         for name, array in self.fields.items():
             vector = np.asarray(out[array][0], np.float32)
@@ -106,7 +107,7 @@ class VideoIngestor:
             handle.write(video)
             handle.flush()
             try:
-                return self.semantics(handle.name, self.text_for(columns, transcript), transcript)
+                return self.semantics(handle.name, self.text_for(columns, transcript))
             except DecodeError as exc:
                 raise RecordError(f"{where}.video", f"not a usable video: {exc}") from None
 
@@ -131,7 +132,7 @@ def ingest_videos(engine: ScoringEngine, store, ingestor: VideoIngestor,
         if not Path(video).is_file():
             raise IngestError(f"{video}: video file not found")
         try:
-            vectors, semantics = ingestor.semantics(video, ingestor.text_for(columns, transcript), transcript)
+            vectors, semantics = ingestor.semantics(video, ingestor.text_for(columns, transcript))
             records.append(item_record(engine, store.layout, columns, vectors, where=f"{where}: item"))
         except DecodeError as exc:
             raise IngestError(f"{video}: not a usable video: {exc}") from None
@@ -139,6 +140,7 @@ def ingest_videos(engine: ScoringEngine, store, ingestor: VideoIngestor,
             raise IngestError(str(exc)) from None
         done.append(Ingested(records[-1].id, semantics, time.perf_counter() - started))
     store.put("item", records)
+    store.checkpoint()
     return done
 
 
@@ -192,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
         raise IngestError("give either --video (with --item) or --videos (with --meta)")
     if args.video is not None and args.item is None:
         raise IngestError("--video needs --item, the item's columns as a JSON object")
+    if args.video is not None and not args.video.is_file():
+        raise IngestError(f"{args.video}: video file not found")
+    meta = args.meta or (args.videos / "items.csv" if args.videos is not None else None)
+    if meta is not None and not meta.is_file():
+        raise IngestError(f"{meta}: items file not found")
     store_path = args.store or default_store_path(args.artifact)
     engine = ScoringEngine.load(args.artifact, args.text_cache)
     store = open_store(engine, store_path)
@@ -205,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             raise IngestError("--item: expected a JSON object of the item's columns")
         batch = [(args.video, columns, args.transcript)]
     else:
-        batch = read_items(args.meta or args.videos / "items.csv", args.videos)
+        batch = read_items(meta, args.videos)
     started = time.perf_counter()
     done = ingest_videos(engine, store, ingestor, batch)
     seconds = time.perf_counter() - started

@@ -15,6 +15,21 @@ Endpoints (JSON in, JSON out):
   ``{"items": [{"index": i, "id": ..., "score": p}, ...], "n_candidates": N, "unknown": {field: [values]}}``,
   sorted by score; ``user`` holds the columns shared by all candidates (user and context fields),
   each candidate the rest; ``id`` is the candidate's item field (model.json ``item_field``).
+- ``POST /v1/rank`` by id (a service started with ``--store``): ``{"user_id": "u7", "candidate_ids": ["v1", ...],
+  "context": {...}, "top_k": 10, "unknown": "oov"}`` -> ``{"items": [{"id": ..., "score": p}, ...], "n_candidates": N,
+  "unknown": {...}, "unknown_ids": {"user_id": [...], "candidate_ids": [...]}}``: the user's and the items'
+  columns and vectors come from the item/user store (``xdeepfm.store``, ``xdeepfm.catalog``); ``context``
+  holds the columns that are neither (device, time, ...). Ids the store lacks are listed in
+  ``unknown_ids`` (an unknown user is ranked for as a new user, unknown items are left out), or
+  refused with ``"unknown": "error"`` (422 naming ``candidate_ids[i]``).
+- ``POST /v1/items`` ``{"items": [{"columns": {...}, "vectors": {...}, "video": "<base64 mp4>", "transcript": "..."}]}``
+  -> ``{"items": [{"id": ..., "semantics": {...} or null}], "generation": g, "n_items": N}``: upserts
+  items into the store, all of them in one transaction (one bad item: 422 and nothing written), visible to
+  the next ranking request in every server process. A title's sentence vector is computed here; the
+  other vectors (video semantics) are given, or computed from ``video`` when the service was started
+  with an ingestor (``mmfusion serve --sentiment``: extraction and the sentiment model, ``mmapp.ingest``).
+  It runs on its own *ingestion* thread (``ingest_queue`` may wait, ``ingest_timeout_s``), bodies up
+  to ``max_item_body_bytes``.
 - ``POST /v1/score`` ``{"rows": [{...}, ...], "unknown": "oov"}`` -> ``{"scores": [p, ...], "unknown": {...}}``.
 
 How a POST runs (``Limits`` holds every bound):
@@ -41,6 +56,7 @@ Errors are ``{"error": {"status": code, "field": JSON path or null, "message": "
 | 413 | the body is larger than ``max_body_bytes`` |
 | 415 | a POST without ``Content-Type: application/json`` |
 | 422 | a missing, unknown or mistyped field (``candidates[3].price: expected a number, got str 'x'``), a value JSON parsers disagree on (NaN, Infinity, an out-of-range number, an integer literal of over ``MAX_INT_DIGITS`` digits, a lone surrogate), too many candidates or rows, ``top_k`` < 1 or not an integer, or an unknown category with ``"unknown": "error"`` |
+| 403 | ``POST /v1/items`` on a read-only service (started without ``--ingest`` / ``--sentiment``) |
 | 404 / 405 | no such path / method |
 | 503 | the scoring or encoding queue is full (``Retry-After``), or ``/readyz`` before the warm-up |
 | 504 | the request did not finish within ``request_timeout_s`` |
@@ -455,6 +471,7 @@ class _Service:
     limits: Limits
     store: FeatureStore | None = None
     ingestor: Ingestor | None = None
+    writable: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,20 +550,22 @@ class GuardMiddleware:
 
 
 def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: bool = True,
-               store: FeatureStore | None = None, ingestor: Ingestor | None = None) -> FastAPI:
+               store: FeatureStore | None = None, ingestor: Ingestor | None = None, writable: bool = False) -> FastAPI:
     """The FastAPI application around a loaded ``ScoringEngine``.
 
     ``warm_up``: load the text encoders at start-up (the app's lifespan) and report ready after;
     without it the app is ready at once. ``store``: the item/user store (``xdeepfm.store``) that
     ranking by id reads and ``POST /v1/items`` writes (without it, both are refused with the reason).
     ``ingestor``: turns uploaded videos into semantics (``xdeepfm.catalog.Ingestor``; the
-    application layer's ``mmapp.ingest`` builds it from the sentiment model).
+    application layer's ``mmapp.ingest`` builds it from the sentiment model). ``writable``: accept
+    ``POST /v1/items`` (a write to the store; without it the service is read-only and answers 403);
+    an ingestor implies it.
     """
     limits = limits or Limits()
     scoring = Lane("scoring", limits.workers, limits.queue)
     encoding = Lane("encoding", 1, limits.encode_queue)
     ingesting = Lane("ingestion", 1, limits.ingest_queue)
-    service = _Service(engine, limits, store, ingestor)
+    service = _Service(engine, limits, store, ingestor, writable or ingestor is not None)
     readiness: dict[str, Any] = {"ready": not warm_up, "error": None}
 
     def warm_and_freeze() -> None:
@@ -593,7 +612,7 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
                                              "users": store.count("user"), "item_columns": list(store.layout.item.columns),
                                              "user_columns": list(store.layout.user.columns),
                                              "context_columns": list(store.layout.context)},
-        "ingestion": ingestor is not None,
+        "ingestion": {"items": service.writable, "videos": ingestor is not None},
     }
     retry = {"Retry-After": str(RETRY_AFTER_S)}
 
@@ -659,6 +678,9 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
 
     @app.post("/v1/items", openapi_extra=body_schema(ItemsRequest))
     async def items(request: Request) -> Response:
+        if not service.writable:
+            return error_response(403, "this service is read-only: start it with --ingest (or --sentiment) to accept "
+                                       "POST /v1/items")
         raw = await request.body()
         deadline = time.monotonic() + limits.ingest_timeout_s
         payload = await ingesting.run(lambda: ingest_items(service, raw, request.state, deadline), deadline)

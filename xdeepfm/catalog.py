@@ -118,6 +118,7 @@ def build_store(engine: ScoringEngine, frame, path: str | Path, overwrite: bool 
         recs = records(engine, entity, source)
         for start in tqdm(range(0, len(recs), 5000), desc=f"store {kind}s", unit="batch", leave=False):
             store.put(kind, recs[start : start + 5000])
+    store.checkpoint()  # the file alone holds the store (it can be copied)
     log.info("store %s: %d items, %d users", path, store.count("item"), store.count("user"))
     return store
 

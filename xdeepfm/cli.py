@@ -85,6 +85,8 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--store", type=Path,
                        help="the item/user store (SQLite) for ranking by id and POST /v1/items "
                             "(default: <artifact>.store.sqlite when it exists)")
+    serve.add_argument("--ingest", action="store_true",
+                       help="accept POST /v1/items (writes to the store); without it the service is read-only")
     d = Limits()
     limits = serve.add_argument_group("limits", "per-request and per-connection bounds (docs/security.md, 'HTTP service')")
     limits.add_argument("--workers", type=_positive, default=d.workers,
@@ -147,7 +149,8 @@ def run_serve(args: argparse.Namespace, ingestor=None) -> int:
     elif store is not None and not Path(store).is_file():
         raise FileNotFoundError(f"--store {store}: no such file (build one with `mmfusion store`)")
     serve(args.artifact, args.host, args.port, args.max_candidates, args.max_body_bytes, args.text_cache,
-          args.threads, args.log_level, limits=limits, store=store, ingestor=ingestor, processes=args.processes)
+          args.threads, args.log_level, limits=limits, store=store, ingestor=ingestor, processes=args.processes,
+          writable=args.ingest)
     return 0
 
 

@@ -93,8 +93,8 @@ def movielens_png(doc: Path) -> Path:
     return doc.with_suffix(".png")
 
 
-def ecommerce_png(doc: Path) -> Path:
-    return doc.with_name(f"{doc.stem}_ecommerce.png")
+def ecommerce_png(doc: Path, section: str = "ecommerce") -> Path:
+    return doc.with_name(f"{doc.stem}_{section}.png")
 
 
 def variant_config(base: RankingExperiment, variant: str, split: str, seed: int) -> RankingExperiment:
@@ -158,18 +158,24 @@ def _table_header() -> list[str]:
             "|---|---|" + "---|" * (len(METRICS) + 2)]
 
 
-def _marked_section(text: str) -> str | None:
-    """The ``<!-- ecommerce:start -->`` ... ``<!-- ecommerce:end -->`` block of ``text`` (markers included)."""
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
+def _markers(section: str) -> tuple[str, str]:
+    return (SECTION_START, SECTION_END) if section == "ecommerce" else (f"<!-- {section}:start -->", f"<!-- {section}:end -->")
+
+
+def _marked_section(text: str, section: str = "ecommerce") -> str | None:
+    """The ``<!-- <section>:start -->`` ... ``<!-- <section>:end -->`` block of ``text`` (markers included)."""
+    start_marker, end_marker = _markers(section)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         return None
-    return text[start:end + len(SECTION_END)]
+    return text[start:end + len(end_marker)]
 
 
-def replace_marked_section(text: str, section_body: str) -> str:
-    """``text`` with its marked e-commerce block replaced by ``section_body`` (appended if absent)."""
-    block = f"{SECTION_START}\n{section_body.rstrip()}\n{SECTION_END}"
-    old = _marked_section(text)
+def replace_marked_section(text: str, section_body: str, section: str = "ecommerce") -> str:
+    """``text`` with its marked block ``section`` replaced by ``section_body`` (appended if absent)."""
+    start_marker, end_marker = _markers(section)
+    block = f"{start_marker}\n{section_body.rstrip()}\n{end_marker}"
+    old = _marked_section(text, section)
     if old is not None:
         return text.replace(old, block)
     return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
@@ -197,11 +203,12 @@ def _catalogue_sizes(data_path: str) -> str:
 
 
 def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingExperiment], labels: list[str],
-                      seeds: list[int], command: str, note: str = "") -> None:
-    """Write the e-commerce section (one row per config) into ``doc``, keeping the rest of the file."""
+                      seeds: list[int], command: str, note: str = "", section: str = "ecommerce",
+                      title: str = "E-commerce catalogue: video semantics") -> None:
+    """Write the section ``section`` (one row per config) into ``doc``, keeping the rest of the file."""
     first = next(iter(configs.values()))
     lines = [
-        "## E-commerce catalogue: video semantics",
+        f"## {title}",
         "",
         *([note, ""] if note else []),
         f"Command: `{command}`",
@@ -217,9 +224,9 @@ def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingExperiment
     for stem, label in zip(configs, labels):
         lines.append(_row(label, results[stem]))
     lines.append("")
-    plot_table({"e-commerce": {label: results[stem] for stem, label in zip(configs, labels)}}, ecommerce_png(doc),
-               "E-commerce catalogue")
-    lines += [f"![Test metrics per config]({ecommerce_png(doc).name})", ""]
+    plot_table({"e-commerce": {label: results[stem] for stem, label in zip(configs, labels)}}, ecommerce_png(doc, section),
+               title)
+    lines += [f"![Test metrics per config]({ecommerce_png(doc, section).name})", ""]
     stems = list(configs)
     if len(stems) >= 3:
         low, high = stems[0], stems[-1]
@@ -227,7 +234,7 @@ def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingExperiment
             lines.append(_gain_line(results, low, stem, high, labels[0], label, labels[-1], seeds))
         lines.append("")
     text = doc.read_text() if doc.is_file() else ""
-    write_text(doc, replace_marked_section(text, "\n".join(lines)))
+    write_text(doc, replace_marked_section(text, "\n".join(lines), section))
 
 
 def _gain_line(results: dict[str, list[dict]], low: str, x: str, high: str,
@@ -256,7 +263,8 @@ def _gain_line(results: dict[str, list[dict]], low: str, x: str, high: str,
 
 
 def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[int], out: Path, docs: list[Path],
-                command: str, note: str = "", overrides: list[str] | tuple[str, ...] = ()) -> None:
+                command: str, note: str = "", overrides: list[str] | tuple[str, ...] = (), section: str = "ecommerce",
+                title: str = "E-commerce catalogue: video semantics") -> None:
     """Configs mode: every config file is one variant; runs in seed-major order under ``out/<stem>/seed<s>``."""
     stems = [Path(p).stem for p in config_paths]
     if len(set(stems)) != len(stems):
@@ -279,15 +287,19 @@ def run_configs(config_paths: list[str], labels: list[str] | None, seeds: list[i
             result = train(config, run_dir, overwrite=True)  # finished runs were reused above
             log.info("%s seed %d: test auc %.4f (%.0f s)", stem, seed, result["test"]["auc"], time.perf_counter() - t0)
             for doc in docs:
-                write_configs_doc(doc, out, configs, labels, seeds, command, note)
+                write_configs_doc(doc, out, configs, labels, seeds, command, note, section, title)
     for doc in docs:
-        write_configs_doc(doc, out, configs, labels, seeds, command, note)
+        write_configs_doc(doc, out, configs, labels, seeds, command, note, section, title)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/ml100k_xdeepfm.yaml", help="MovieLens mode: the base ranking YAML")
     parser.add_argument("--configs", nargs="+", help="configs mode: one variant per config file (see above)")
     parser.add_argument("--labels", nargs="+", help="configs mode: table labels (default: the config stems)")
+    parser.add_argument("--section", default="ecommerce",
+                        help="configs mode: the marked section of --doc to write (<!-- NAME:start -->; default ecommerce)")
+    parser.add_argument("--title", default="E-commerce catalogue: video semantics",
+                        help="configs mode: the section's heading")
     parser.add_argument("--note", default="", help="configs mode: text put under the section heading "
                         "(e.g. how the data and the semantics were made)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds (default 0 1 2)")
@@ -311,11 +323,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{doc}: is a directory, expected a markdown file")
     words = [*(["--configs", *args.configs] if args.configs else ["--config", str(args.config)]),
              *(["--labels", *args.labels] if args.labels else []), *(["--note", args.note] if args.note else []),
+             *(["--section", args.section, "--title", args.title] if args.configs and args.section != "ecommerce" else []),
              "--seeds", *map(str, args.seeds), "--out", str(out), *(["--doc", str(args.doc)] if args.doc else []),
              *[word for item in args.overrides for word in ("--set", item)]]
     command = f"{args.prog} {shlex.join(words)}"  # the study's own command, as the doc records it
     if args.configs:
-        run_configs(args.configs, args.labels, args.seeds, out, docs, command, args.note, args.overrides)
+        run_configs(args.configs, args.labels, args.seeds, out, docs, command, args.note, args.overrides, args.section,
+                    args.title)
         print(docs[0].read_text())
         return 0
     base = load_experiment(args.config, args.overrides)

@@ -99,13 +99,13 @@ def build_server(app, host: str, port: int, limits: Limits, log_level: str = "in
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_candidates: int = 1000,
           max_body_bytes: int = 2_000_000, text_cache_dir: str | Path | None = None, threads: int | None = 1,
           log_level: str = "info", limits: Limits | None = None, store: str | Path | None = None,
-          ingestor: Callable[[ScoringEngine], Ingestor] | None = None, processes: int = 1) -> None:
+          ingestor: Callable[[ScoringEngine], Ingestor] | None = None, processes: int = 1, writable: bool = False) -> None:
     """Load ``artifact`` and serve it until interrupted (SIGINT/SIGTERM end it cleanly).
 
     ``limits`` (default ``Limits()``) holds every bound; ``max_candidates`` and ``max_body_bytes``
     replace its two fields. ``threads``: torch intra-op threads per process (default 1, so that the
     scoring and encoding threads leave a core to the event loop; None: torch's choice). ``store``:
-    the item/user store file for ranking by id and ``POST /v1/items``. ``ingestor``: a picklable
+    the item/user store file for ranking by id and ``POST /v1/items`` (accepted with ``writable``). ``ingestor``: a picklable
     callable making the video ingestor from the engine (the application layer's). ``processes``
     > 1 runs that many server processes on one listening socket (the kernel spreads connections
     over them); they share the store file, so an item one of them ingests is seen by all.
@@ -114,7 +114,7 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
     if host not in LOOPBACK:
         log.warning("binding %s: the service has no authentication; keep it behind a trusted network", host)
     options = dict(artifact=artifact, text_cache_dir=text_cache_dir, threads=threads, log_level=log_level, limits=limits,
-                   store=store, ingestor=ingestor)
+                   store=store, ingestor=ingestor, writable=writable)
     if processes <= 1:
         app = load_app(**options)
         build_server(app, host, port, limits, log_level).run()
@@ -148,7 +148,7 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
 
 
 def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: int | None, log_level: str, limits: Limits,
-             store: str | Path | None, ingestor: Callable[[ScoringEngine], Ingestor] | None):
+             store: str | Path | None, ingestor: Callable[[ScoringEngine], Ingestor] | None, writable: bool = False):
     """The app of one server process: the engine, the store it checks against the artifact, the ingestor."""
     if threads:
         torch.set_num_threads(threads)
@@ -159,7 +159,8 @@ def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: i
              artifact, time.perf_counter() - started, len(engine.fields), torch.get_num_threads(), limits.workers,
              limits.queue, limits.encode_queue,
              f", store {store}: {opened.count('item')} items, {opened.count('user')} users" if opened else "")
-    app = create_app(engine, limits, store=opened, ingestor=ingestor(engine) if ingestor is not None else None)
+    app = create_app(engine, limits, store=opened, ingestor=ingestor(engine) if ingestor is not None else None,
+                     writable=writable)
     gc.collect()
     gc.freeze()  # the loaded artifact and the imports: out of the collector's sight (app.py, warm-up)
     return app

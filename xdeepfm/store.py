@@ -309,9 +309,28 @@ class SQLiteStore:
             raise
         return generation
 
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the database file, so that the file alone holds every write
+        (WAL keeps recent writes in ``<file>-wal`` until then; a plain file copy would miss them)."""
+        self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def backup(self, path: str | Path) -> "SQLiteStore":
+        """A consistent copy of the store at ``path`` (SQLite's online backup: safe while others write)."""
+        path = Path(path)
+        path.unlink(missing_ok=True)
+        with sqlite3.connect(path) as target:
+            self._connection().backup(target)
+        target.close()
+        return SQLiteStore(path, cache=self.cache_size, busy_timeout_s=self.busy_timeout_s)
+
     def close(self) -> None:
+        """Checkpoint the log into the file (best effort: another process may be reading) and close."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:
+                pass
             conn.close()
             self._local.conn = None
 

@@ -21,7 +21,8 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for name in ("train", "evaluate", "predict", "extract", "export", "serve", "ablate", "compare", "synth", "report", "demo"):
+    for name in ("train", "evaluate", "predict", "extract", "export", "serve", "store", "ingest", "ablate", "compare", "synth",
+                 "synth-video", "report", "demo"):
         assert name in COMMANDS and f"    {name}" in text, name
 
 

@@ -1,47 +1,40 @@
-"""The main job end to end on tiny settings: sentiment model -> semantics -> ranker -> artifacts -> HTTP ranking."""
+"""The main job end to end on tiny settings: video files -> extracted features -> sentiment model ->
+semantics -> ranker -> artifacts and store -> videos ingested over HTTP -> ranking by id."""
 
 from __future__ import annotations
 
+import json
 import re
-from pathlib import Path
 
-import yaml
-
-from mmapp.demo import main
-
-REPO = Path(__file__).resolve().parents[2]
+import pandas as pd
 
 
-def test_demo_runs_the_whole_product(tmp_path, capsys):
-    sentiment = yaml.safe_load((REPO / "configs/synthmosi_tiny.yaml").read_text())
-    sentiment["data"]["path"] = str(tmp_path / "synth_tiny.pkl")
-    sentiment["train"]["epochs"] = 2
-    ranking = yaml.safe_load((REPO / "configs/ecommerce_xdeepfm.yaml").read_text())
-    ranking["train"]["epochs"] = 2
-    ranking["features"]["text_cache_dir"] = str(tmp_path / "text_cache")
-    (tmp_path / "sentiment.yaml").write_text(yaml.safe_dump(sentiment))
-    (tmp_path / "ranking.yaml").write_text(yaml.safe_dump(ranking))
-    out = tmp_path / "run"
-
-    assert main(["--sentiment-config", str(tmp_path / "sentiment.yaml"), "--ranking-config", str(tmp_path / "ranking.yaml"),
-                 "--catalogue", str(tmp_path / "ecommerce"), "--out", str(out), "--n-videos", "60", "--n-users", "40",
-                 "--impressions-per-user", "40", "--users", "2", "--top-k", "4"]) == 0
-    printed = capsys.readouterr().out
-
-    for stage in ("[1] sentiment model", "[2] video semantics", "[3] ranking model", "[4] serving"):
+def test_demo_runs_the_whole_product_from_video_files(tiny_demo):
+    printed, out = tiny_demo.printed, tiny_demo.out
+    assert tiny_demo.rc == 0, printed[-3000:]
+    for stage in ("[1] sentiment data", "[2] sentiment model", "[3] video semantics", "[4] ranking model", "[5] serving"):
         assert stage in printed
-    assert re.search(r"Non0_acc_2=\d\.\d{4}", printed) and re.search(r"test metrics \(new videos only\): auc=0\.\d{4}", printed)
-    for path in ("sentiment/best.safetensors", "sentiment/tensorboard", "semantics.npz", "ranking/best.safetensors", "ranking/tensorboard",
-                 "artifacts/sentiment/manifest.json", "artifacts/ranker/manifest.json", "serve.log"):
+    assert len(list((tiny_demo.videos / "videos").glob("*.mp4"))) == 24  # video_tiny: 16 / 4 / 4 clips as files
+    assert re.search(r"extracted 24 videos .* \(audio prosody, 16 columns; vision face, \d+ columns\)", printed)
+    assert re.search(r"Non0_acc_2=\d\.\d{4}", printed) and re.search(r"test metrics \(cold videos only\): auc=\d\.\d{4}", printed)
+    for path in ("sentiment/best.safetensors", "semantics.npz", "ranking/best.safetensors", "artifacts/sentiment/manifest.json",
+                 "artifacts/ranker/manifest.json", "artifacts/ranker.store.sqlite", "serve.log"):
         assert (out / path).exists(), path
-    served = (out / "serve.log").read_text()  # the lists went through the real service (its JSON access log)
-    assert served.count('"method": "POST", "path": "/v1/rank", "status": 200') == 2
 
-    lists = re.findall(r"user (user_\d+) .*: top (\d) of (\d+) new videos", printed)
-    assert len(lists) == 2 and all(int(k) <= 4 for _, k, _ in lists)
-    blocks = printed.split("\nuser user_")[1:]
-    for block in blocks:
-        rows = re.findall(r"^\s+\d+\s+(video_\d+)\s.*?\s(\d\.\d{3})\s+-?\d+\.\d{2}\s+[01]$", block, flags=re.M)
-        scores = [float(s) for _, s in rows]
+    new = pd.read_csv(tiny_demo.catalogue / "new_videos.csv")
+    videos = pd.read_csv(tiny_demo.catalogue / "videos.csv")
+    assert len(new) == 2 and not set(new["video_id"]) & set(videos["video_id"])  # held out of the catalogue
+    cold = (tiny_demo.catalogue / "cold_videos.txt").read_text().split()
+    assert set(cold) <= set(videos["video_id"]) and not set(cold) & set(new["video_id"])
+
+    served = [json.loads(m) for m in re.findall(r"xdeepfm\.access: (\{.*\})$", (out / "serve.log").read_text(), flags=re.M)]
+    assert [r["status"] for r in served if r["path"] == "/v1/items"] == [200]
+    assert sum(r["path"] == "/v1/rank" and r["status"] == 200 for r in served) == 4  # 2 users x (list + pair)
+    match = re.search(r"ingested 4 new videos through POST /v1/items .* the store now holds (\d+) items", printed)
+    assert match and int(match.group(1)) == len(videos) + 4
+
+    for block in printed.split("\nuser user_")[1:]:
+        rows = re.findall(r"^\s+\d+\s+(synth_\d+)\s.*?\s(\d\.\d{3})\s+-?\d+\.\d{2}\s+(yes)?$", block, flags=re.M)
+        scores = [float(s) for _, s, _ in rows]
         assert rows and scores == sorted(scores, reverse=True)
-        assert len({v for v, _ in rows}) == len(rows)  # distinct videos
+        assert {v for v, _, fresh in rows if fresh} <= set(new["video_id"])

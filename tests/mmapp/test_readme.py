@@ -64,7 +64,7 @@ def fast_variant(command: str) -> str | None:
     if any(command.startswith(prefix) for prefix in NOT_RUN):
         return ""
     shrink = ""
-    if re.search(r"(mmfusion train|train\.py) --config configs/synthmosi_", command):
+    if re.search(r"(mmfusion train|train\.py) --config configs/synth(mosi|video)_", command):
         shrink = " --set train.epochs=1" if "--set data.path=" in command else " " + SHRINK_SENTIMENT
     elif re.search(r"(mmfusion train|train\.py) --config configs/ml100k_xdeepfm_shards", command):
         shrink = " --set train.epochs=1"
@@ -74,7 +74,7 @@ def fast_variant(command: str) -> str | None:
         shrink = f" --seeds 0 --variants no_uff {SHRINK_SENTIMENT}"
     elif "mmfusion compare" in command:
         shrink = f" --seeds 0 --splits random --variants ours_notext {SHRINK_RANKING}"
-    elif not re.search(r"(mmfusion (train|evaluate|predict|extract|export|serve|report)|train\.py|"
+    elif not re.search(r"(mmfusion (train|evaluate|predict|extract|export|serve|report|store|ingest)|train\.py|"
                        r"-m xdeepfm\.data\.shards|^curl )", command):
         return None
     command = strip_comment(command)  # a trailing comment would swallow the words appended
@@ -116,12 +116,16 @@ def make_my_videos(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory, tiny_synthmosi) -> Path:
+def sandbox(tmp_path_factory, tiny_synthmosi, tiny_demo) -> Path:
+    """A checkout-like folder; ``runs/demo`` and ``datasets/ecommerce_video`` are the tiny main job's."""
     root = tmp_path_factory.mktemp("readme")
     for name in (".venv", "configs", "train.py", "evaluate.py"):
         (root / name).symlink_to(ROOT / name)
     (root / "datasets").mkdir()
     (root / TINY).symlink_to(tiny_synthmosi)
+    (root / "datasets/ecommerce_video").symlink_to(tiny_demo.catalogue)
+    (root / "runs").mkdir()
+    (root / "runs/demo").symlink_to(tiny_demo.out)
     (root / "docs").mkdir()
     make_my_videos(root / "my_videos")
     return root

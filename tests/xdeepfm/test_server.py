@@ -195,3 +195,9 @@ def test_serve_refuses_a_tampered_artifact_naming_the_file(tiny, tmp_path):
     with pytest.raises(ServerError, match=r"weights\.safetensors: sha256 .* does not match manifest\.json"):
         server.start()
     assert server.process.returncode == 2
+
+
+def test_a_service_without_ingest_is_read_only(server):
+    response = server.request("POST", "/v1/items", json={"items": [{"columns": {"item_id": "x"}}]})
+    assert response.status_code == 403 and "read-only" in response.json()["error"]["message"]
+    assert server.model()["ingestion"] == {"items": False, "videos": False} and server.model()["store"] is None

@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
     path = tmp_path_factory.mktemp("store") / "store.sqlite"
     build_store(engine, frame, path)
     server = RankingServer(tiny.artifact, startup_timeout=120,
-                           args=["--text-cache", str(tiny.text_cache), "--store", str(path), "--processes", "2"])
+                           args=["--text-cache", str(tiny.text_cache), "--store", str(path), "--processes", "2", "--ingest"])
     try:
         yield server.start(), engine, path
     finally:

@@ -183,3 +183,15 @@ def test_readers_never_see_a_torn_item_while_a_writer_upserts(engine, frame, tmp
         t.join(60)
     assert not errors, errors[0]
     assert store.generation() == 2 + 60
+
+
+def test_backup_and_checkpoint_make_a_copy_that_holds_every_write(tmp_path):
+    import shutil
+
+    store = SQLiteStore.create(tmp_path / "s.sqlite", LAYOUT)
+    store.put("item", [item(1), item(2)])
+    copy = store.backup(tmp_path / "copy.sqlite")
+    assert copy.ids("item") == ["v1", "v2"]
+    store.checkpoint()
+    shutil.copy(tmp_path / "s.sqlite", tmp_path / "plain.sqlite")  # without the -wal file
+    assert SQLiteStore(tmp_path / "plain.sqlite").ids("item") == ["v1", "v2"]

@@ -44,6 +44,7 @@ class EcommerceConfig:
     split: Literal["random", "cold_video"] = "random"  # cold_video: 10% of the videos only in test
     split_seed: int = 2024
     max_rows: int | None = None  # keep a seeded random subset of impressions (tests, quick runs)
+    cold_videos: str | None = None  # cold_video: a file of the folder listing the test videos (one id per line)
 
     def check(self) -> None:
         """Refuse values that make no sense (``RankingExperiment`` calls it for its ``data`` section)."""
@@ -128,10 +129,37 @@ def load_impressions(config: EcommerceConfig) -> pd.DataFrame:
     return frame
 
 
+def read_ids(path: Path) -> set[str]:
+    """The ids of a file with one id per line (blank lines ignored)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: list of cold videos not found")
+    ids = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    if not ids:
+        raise DataFileError(f"{path}: no video ids (expected one per line)")
+    return ids
+
+
+def split_listed(frame: pd.DataFrame, cold: set[str], seed: int) -> dict[str, pd.DataFrame]:
+    """Test = every impression of the ``cold`` videos; the rest split 8:1 into train and valid (seeded)."""
+    is_cold = frame["video_id"].isin(cold).to_numpy()
+    if not is_cold.any():
+        raise DataFileError(f"none of the {len(cold)} listed cold videos has an impression")
+    warm = np.random.default_rng(seed).permutation(np.flatnonzero(~is_cold))
+    n_valid = int(round(len(warm) / 9))
+    parts = {"train": np.sort(warm[n_valid:]), "valid": np.sort(warm[:n_valid]), "test": np.flatnonzero(is_cold)}
+    return {name: frame.iloc[idx].reset_index(drop=True) for name, idx in parts.items()}
+
+
 def load_ecommerce_splits(config: EcommerceConfig) -> dict[str, pd.DataFrame]:
     """The impressions split 80/10/10 at random, or ``cold_video``: 10% of the videos (seeded) and
     all their impressions form the test split, so no test video is seen in training."""
-    kind = "cold_item" if config.split == "cold_video" else config.split
-    splits = split_frame(load_impressions(config), kind, config.split_seed, item_column="video_id")
+    frame = load_impressions(config)
+    if config.cold_videos is not None:
+        if config.split != "cold_video":
+            raise ValueError(f"data.cold_videos is for split cold_video, not {config.split!r}")
+        splits = split_listed(frame, read_ids(Path(config.path) / config.cold_videos), config.split_seed)
+    else:
+        kind = "cold_item" if config.split == "cold_video" else config.split
+        splits = split_frame(frame, kind, config.split_seed, item_column="video_id")
     log.info("ecommerce %s split: %s", config.split, {k: len(v) for k, v in splits.items()})
     return splits
