@@ -100,10 +100,14 @@ def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
     return result
 
 
-def build_bodies(store: SQLiteStore, n: int, candidates: int, seed: int, extra: list[str] = ()) -> tuple[list[dict], list[dict]]:
-    """(id-form bodies, full-feature bodies) of the same requests."""
+def build_bodies(store: SQLiteStore, engine: ScoringEngine, n: int, candidates: int, seed: int,
+                 extra: list[str] = ()) -> tuple[list[dict], list[dict]]:
+    """(id-form bodies, full-feature bodies) of the same requests, over the store's items that the artifact's
+    vector tables also hold (an ingested item's semantics exist only in the store: a full-feature row gets zeros)."""
     rng = np.random.default_rng(seed)
-    users, items = store.ids("user"), store.ids("item")
+    tables = [set(ids.tolist()) for ids, _ in engine.artifact.pipeline.vector_tables.values()]
+    users = store.ids("user")
+    items = [i for i in store.ids("item") if all(i in t for t in tables)]
     layout = store.layout
     by_id, full = [], []
     for _ in range(n):
@@ -271,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         store_path = tmp / "store.sqlite"
         SQLiteStore(source).backup(store_path)
         store, engine = SQLiteStore(store_path), ScoringEngine.load(ranker)
-        by_id, full = build_bodies(store, args.bodies, args.candidates, args.seed)
+        by_id, full = build_bodies(store, engine, args.bodies, args.candidates, args.seed)
         result = {**started, "ranker": str(ranker.relative_to(REPO) if ranker.is_relative_to(REPO) else ranker),
                   "n_items": store.count("item"), "n_users": store.count("user"), "bodies": args.bodies,
                   "candidates": args.candidates, "duration": args.duration, "stress_items": args.stress_items,
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.put_items([{"columns": {**base, engine.item_field: i, "title": "stress title version 0"},
                                        "vectors": {n: [0.0] * d for n, d in store.layout.item.vectors if n != "title"}}
                                       for i in stress_ids])
-                    with_stress, _ = build_bodies(store, args.bodies, args.candidates, args.seed + 1, stress_ids)
+                    with_stress, _ = build_bodies(store, engine, args.bodies, args.candidates, args.seed + 1, stress_ids)
                     script = write_script(tmp, "stress", with_stress)
                     log.info("concurrent ingest + rank")
                     result["stress"] = stress(server, store_path, engine, script, stress_ids, args.duration, base)

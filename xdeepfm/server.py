@@ -107,8 +107,9 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
     scoring and encoding threads leave a core to the event loop; None: torch's choice). ``store``:
     the item/user store file for ranking by id and ``POST /v1/items`` (accepted with ``writable``). ``ingestor``: a picklable
     callable making the video ingestor from the engine (the application layer's). ``processes``
-    > 1 runs that many server processes on one listening socket (the kernel spreads connections
-    over them); they share the store file, so an item one of them ingests is seen by all.
+    > 1 runs that many server processes, each listening on its own SO_REUSEPORT socket of the port
+    (the kernel spreads connections over them); they share the store file, so an item one of them
+    ingests is seen by all.
     """
     limits = Limits(**{**asdict(limits or Limits()), "max_candidates": max_candidates, "max_body_bytes": max_body_bytes})
     if host not in LOOPBACK:
@@ -119,13 +120,9 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
         app = load_app(**options)
         build_server(app, host, port, limits, log_level).run()
         return
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
+    sock = reuse_port_socket(host, port)  # held (bound, not listening) for the port while the processes serve
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_serve_process, args=(options, host, port, sock), name=f"xdeepfm-serve-{i}")
+    children = [context.Process(target=_serve_process, args=(options, host, port), name=f"xdeepfm-serve-{i}")
                 for i in range(processes)]
     for child in children:
         child.start()
@@ -166,10 +163,25 @@ def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: i
     return app
 
 
-def _serve_process(options: dict, host: str, port: int, sock: socket.socket) -> None:
-    """One of ``serve``'s processes: its own engine, store connection and app, on the shared socket."""
+def reuse_port_socket(host: str, port: int, listen: bool = False) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT: each of ``serve``'s processes listens on its own,
+    and the kernel spreads new connections over them (one shared listening socket would let whichever
+    process wakes first accept every connection). ``proto=IPPROTO_TCP`` because asyncio sets TCP_NODELAY
+    only on sockets that say they are TCP (without it every small response waits ~40 ms for a delayed ACK)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(2048)
+    return sock
+
+
+def _serve_process(options: dict, host: str, port: int) -> None:
+    """One of ``serve``'s processes: its own engine, store connection and app, on its own SO_REUSEPORT socket."""
     setup_logging(options["log_level"].upper())
     app = load_app(**options)
+    sock = reuse_port_socket(host, port, listen=True)
     server = build_server(app, host, port, options["limits"], options["log_level"])
     server.run(sockets=[sock])
 
