@@ -35,6 +35,7 @@ from mmcore.loop import RunDir, checkpoint_file
 from mmcore.runtime import USER_ERRORS, setup_logging
 from mmfusion import ablate, predict, slgm_report
 from mmfusion import evaluate as sentiment_evaluate
+from mmfusion import explain as sentiment_explain
 from mmfusion import export as sentiment_export
 from mmfusion import train as sentiment_train
 from mmfusion.checkpoint import KIND as SENTIMENT_CHECKPOINT
@@ -206,6 +207,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                     synthvideo.add_arguments, synthvideo.run),
     "catalogue": ("generate the synthetic e-commerce catalogue", catalogue.add_arguments, catalogue.run),
     "report": ("SLGM's generated unimodal labels against known ones", slgm_report.add_arguments, slgm_report.run),
+    "explain": ("per-clip explanations of a sentiment model: modality shares, attended words and segments",
+                sentiment_explain.add_arguments, sentiment_explain.run),
     "demo": ("the main job: the whole product on bundled data", demo.add_arguments, demo.run),
 }
 

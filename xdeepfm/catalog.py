@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -27,7 +30,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from xdeepfm.serving import OnUnknown, RecordError, ScoringEngine
+from xdeepfm.serving import MAX_REPORTED, OnUnknown, RecordError, ScoringEngine
 from xdeepfm.store import EntityLayout, FeatureStore, Record, SQLiteStore, StoreError, StoreLayout, partition_columns
 
 log = logging.getLogger(__name__)
@@ -236,18 +239,87 @@ def rank_by_id(engine: ScoringEngine, store: FeatureStore, user_id: str, candida
     known = [items[c] for c in candidate_ids if c in items]
     if not known:
         return IdRanking([], np.zeros(0, np.float32), len(candidate_ids), {}, unknown_ids)
-    raw = {**{c: [user.columns[c]] for c in layout.user.columns},
-           **{c: [rec.columns[c] for rec in known] for c in layout.item.columns},
-           **{c: [v] for c, v in context.items()}}
-    given = {**{name: user.vectors[name][None] for name, _ in layout.user.vectors},
-             **{name: np.stack([rec.vectors[name] for rec in known]) for name, _ in layout.item.vectors}}
-    where = {**{c: "user" for c in layout.user.columns}, **{c: "candidates" for c in layout.item.columns},
-             **{c: "context" for c in context}}
+    X = np.empty((len(known), engine.width), np.float32)
+    rows = item_rows(engine, layout)
+    X[:, rows.index], unknown = rows.gather(known, on_unknown)
+    raw = {**{c: [user.columns[c]] for c in layout.user.columns}, **{c: [v] for c, v in context.items()}}
+    where = {**{c: "user" for c in layout.user.columns}, **{c: "context" for c in context}}
     columns = {c: engine.column(c, values, where[c]) for c, values in raw.items()}
-    X, unknown = engine.encode(columns, len(known), on_unknown, deadline=deadline, defer_texts=defer_texts, given=given)
+    given = {name: user.vectors[name][None] for name, _ in layout.user.vectors}
+    head, head_unknown = engine.encode(columns, 1, on_unknown, deadline=deadline, defer_texts=defer_texts, given=given,
+                                       only=rows.rest)
+    X[:, rows.rest_index] = head[0, rows.rest_index]
+    for name, values in head_unknown.items():
+        unknown[name] = list(dict.fromkeys(unknown.get(name, []) + values))[:MAX_REPORTED]
     scores = engine.score_matrix(X, deadline)
     order = np.argsort(-scores, kind="stable")[: min(top_k or len(scores), len(scores))]
     return IdRanking([known[i].id for i in order], scores[order], len(candidate_ids), unknown, unknown_ids)
+
+
+class ItemRows:
+    """The item fields' part of the model's input matrix, kept per stored item.
+
+    An item's inputs (its codes, z-scores, title vector and semantics) do not depend on the user, so
+    each item is encoded once per process and its row reused by every request, until the store hands
+    out a new record for it (after an upsert: the store's generation moved). ``gather`` returns the rows
+    of a request's candidates and the unknown values among them (per field, as ``encode`` reports them).
+    """
+
+    def __init__(self, engine: ScoringEngine, layout: StoreLayout, capacity: int = 200_000) -> None:
+        self.engine, self.layout, self.capacity = engine, layout, capacity
+        item_columns = set(layout.item.columns)
+        self.fields = [spec.name for spec, _ in engine.fields if spec.column in item_columns]
+        self.rest = {spec.name for spec, _ in engine.fields} - set(self.fields)
+        span = lambda names: np.concatenate([np.arange(*engine.model.feature_index[n]) for n in names]) \
+            if names else np.zeros(0, np.int64)  # noqa: E731
+        self.index = span(self.fields)
+        self.rest_index = span([spec.name for spec, _ in engine.fields if spec.name in self.rest])
+        self._rows: OrderedDict[str, tuple[Record, np.ndarray, dict[str, list[str]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _encode(self, records: list[Record]) -> tuple[np.ndarray, dict[str, list[str]]]:
+        columns = {c: self.engine.column(c, [r.columns[c] for r in records], "candidates") for c in self.layout.item.columns}
+        given = {name: np.stack([r.vectors[name] for r in records]) for name, _ in self.layout.item.vectors}
+        X, unknown = self.engine.encode(columns, len(records), "oov", given=given, only=set(self.fields))
+        return X[:, self.index], unknown
+
+    def gather(self, records: list[Record], on_unknown: OnUnknown = "oov") -> tuple[np.ndarray, dict[str, list[str]]]:
+        with self._lock:
+            cached = [self._rows.get(r.id) for r in records]
+        missing = [r for r, c in zip(records, cached) if c is None or c[0] is not r]
+        if missing:
+            block, unknown = self._encode(missing)
+            per_item = [self._encode([r])[1] for r in missing] if unknown else [{}] * len(missing)
+            fresh = {r.id: (r, row, u) for r, row, u in zip(missing, block, per_item)}
+            with self._lock:
+                for rid, entry in fresh.items():
+                    self._rows[rid] = entry
+                    self._rows.move_to_end(rid)
+                while len(self._rows) > self.capacity:
+                    self._rows.popitem(last=False)
+            cached = [fresh[r.id] if r.id in fresh else c for r, c in zip(records, cached)]
+        unknown: dict[str, list[str]] = {}
+        for i, (_, _, u) in enumerate(cached):
+            if u and on_unknown == "error":
+                name = next(iter(u))
+                raise RecordError(f"candidate_ids[{i}]", f"item {records[i].id!r}: {name} {u[name][:5]} not seen in training "
+                                                         "(send unknown='oov' to score it with the out-of-vocabulary bucket)")
+            for name, values in u.items():
+                unknown[name] = list(dict.fromkeys(unknown.get(name, []) + values))[:MAX_REPORTED]
+        return np.stack([row for _, row, _ in cached]), unknown
+
+
+_ROWS: "weakref.WeakKeyDictionary[ScoringEngine, dict[StoreLayout, ItemRows]]" = weakref.WeakKeyDictionary()
+_ROWS_LOCK = threading.Lock()
+
+
+def item_rows(engine: ScoringEngine, layout: StoreLayout) -> ItemRows:
+    """The engine's ``ItemRows`` for a store layout (one per engine and layout, made on first use)."""
+    with _ROWS_LOCK:
+        per_engine = _ROWS.setdefault(engine, {})
+        if layout not in per_engine:  # a frozen dataclass of tuples: hashable, equal by value
+            per_engine[layout] = ItemRows(engine, layout)
+        return per_engine[layout]
 
 
 def open_store(engine: ScoringEngine, path: str | Path) -> SQLiteStore:

@@ -298,18 +298,22 @@ class ScoringEngine:
 
     # -- columns -> the model's input matrix -----------------------------------------------
     def encode(self, columns: dict[str, _Column], n: int, on_unknown: OnUnknown = "oov", *, deadline: float | None = None,
-               defer_texts: bool = False, given: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, list[str]]]:
+               defer_texts: bool = False, given: dict[str, np.ndarray] | None = None,
+               only: set[str] | None = None) -> tuple[np.ndarray, dict[str, list[str]]]:
         """The flat float32 matrix (n, width) in the model's column layout, and the unknown values per field.
 
         A column holding one value (``rank``'s user fields) is broadcast to all n rows. With
         ``defer_texts``, uncached texts raise ``TextsMissing`` once every field has been checked.
         ``given`` holds precomputed inputs of text and vector fields by field name ((n, d) or (1, d),
         e.g. the stored title vectors and video semantics of ``xdeepfm.catalog``): they are used as they are.
+        ``only``: encode these fields (by name) and leave the other columns of X unset.
         """
         X = np.empty((n, self.width), np.float32)
         unknown: dict[str, list[str]] = {}
         pending: dict[str, list[str]] | None = {} if defer_texts else None
         for spec, fit in self.fields:
+            if only is not None and spec.name not in only:
+                continue
             _check_deadline(deadline, f"encoding at field {spec.name!r}")
             if given is not None and spec.name in given:
                 start, end = self.model.feature_index[spec.name]

@@ -3,8 +3,8 @@
 Usage::
 
     python -m mmfusion.extract --videos DIR --meta meta.csv --out feats.pkl [--labels] \\
-        [--split test] [--fps 5] [--audio-preset covarep74|mfcc|fbank] [--audio-dim D] \\
-        [--visual auto|stats|resnet18|...] [--vision-weights cache|random|FILE] [--workers N]
+        [--split test] [--fps 5] [--audio-preset covarep74|prosody|mfcc|fbank] [--audio-dim D] \\
+        [--visual auto|stats|face|resnet18|...] [--vision-weights cache|random|FILE] [--workers N]
 
 ``meta.csv`` has one row per clip: ``video`` (file name inside DIR), ``id``, ``text`` (title or
 description) and optionally ``transcript``, ``label`` (in [-3, 3], read with ``--labels``; without
@@ -29,8 +29,13 @@ module docstrings of ``audio`` and ``visual``):
 * audio ``covarep74`` (default): 74 columns in COVAREP's order of kinds (F0, voicing, 9
   voice-quality-like spectral scalars, 25 MFCC, 25 deltas, 13 delta-deltas), so models built for
   MOSEI-format audio (Da = 74) can be fed; ``mfcc`` / ``fbank``: F0, voicing, log energy, MFCC or
-  log-mel bands and deltas, cut to ``--audio-dim`` columns;
-* vision ``stats``: 34 cheap frame statistics (colour histograms, RGB moments, brightness,
+  log-mel bands and deltas, cut to ``--audio-dim`` columns; ``prosody``: 16 columns of pitch level,
+  movement and range, energy, voicing, syllable rate and pauses (the voice cue of SynthVideo,
+  ``docs/results_synthvideo.md``);
+* vision ``face``: 17 face-region columns (face found, position and size, mouth curvature, corner
+  lift, openness and width, brow tilt and raise, eye openness, face and scene warmth, motion): a
+  geometric proxy suited to rendered faces, not a face detector for camera footage;
+  ``stats``: 34 cheap frame statistics (colour histograms, RGB moments, brightness,
   contrast, saturation, colourfulness, sharpness, motion energy, histogram change and shot-change
   flag, quadrant brightness) that need no weights; a torchvision backbone (``resnet18``: 512
   columns, ...) with weights from a local file or the torchvision cache; ``auto`` picks

@@ -22,7 +22,7 @@ def test_help_lists_every_subcommand(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for name in ("train", "evaluate", "predict", "extract", "export", "serve", "store", "ingest", "ablate", "compare", "synth",
-                 "synth-video", "report", "demo"):
+                 "synth-video", "report", "explain", "demo"):
         assert name in COMMANDS and f"    {name}" in text, name
 
 

@@ -105,6 +105,8 @@ def test_ranking_by_id_equals_ranking_the_full_feature_rows(engine, frame, store
     full = engine.rank(user, candidates, top_k=10)
     assert by_id.ids == [ids[i] for i in full.order]
     np.testing.assert_allclose(by_id.scores, full.scores, rtol=0, atol=1e-6)
+    again = rank_by_id(engine, store, "7", ids, top_k=10, context={"price": 12.5})  # from the encoded-row cache
+    assert again.ids == by_id.ids and np.array_equal(again.scores, by_id.scores)
     assert by_id.n_candidates == 30 and by_id.unknown_ids == {}
 
 
