@@ -294,6 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-users", type=int, default=2000, help="catalogue size (users)")
     parser.add_argument("--impressions-per-user", type=int, default=100, help="impressions per user in the catalogue")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering and extracting videos (default 2)")
+    parser.add_argument("--server-processes", type=int, default=2, help="processes of the ranking service (default 2)")
     parser.add_argument("--sentiment-epochs", type=int, help="override train.epochs of the sentiment config")
     parser.add_argument("--ranking-epochs", type=int, help="override train.epochs of the ranking config")
 
@@ -339,9 +340,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"item/user store {store.path}: {store.count('item')} items, {store.count('user')} users")
     arrivals = new_videos_folder(new, render_pair(new, clips, out / "new_videos"), args.videos / "videos", out / "new_videos")
     (out / "serve.log").unlink(missing_ok=True)  # RankingServer appends: this run's requests only
-    args_serve = ["--store", str(store.path), "--sentiment", str(artifacts / "sentiment"), "--processes", "2"]
+    args_serve = ["--store", str(store.path), "--sentiment", str(artifacts / "sentiment"), "--processes",
+                  str(args.server_processes)]
     with RankingServer(ranker, args=args_serve, log_path=out / "serve.log", module="mmapp") as server:
-        print(f"ranking service up at {server.url}, 2 processes (access log {out / 'serve.log'})")
+        processes = f"{args.server_processes} processes" if args.server_processes > 1 else "1 process"
+        print(f"ranking service up at {server.url}, {processes} (access log {out / 'serve.log'})")
         ingest_over_http(server, arrivals, out / "new_videos")
         rank_by_id_over_http(server, ranking.data, new, arrivals.iloc[len(new):], args.catalogue, args.users, args.top_k)
 

@@ -46,6 +46,6 @@ def tiny_demo(tmp_path_factory) -> DemoRun:
         run.rc = main(["--sentiment-config", str(root / "sentiment.yaml"), "--ranking-config", str(root / "ranking.yaml"),
                        "--videos", str(run.videos), "--preset", "video_tiny", "--catalogue", str(run.catalogue),
                        "--out", str(run.out), "--new-videos", "2", "--n-users", "120", "--impressions-per-user", "40",
-                       "--users", "2", "--top-k", "4"])
+                       "--users", "2", "--top-k", "4", "--server-processes", "1"])
     run.printed = printed.getvalue()
     return run
