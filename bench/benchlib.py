@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +67,17 @@ def write_section(doc: Path, heading: str, name: str, section: str) -> None:
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + f"{heading}\n\n{start}\n{section.rstrip()}\n{end}\n"
     write_text(doc, text)
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float, timeout: str = "60s") -> dict:
+    """``wrk -t1`` on ``url/v1/rank`` with a Lua ``script`` whose ``done`` prints one ``WRKJSON {...}`` line;
+    returns that object plus ``command`` (the wrk command line, with the script and port generalised)."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:.0f}s", "--timeout", timeout, "-s", str(script),
+               f"{url}/v1/rank"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
+    match = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
+    if out.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    result = json.loads(match.group(1))
+    result["command"] = shlex.join(command[:-3] + ["-s", "rank.lua", "http://127.0.0.1:PORT/v1/rank"])
+    return result

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
+from benchlib import cpu_model, git_revision, loadavg, run_wrk, setup, write_section  # noqa: E402
 from serving_load import CONFIG, build_requests, train_and_export  # noqa: E402
 
 from xdeepfm.server import RankingServer  # noqa: E402
@@ -95,17 +95,6 @@ end
 # --------------------------------------------------------------------------------------------
 # Load generators
 # --------------------------------------------------------------------------------------------
-
-
-def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:.0f}s", "--timeout", "60s", "-s", str(script), f"{url}/v1/rank"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
-    match = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
-    if out.returncode != 0 or not match:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
-    result = json.loads(match.group(1))
-    result["command"] = shlex.join(command[:-3] + ["-s", "rank.lua", "http://127.0.0.1:PORT/v1/rank"])
-    return result
 
 
 class Probe(threading.Thread):

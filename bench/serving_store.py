@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shlex
 import shutil
 import statistics
@@ -53,7 +52,7 @@ import pandas as pd
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, cpu_model, git_revision, loadavg, setup, write_section  # noqa: E402
+from benchlib import REPO, cpu_model, git_revision, loadavg, run_wrk, setup, write_section  # noqa: E402
 
 from xdeepfm.catalog import rank_by_id  # noqa: E402
 from xdeepfm.server import RankingServer  # noqa: E402
@@ -88,15 +87,10 @@ end
 """
 
 
-def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:.0f}s", "--timeout", "30s", "-s", str(script), f"{url}/v1/rank"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
-    match = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
-    if out.returncode != 0 or not match:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
-    result = json.loads(match.group(1))
+def wrk_rates(url: str, script: Path, connections: int, duration: float) -> dict:
+    """``benchlib.run_wrk`` plus requests/s."""
+    result = run_wrk(url, script, connections, duration, timeout="30s")
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    result["command"] = shlex.join(command[:-3] + ["-s", "rank.lua", "http://127.0.0.1:PORT/v1/rank"])
     return result
 
 
@@ -176,7 +170,7 @@ def stress(server: RankingServer, store_path: Path, engine: ScoringEngine, scrip
     for t in threads:
         t.start()
     try:
-        result["wrk"] = run_wrk(server.url, script, 4, duration)
+        result["wrk"] = wrk_rates(server.url, script, 4, duration)
     finally:
         stop.set()
         for t in threads:
@@ -290,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                     for connections in (1, 4):
                         log.info("wrk: %d process(es), %s, %d connection(s)", processes, form, connections)
                         result["load"].append({"processes": processes, "form": form, "connections": connections,
-                                               "wrk": run_wrk(server.url, script, connections, args.duration)})
+                                               "wrk": wrk_rates(server.url, script, connections, args.duration)})
                 if processes == 2:
                     server.put_items([{"columns": {**base, engine.item_field: i, "title": "stress title version 0"},
                                        "vectors": {n: [0.0] * d for n, d in store.layout.item.vectors if n != "title"}}
