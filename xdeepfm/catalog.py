@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from xdeepfm.serving import MAX_REPORTED, OnUnknown, RecordError, ScoringEngine
@@ -98,15 +99,11 @@ def records(engine: ScoringEngine, layout: EntityLayout, frame, batch: int = 409
         part = rows.iloc[start : start + batch]
         columns = {c: [_json_value(v) for v in part[c].tolist()] for c in layout.columns}
         columns[layout.key] = [str(v) for v in columns[layout.key]]
-        vectors = {name: engine.field_inputs(name, columns[_column_of(engine, name)]) for name, _ in layout.vectors}
+        vectors = {name: engine.field_inputs(name, columns[engine.field(name)[0].column]) for name, _ in layout.vectors}
         for i in range(len(part)):
             out.append(Record(columns[layout.key][i], {c: columns[c][i] for c in layout.columns},
                               {name: v[i] for name, v in vectors.items()}))
     return out
-
-
-def _column_of(engine: ScoringEngine, name: str) -> str:
-    return next(spec.column for spec, _ in engine.fields if spec.name == name)
 
 
 def build_store(engine: ScoringEngine, frame, path: str | Path, overwrite: bool = False,
@@ -127,8 +124,6 @@ def build_store(engine: ScoringEngine, frame, path: str | Path, overwrite: bool 
 
 
 def _concat(frame, extra, entity: EntityLayout):
-    import pandas as pd
-
     missing = [c for c in entity.columns if c not in extra.columns]
     if missing:
         raise StoreError(f"the extra {entity.key} table lacks column {missing[0]!r}")
@@ -160,7 +155,7 @@ def item_record(engine: ScoringEngine, layout: StoreLayout, columns: dict[str, A
     given = dict(vectors or {})
     out = {}
     for name, dim in entity.vectors:
-        spec = next(s for s, _ in engine.fields if s.name == name)
+        spec, _ = engine.field(name)
         if name in given:
             vector = np.asarray(given.pop(name), dtype=np.float32).reshape(-1)
             if vector.shape != (dim,) or not np.isfinite(vector).all():

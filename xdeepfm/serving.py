@@ -249,12 +249,17 @@ class ScoringEngine:
         for name, texts in pending.items():
             self._text[name].encode(texts, deadline)
 
+    def field(self, name: str) -> tuple[FieldSpec, FittedField]:
+        """The spec and fitted state of the field ``name`` (KeyError naming the model's fields)."""
+        found = next(((s, f) for s, f in self.fields if s.name == name), None)
+        if found is None:
+            raise KeyError(f"{name!r} is not a field of this model (fields: {[s.name for s, _ in self.fields]})")
+        return found
+
     def field_inputs(self, name: str, values: Sequence[Any], on_unknown: OnUnknown = "oov") -> np.ndarray:
         """The model inputs of one field for raw ``values`` ((n, d) float32): what ``encode`` puts in its columns
         (a title's sentence vector, a vector field's row for a key, a code, a z-score)."""
-        spec, fit = next(((s, f) for s, f in self.fields if s.name == name), (None, None))
-        if spec is None:
-            raise KeyError(f"{name!r} is not a field of this model (fields: {[s.name for s, _ in self.fields]})")
+        spec, fit = self.field(name)
         column = _Column(spec.column, list(values), name)
         if spec.kind == "text":
             encoded, _ = self._encode_text(spec, fit, column)

@@ -192,8 +192,7 @@ class SQLiteStore:
                  busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: item/user store not found (create it with `mmfusion store` or "
-                                    "`xdeepfm export --store`)")
+            raise FileNotFoundError(f"{self.path}: item/user store not found (create it with `mmfusion store`)")
         self.busy_timeout_s, self.cache_size = busy_timeout_s, cache
         self._local = threading.local()
         self._lock = threading.Lock()
