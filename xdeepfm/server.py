@@ -22,6 +22,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -44,12 +45,23 @@ REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def header_timeout_protocol(header_timeout_s: float) -> type:
-    """uvicorn's h11 protocol, closing a connection that has not sent a complete request head within
-    ``header_timeout_s`` of connecting or of its previous response (uvicorn itself waits forever)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+def http_protocol_base() -> type:
+    """uvicorn's HTTP/1.1 protocol on httptools (llhttp, C) where it is installed, else the pure-Python h11."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        return HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is a declared dependency
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        return H11Protocol
 
-    class HeadTimeoutH11Protocol(H11Protocol):
+
+def header_timeout_protocol(header_timeout_s: float, base: type | None = None) -> type:
+    """uvicorn's HTTP protocol (``http_protocol_base``), closing a connection that has not sent a complete
+    request head within ``header_timeout_s`` of connecting or of its previous response (uvicorn itself
+    waits forever)."""
+    base = base or http_protocol_base()
+
+    class HeadTimeoutProtocol(base):
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:
@@ -83,7 +95,7 @@ def header_timeout_protocol(header_timeout_s: float) -> type:
                          self.client[0] if self.client else "?", header_timeout_s)
                 self.transport.close()
 
-    return HeadTimeoutH11Protocol
+    return HeadTimeoutProtocol
 
 
 def build_server(app, host: str, port: int, limits: Limits, log_level: str = "info"):
@@ -107,9 +119,9 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
     scoring and encoding threads leave a core to the event loop; None: torch's choice). ``store``:
     the item/user store file for ranking by id and ``POST /v1/items`` (accepted with ``writable``). ``ingestor``: a picklable
     callable making the video ingestor from the engine (the application layer's). ``processes``
-    > 1 runs that many server processes, each listening on its own SO_REUSEPORT socket of the port
-    (the kernel spreads connections over them); they share the store file, so an item one of them
-    ingests is seen by all.
+    > 1 runs that many server processes behind one acceptor that hands each connection to the least
+    busy of them (``serve_processes``); they share the store file, so an item one of them ingests is
+    seen by all.
     """
     limits = Limits(**{**asdict(limits or Limits()), "max_candidates": max_candidates, "max_body_bytes": max_body_bytes})
     if host not in LOOPBACK:
@@ -120,28 +132,80 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
         app = load_app(**options)
         build_server(app, host, port, limits, log_level).run()
         return
-    sock = reuse_port_socket(host, port)  # held (bound, not listening) for the port while the processes serve
+    serve_processes(options, host, port, processes)
+
+
+def serve_processes(options: dict, host: str, port: int, processes: int) -> None:
+    """``processes`` server processes behind one acceptor (this process), until SIGTERM/SIGINT or a child's exit.
+
+    This process listens on (host, port), accepts each connection and hands it (the file descriptor,
+    over a Unix socket: SCM_RIGHTS) to the child with the fewest open connections, ties in turn; each
+    child runs the app on the connections it is given (``ConnectionServer``). Spreading connections
+    by count, not by the kernel's hash of their addresses (SO_REUSEPORT), keeps 4 keep-alive clients
+    at 2 + 2 on 2 processes instead of, by chance, 3 + 1 or 4 + 0. Accepting starts once every child
+    has loaded its artifact; connections made before wait in the listen backlog.
+    """
+    listener = listening_socket(host, port)
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_serve_process, args=(options, host, port), name=f"xdeepfm-serve-{i}")
-                for i in range(processes)]
-    for child in children:
+    open_connections = context.Array("l", processes)  # per child: handed over and not yet closed
+    pipes, children = [], []
+    for i in range(processes):
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child = context.Process(target=_serve_process, args=(options, child_end, open_connections, i),
+                                name=f"xdeepfm-serve-{i}")
         child.start()
-    log.info("serving %s on %s:%d with %d processes (pids %s)", artifact, host, port, processes,
+        child_end.close()
+        pipes.append(parent_end)
+        children.append(child)
+    log.info("serving %s on %s:%d with %d processes (pids %s)", options["artifact"], host, port, processes,
              [c.pid for c in children])
+    stopping = False
 
     def stop(signum, frame) -> None:
-        for child in children:
-            if child.is_alive():
-                child.terminate()
+        nonlocal stopping
+        stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        for child in children:
-            child.join()
+        waiting = set(range(processes))
+        while waiting and not stopping and all(c.is_alive() for c in children):  # each child says b"r" when loaded
+            readable, _, _ = select.select([pipes[i] for i in waiting], [], [], 0.5)
+            for pipe in readable:
+                if pipe.recv(1) == b"r":
+                    waiting.discard(pipes.index(pipe))
+        handed = 0
+        while not stopping and all(c.is_alive() for c in children):
+            if not select.select([listener], [], [], 0.5)[0]:
+                continue
+            try:
+                connection, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            with open_connections.get_lock():
+                target = min(range(processes), key=lambda i: (open_connections[i], (i - handed) % processes))
+                open_connections[target] += 1
+            handed = target + 1
+            try:
+                socket.send_fds(pipes[target], [b"c"], [connection.fileno()])
+            except OSError as exc:
+                log.error("could not hand a connection to process %d: %s", target, exc)
+                with open_connections.get_lock():
+                    open_connections[target] -= 1
+            finally:
+                connection.close()
+        dead = [c for c in children if not c.is_alive()]
+        if dead and not stopping:
+            log.error("server process %s ended (exit code %s); stopping the service", dead[0].name, dead[0].exitcode)
     finally:
-        stop(None, None)
-        sock.close()
+        listener.close()
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+        for child in children:
+            child.join(10)
+        for pipe in pipes:
+            pipe.close()
 
 
 def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: int | None, log_level: str, limits: Limits,
@@ -163,27 +227,81 @@ def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: i
     return app
 
 
-def reuse_port_socket(host: str, port: int, listen: bool = False) -> socket.socket:
-    """A TCP socket bound to (host, port) with SO_REUSEPORT: each of ``serve``'s processes listens on its own,
-    and the kernel spreads new connections over them (one shared listening socket would let whichever
-    process wakes first accept every connection). ``proto=IPPROTO_TCP`` because asyncio sets TCP_NODELAY
-    only on sockets that say they are TCP (without it every small response waits ~40 ms for a delayed ACK)."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port), non-blocking. ``proto=IPPROTO_TCP`` because asyncio sets
+    TCP_NODELAY only on sockets that say they are TCP (without it every small response waits ~40 ms for
+    a delayed ACK); the accepted connections inherit it."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    if listen:
-        sock.listen(2048)
+    sock.listen(2048)
+    sock.setblocking(False)
     return sock
 
 
-def _serve_process(options: dict, host: str, port: int) -> None:
-    """One of ``serve``'s processes: its own engine, store connection and app, on its own SO_REUSEPORT socket."""
+def _serve_process(options: dict, pipe: socket.socket, open_connections, index: int) -> None:
+    """One of ``serve_processes``' children: its own engine, store connection and app, serving the
+    connections the acceptor hands it over ``pipe``."""
     setup_logging(options["log_level"].upper())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the acceptor ends the children (SIGTERM)
     app = load_app(**options)
-    sock = reuse_port_socket(host, port, listen=True)
-    server = build_server(app, host, port, options["limits"], options["log_level"])
-    server.run(sockets=[sock])
+    server = ConnectionServer(build_server(app, "127.0.0.1", 0, options["limits"], options["log_level"]).config,
+                              pipe, open_connections, index)
+    server.run(sockets=[])
+
+
+class ConnectionServer:
+    """A ``uvicorn.Server`` that listens on nothing and serves the connections received over a Unix socket.
+
+    Made by ``ConnectionServer(config, pipe, open_connections, index)``; the class is built on first use
+    so that importing this module does not import uvicorn."""
+
+    def __new__(cls, config, pipe: socket.socket, open_connections, index: int):
+        import uvicorn
+
+        class _ConnectionServer(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets=[])  # the lifespan (warm-up) and no listener
+                if self.should_exit:
+                    return
+                loop = asyncio.get_running_loop()
+                base = self.config.http_protocol_class
+
+                def create_protocol() -> asyncio.Protocol:
+                    protocol = base(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+                    lost = protocol.connection_lost
+
+                    def connection_lost(exc) -> None:
+                        with open_connections.get_lock():
+                            open_connections[index] -= 1
+                        lost(exc)
+
+                    protocol.connection_lost = connection_lost
+                    return protocol
+
+                def receive() -> None:
+                    try:
+                        _, fds, _, _ = socket.recv_fds(pipe, 1, 8)
+                    except (BlockingIOError, InterruptedError):
+                        return
+                    if not fds:  # the acceptor is gone
+                        loop.remove_reader(pipe.fileno())
+                        self.should_exit = True
+                        return
+                    for fd in fds:
+                        task = loop.create_task(loop.connect_accepted_socket(create_protocol, socket.socket(fileno=fd)))
+                        task.add_done_callback(not_served)
+
+                def not_served(task: asyncio.Task) -> None:  # the connection failed before it was made: uncount it
+                    if task.cancelled() or task.exception() is not None:
+                        with open_connections.get_lock():
+                            open_connections[index] -= 1
+
+                pipe.setblocking(False)
+                loop.add_reader(pipe.fileno(), receive)
+                pipe.send(b"r")
+
+        return _ConnectionServer(config)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -44,6 +44,21 @@ def test_two_processes_answer_and_the_model_lists_the_store(setup):
     assert store["items"] == 30 and store["context_columns"] == ["price"]
 
 
+def test_keep_alive_connections_are_spread_evenly_over_the_processes(setup):
+    """The acceptor hands each connection to the process with the fewest open ones: 4 + 2 = 6 clients
+    held open together land 3 + 3, never by chance 4 + 2 or 6 + 0 (the kernel's SO_REUSEPORT hash)."""
+    server, _, _ = setup
+    sessions = [requests.Session() for _ in range(6)]
+    try:
+        pids = [s.get(f"{server.url}/readyz", timeout=10).json()["pid"] for s in sessions]
+        again = [s.get(f"{server.url}/readyz", timeout=10).json()["pid"] for s in sessions]
+    finally:
+        for s in sessions:
+            s.close()
+    assert pids == again  # kept alive: each session stays on its process
+    assert sorted(pids.count(pid) for pid in set(pids)) == [3, 3]
+
+
 def test_rank_by_id_over_http_equals_the_in_process_ranking(setup):
     server, engine, path = setup
     got = server.rank_ids("7", IDS, top_k=5, context={"price": 9.0})
