@@ -67,18 +67,21 @@ files with the same renderer when they do not exist yet.
 - ``users.csv``: observable user features and the hidden ``price_sensitivity``,
   ``sentiment_sensitivity`` and ``affinity_<category>``;
 - ``impressions.csv``: ``user_id, video_id, category, product, brand, price_band, price, title,
-  user_segment, user_fav_category, user_age, click`` and ``hidden_click_prob`` (the true
-  sigmoid(eta), for analysis only; never a feature);
+  user_segment, user_fav_category, user_age, click``, ``hidden_click_prob`` (the true
+  sigmoid(eta), for analysis only; never a feature) and ``timestamp`` (integer seconds since the
+  epoch, strictly increasing within a user in sessions, ``SessionModel``; seeded by its own
+  stream, so the other columns are those of a catalogue generated before it existed);
 - ``oracle_sentiment.npz``: ``ids`` and ``sentiment`` (N, 1) = s* (the oracle's vector field),
   ``unimodal`` (N, 3) = (s_t, s_a, s_v), ``label`` (N, 1) = y;
 - ``catalogue.json``: the generation arguments and click-model constants.
 
 The ranking side reads the catalogue back with ``xdeepfm.data.ecommerce``:
 ``load_ecommerce_splits(EcommerceConfig)`` reads ``impressions.csv`` (``label`` = ``click``) and splits the
-impressions (``movielens.split_frame``, seeded by ``split_seed``): ``random`` 80/10/10, or
+impressions (``xdeepfm.data.splits``, seeded by ``split_seed``): ``random`` 80/10/10, or
 ``cold_video``: 10% of the videos and all their impressions are the test split (new videos, the
 case video semantics are for: an unseen ``video_id`` falls into the OOV bucket, so only the
-video's content features can tell a good video from a bad one).
+video's content features can tell a good video from a bad one), or ``temporal`` (each user's
+last impressions by ``timestamp``).
 
 **The full experiment** (CPU; the catalogue must share the SynthMOSI world of the checkpoint:
 ``--world-seed`` = the SynthMOSI seed and ``--preset`` = its size; ``--text-features`` writes the
@@ -364,6 +367,35 @@ def _impressions(rng: np.random.Generator, users: pd.DataFrame, videos: pd.DataF
     })
 
 
+START_TIME = 1_704_067_200  # 2024-01-01 00:00:00 UTC: impression times start within WINDOW_DAYS of it
+WINDOW_DAYS = 30
+
+
+@dataclass
+class SessionModel:
+    """Impression times: each user's first impression at a uniform time in the first ``WINDOW_DAYS``
+    days after ``START_TIME``; after it, with probability ``new_session`` the next one opens a new
+    session after an exponential gap of mean ``session_gap_s``, else it follows within the
+    session after ``1 + Exponential(mean in_session_gap_s)`` seconds. Times only: clicks do not
+    depend on them."""
+
+    new_session: float = 0.15
+    session_gap_s: float = 36 * 3600.0
+    in_session_gap_s: float = 45.0
+
+
+def _timestamps(rng: np.random.Generator, n_users: int, per_user: int, model: SessionModel | None = None) -> np.ndarray:
+    """Integer seconds of ``n_users * per_user`` impressions grouped by user (as ``_impressions``
+    writes them), strictly increasing within each user (``SessionModel``)."""
+    model = model or SessionModel()
+    start = START_TIME + np.floor(rng.random(n_users) * WINDOW_DAYS * 86400.0)
+    new = rng.random((n_users, per_user)) < model.new_session
+    gaps = np.where(new, 1.0 + rng.exponential(model.session_gap_s, (n_users, per_user)),
+                    1.0 + rng.exponential(model.in_session_gap_s, (n_users, per_user)))
+    gaps[:, 0] = 0.0  # the first impression is at the user's start
+    return (start[:, None] + np.cumsum(np.floor(gaps), axis=1)).astype(np.int64).reshape(-1)
+
+
 def generate_catalogue(
     seed: int = 0,
     n_videos: int = 3000,
@@ -392,12 +424,14 @@ def generate_catalogue(
             raise ValueError(f"{name}={value}: must be >= {low}")
     click = click or ClickModel()
     params = params or GeneratorParams()
-    video_seq, catalogue_seq, user_seq, impression_seq = np.random.SeedSequence(seed).spawn(4)
+    # spawn(5)[:4] == spawn(4): the times have their own stream, every other draw is as before
+    video_seq, catalogue_seq, user_seq, impression_seq, time_seq = np.random.SeedSequence(seed).spawn(5)
     mmsa, truth = _video_clips(np.random.default_rng(video_seq), n_videos, world_seed, preset, text_features,
                                params, tokenizer_path)
     videos = _catalogue_columns(np.random.default_rng(catalogue_seq), truth, brands_per_category, click)
     users = _users(np.random.default_rng(user_seq), n_users, click)
     impressions = _impressions(np.random.default_rng(impression_seq), users, videos, impressions_per_user, click)
+    impressions["timestamp"] = _timestamps(np.random.default_rng(time_seq), n_users, impressions_per_user)
     meta = {"seed": seed, "n_videos": n_videos, "n_users": n_users, "impressions_per_user": impressions_per_user,
             "world_seed": world_seed, "preset": preset, "text_features": text_features,
             "brands_per_category": brands_per_category, "click_model": dataclasses.asdict(click),
@@ -430,10 +464,11 @@ def catalogue_from_clips(clips: pd.DataFrame, seed: int = 0, n_users: int = 2000
         "true_sentiment": multimodal_target(s_t, s_a, s_v, params).astype(np.float64),
         "label": clips["y"].to_numpy(np.float64), "s_t": s_t, "s_a": s_a, "s_v": s_v, "kind": kinds.to_numpy(np.int64),
     })
-    catalogue_seq, user_seq, impression_seq = np.random.SeedSequence(seed).spawn(3)
+    catalogue_seq, user_seq, impression_seq, time_seq = np.random.SeedSequence(seed).spawn(4)  # [:3] as before
     videos = _catalogue_columns(np.random.default_rng(catalogue_seq), truth, brands_per_category, click)
     users = _users(np.random.default_rng(user_seq), n_users, click)
     impressions = _impressions(np.random.default_rng(impression_seq), users, videos, impressions_per_user, click)
+    impressions["timestamp"] = _timestamps(np.random.default_rng(time_seq), n_users, impressions_per_user)
     meta = {"seed": seed, "n_videos": len(videos), "n_users": n_users, "impressions_per_user": impressions_per_user,
             "clips": "given", "brands_per_category": brands_per_category, "click_model": dataclasses.asdict(click),
             "click_rate": float(impressions["click"].mean())}

@@ -51,15 +51,15 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
         options = get_args(annotation)
         if value is None and type(None) in options:
             return None
-        errors = []
+        errors = {}
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _check(value, option, where)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {annotation}")
+                errors[option] = str(exc)
+        raise ConfigError(next(iter(errors.values())) if len(errors) == 1 else _union_error(value, errors, where))
     if origin is Literal:
         choices = get_args(annotation)
         if value not in choices:
@@ -94,6 +94,34 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
         return value
     return value
+
+
+def _kinds(cls: type) -> tuple:
+    """The values a dataclass's ``kind`` field allows (its ``Literal``), else ()."""
+    hint = get_type_hints(cls).get("kind")
+    return get_args(hint) if get_origin(hint) is Literal else ()
+
+
+def _union_error(value: Any, errors: dict[Any, str], where: str) -> str:
+    """Why ``value`` fits none of a union's alternatives. For a mapping of dataclass alternatives:
+    the error of the one its ``kind:`` names, else one line per alternative with its allowed keys
+    and what failed."""
+    names = " | ".join(getattr(option, "__name__", str(option)) for option in errors)
+    classes = [option for option in errors if dataclasses.is_dataclass(option)]
+    if not isinstance(value, dict) or not classes:
+        return f"{where}: {value!r} matches none of {names}"
+    named = [option for option in classes if "kind" in value and value["kind"] in _kinds(option)]
+    if len(named) == 1:
+        return errors[named[0]]
+    lines = [f"{where}: matches none of {names}" + (f" (kind {value['kind']!r} is none of theirs)" if "kind" in value else "")]
+    for option in classes:
+        kinds = _kinds(option)
+        keys = sorted(f.name for f in dataclasses.fields(option) if f.init)
+        tag = f"kind: {kinds[0]}" if len(kinds) == 1 else "no kind" if not kinds else f"kind: one of {list(kinds)}"
+        failed = errors[option].removesuffix(f" (expected one of {keys})")  # the keys are listed already
+        failed = failed[len(where) + 1:] if failed.startswith(f"{where}.") else failed
+        lines.append(f"  - {option.__name__} ({tag}): keys {keys}; failed: {failed}")
+    return "\n".join(lines)
 
 
 def check_range(key: str, value: float | int | None, *, low: float | None = None, high: float | None = None,

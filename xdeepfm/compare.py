@@ -107,6 +107,32 @@ def variant_config(base: RankingExperiment, variant: str, split: str, seed: int)
     return config
 
 
+def describe_source(data) -> str:
+    """The data set a report ran on: its kind and where its files are."""
+    kind = getattr(data, "kind", "movielens")
+    if kind == "ecommerce":
+        where = f"path `{data.path}` ({_catalogue_sizes(data.path)})"
+    elif kind == "interactions":
+        where = f"root `{data.root}`, interactions `{data.interactions.path}`"
+    elif kind == "parquet":
+        where = f"train `{data.train}`, valid `{data.valid}`, test `{data.test}`"
+    else:
+        where = f"root `{data.root or 'datasets/ml-100k (default)'}`"
+    return f"kind {kind}, {where}"
+
+
+def describe_data(data) -> str:
+    """``describe_source`` and the split (with its options)."""
+    split = f"split {data.split}"
+    if data.split == "temporal":
+        split += (f" (time_cut {data.time_cut})" if data.time_cut is not None else
+                  f" (time_quantiles {data.time_quantiles})" if data.time_quantiles is not None else
+                  f" (leave_last {data.leave_last})")
+    elif hasattr(data, "split_seed"):
+        split += f", split_seed {data.split_seed}"
+    return f"{describe_source(data)}, {split}"
+
+
 def _cell(values: list[float]) -> str:
     if not values:
         return "-"
@@ -115,12 +141,16 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
-def write_doc(doc: Path, out: Path, splits: list[str], seeds: list[int], command: str) -> None:
+def write_doc(doc: Path, out: Path, splits: list[str], seeds: list[int], command: str,
+              base: RankingExperiment | None = None) -> None:
+    data = [f"Data: {describe_source(base.data)}; split_seed {base.data.split_seed}; the splits below.", ""] \
+        if base is not None else []
     lines = [
         "# Ranking results: MovieLens-100K (label = rating >= 4)",
         "",
         f"Command: `{command}`",
         "",
+        *data,
         f"Test-split metrics, mean ± sample std over seeds {seeds} (model init/shuffle seed; the data split is fixed).",
         "Top-K lists are each user's test impressions ranked by score. Early stopping on validation AUC.",
         "",
@@ -213,8 +243,8 @@ def write_configs_doc(doc: Path, out: Path, configs: dict[str, RankingExperiment
         *([note, ""] if note else []),
         f"Command: `{command}`",
         "",
-        f"Data: `{first.data.path}` ({_catalogue_sizes(first.data.path)}); split "
-        f"{sorted({c.data.split for c in configs.values()})}, split_seed {first.data.split_seed}.",
+        *[f"Data ({stem}): {describe_data(config.data)}." for stem, config in configs.items()
+          if describe_data(config.data) != describe_data(first.data) or config is first],
         f"Test-split metrics, mean ± sample std over seeds {seeds} (model init/shuffle seed; the data split is fixed).",
         "Early stopping on validation AUC.",
         "",
@@ -303,7 +333,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", default="", help="configs mode: text put under the section heading "
                         "(e.g. how the data and the semantics were made)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds (default 0 1 2)")
-    parser.add_argument("--splits", nargs="+", default=["random", "cold_item"], choices=["random", "cold_item"],
+    parser.add_argument("--splits", nargs="+", default=["random", "cold_item"],
+                        choices=["random", "cold_item", "cold_user", "temporal"],
                         help="MovieLens mode: the splits to compare on")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="MovieLens mode: the variants to train")
@@ -346,9 +377,9 @@ def run(args: argparse.Namespace) -> int:
                 log.info("%s %s seed %d: test auc %.4f (%.0f s)", split, variant, seed, result["test"]["auc"],
                          time.perf_counter() - t0)
                 for doc in docs:
-                    write_doc(doc, out, args.splits, args.seeds, command)
+                    write_doc(doc, out, args.splits, args.seeds, command, base)
     for doc in docs:
-        write_doc(doc, out, args.splits, args.seeds, command)
+        write_doc(doc, out, args.splits, args.seeds, command, base)
     print(docs[0].read_text())
     return 0
 

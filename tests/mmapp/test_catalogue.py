@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mmapp.catalogue import CATEGORIES, PRODUCT_INFO, ClickModel, generate_catalogue, write_catalogue
+from mmapp.catalogue import CATEGORIES, PRODUCT_INFO, START_TIME, ClickModel, generate_catalogue, write_catalogue
 from mmcore.config import build, load_yaml
 from mmfusion.data.mmsa import load_mmsa
 from mmfusion.data.synthetic import PRODUCTS
@@ -232,3 +232,27 @@ def test_vector_fields_read_the_named_array(tmp_path):
                                  "key_column": "video_id", "array": "fused"}]})
     with pytest.raises(FeatureError, match=r"sem.npz: vector field 'x' needs arrays 'ids' and 'fused', found \['embedding', 'ids', 'sentiment'\]"):
         FeaturePipeline(bad).fit(pd.DataFrame({"video_id": ["v1"]}))
+
+
+def test_impression_timestamps_are_seeded_sessions_and_leave_the_rest_unchanged(tmp_path):
+    """Integer seconds, strictly increasing per user, deterministic; drawn from their own seed stream,
+    so every other column is what the generator gave before the column existed (the same draws)."""
+    a, b = generate_catalogue(4, **SMALL), generate_catalogue(4, **SMALL)
+    times = a.impressions["timestamp"]
+    assert times.dtype == np.int64 and times.equals(b.impressions["timestamp"])
+    assert (a.impressions.groupby("user_id", sort=False)["timestamp"].diff().dropna() >= 1).all()
+    assert times.min() >= START_TIME and not times.equals(generate_catalogue(5, **SMALL).impressions["timestamp"])
+    for x, y in zip(np.random.SeedSequence(4).spawn(5)[:4], np.random.SeedSequence(4).spawn(4)):
+        np.testing.assert_array_equal(x.generate_state(4), y.generate_state(4))
+
+    paths = write_catalogue(a, tmp_path / "ec")
+    config = EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec"), split="temporal", leave_last=2)
+    splits = load_ecommerce_splits(config)
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [30 * 6, 30 * 2, 30 * 2]  # 10 per user
+    latest = splits["train"].groupby("user_id")["timestamp"].max()
+    assert (splits["valid"].groupby("user_id")["timestamp"].min() > latest).all()
+    # a catalogue written before the column existed: random still loads, temporal is refused clearly
+    pd.read_csv(paths["impressions.csv"]).drop(columns="timestamp").to_csv(paths["impressions.csv"], index=False)
+    assert len(load_ecommerce_splits(EcommerceConfig(kind="ecommerce", path=str(tmp_path / "ec")))["test"]) == 30
+    with pytest.raises(ValueError, match=r"impressions.csv: split temporal needs a 'timestamp' column.*regenerate"):
+        load_ecommerce_splits(config)

@@ -15,11 +15,10 @@ release_year   year from the title, else from the release date, else the catalog
 label          1 when rating >= ``like_threshold`` (4), else 0
 =============  =====================================================================
 
-Splits (``split_frame``), both with a fixed seed:
-
-- ``random``: a permutation of rows cut 80/10/10 into train/valid/test.
-- ``cold_item``: 10% of the items (seeded choice) and all their rows form the test split, so
-  no test item is seen in training; valid is 1/9 of the remaining rows (about 10% of all rows).
+Splits (``xdeepfm.data.splits``, ``split:`` and its options): ``random`` 80/10/10 (seeded),
+``cold_item`` / ``cold_user`` (10% of the items / users with all their rows as test) and
+``temporal`` (per user, the last ``leave_last`` = 10 ratings by time to test, the 10 before them
+to valid: 9,430 test rows; or a global ``time_cut`` / ``time_quantiles``).
 
 Every file is read in one validating pass (``read_ratings``, ``read_users``, ``read_genres``,
 ``read_items``): a line that does not hold what the GroupLens layout says is refused with a
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from mmcore.config import ConfigError, check_range
+from xdeepfm.data.splits import SplitOptions, split_by, split_frame  # noqa: F401 - split_frame re-exported (older imports)
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,11 @@ AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 
 
 @dataclass
-class MovieLensConfig:
-    """Where ML-100K lives and how it is framed and split."""
+class MovieLensConfig(SplitOptions):
+    """Where ML-100K lives and how it is framed and split (the split keys: ``xdeepfm.data.splits``)."""
 
     root: str | None = None  # None → datasets/ml-100k, else the project's shared copy (../shared/data/ml-100k)
-    split: Literal["random", "cold_item"] = "random"
-    split_seed: int = 2024
+    split: Literal["random", "cold_item", "cold_user", "temporal"] = "random"  # temporal: leave_last 10 per user
     like_threshold: int = 4
     zip_prefix_len: int = 2
     genre_sep: str = "|"
@@ -65,6 +64,7 @@ class MovieLensConfig:
         check_range("data.like_threshold", self.like_threshold, low=1, high=5)
         check_range("data.zip_prefix_len", self.zip_prefix_len, low=0)
         check_range("data.max_rows", self.max_rows, low=1)
+        self.check_split()
         if not self.genre_sep:
             raise ConfigError("data.genre_sep='': expected a non-empty separator")
 
@@ -271,31 +271,6 @@ def load_movielens_100k(config: MovieLensConfig | None = None) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def split_frame(frame: pd.DataFrame, split: str, seed: int, item_column: str = "item_id") -> dict[str, pd.DataFrame]:
-    """``{"train", "valid", "test"}`` frames for the ``random`` or ``cold_item`` split
-    (``cold_item`` holds out 10% of the values of ``item_column`` with all their rows)."""
-    rng = np.random.default_rng(seed)
-    n = len(frame)
-    if split == "random":
-        order = rng.permutation(n)
-        a, b = int(round(0.8 * n)), int(round(0.9 * n))
-        parts = {"train": order[:a], "valid": order[a:b], "test": order[b:]}
-    elif split == "cold_item":
-        if item_column not in frame.columns:
-            raise ValueError(f"cold_item split: no column {item_column!r} (columns: {list(frame.columns)})")
-        items = np.sort(frame[item_column].unique())
-        cold = rng.choice(items, size=max(1, int(round(0.1 * len(items)))), replace=False)
-        is_cold = frame[item_column].isin(cold).to_numpy()
-        warm = rng.permutation(np.flatnonzero(~is_cold))
-        n_valid = int(round(len(warm) / 9))
-        parts = {"train": np.sort(warm[n_valid:]), "valid": np.sort(warm[:n_valid]), "test": np.flatnonzero(is_cold)}
-    else:
-        raise ValueError(f"split {split!r}: expected 'random' or 'cold_item'")
-    return {name: frame.iloc[idx].reset_index(drop=True) for name, idx in parts.items()}
-
-
 def load_movielens_splits(config: MovieLensConfig) -> dict[str, pd.DataFrame]:
     """Load ML-100K and split it as ``config.split`` says."""
-    splits = split_frame(load_movielens_100k(config), config.split, config.split_seed)
-    log.info("ml-100k %s split: %s", config.split, {k: len(v) for k, v in splits.items()})
-    return splits
+    return split_by(load_movielens_100k(config), config, config.split, "ml-100k")
