@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from mmapp.catalogue import ITEM_COLUMNS, catalogue_from_clips, hold_out_videos, write_catalogue
+from mmapp.ingest import video_explainer
 from mmcore.config import build
 from mmcore.files import write_bytes
 from mmcore.loop import RunDir
@@ -54,6 +55,7 @@ from mmfusion.export import export_checkpoint as export_sentiment
 from mmfusion.extract.pipeline import ExtractConfig, extract, format_report
 from mmfusion.metrics import format_metrics
 from mmfusion.predict import predict_semantics, write_semantics
+from mmfusion.pretrained import SentimentModel
 from mmfusion.train import train as train_sentiment_model
 from xdeepfm.catalog import build_store, default_store_path
 from xdeepfm.data import load_splits
@@ -181,6 +183,14 @@ def catalogue_semantics(checkpoint: Path, extracted: Path, known: set[str], out:
     semantics = {k: v[keep] if k in ("ids", "split", "sentiment", "embedding") else v for k, v in semantics.items()}
     write_semantics(semantics, out)
     print(f"wrote {out}: semantics of {int(keep.sum())} catalogue videos")
+
+
+def catalogue_explanations(sentiment_artifact: Path, extracted: Path, known: set[str]) -> dict[str, dict]:
+    """Stage 5: why the sentiment model read each catalogue video as it did (``mmapp.ingest.VideoExplainer``:
+    modality shares, every word's weight, the attention over time), kept in the store beside the item."""
+    sentiment = SentimentModel.from_pretrained(sentiment_artifact, device="cpu")
+    explained = sentiment.explain_file(extracted, explainer=video_explainer(sentiment))
+    return {e["id"]: e for e in explained if e["id"] in known}
 
 
 def train_ranker(config_path: Path, catalogue: Path, semantics: Path, run_dir: Path, overrides: dict):
@@ -336,8 +346,10 @@ def run(args: argparse.Namespace) -> int:
     ranker = export_ranker(RunDir(out / "ranking").best, artifacts / "ranker", overwrite=True)
     engine = ScoringEngine.load(ranker)
     frame = pd.concat(list(load_splits(ranking.data).values()), ignore_index=True)
-    store = build_store(engine, frame, default_store_path(ranker), overwrite=True)
-    print(f"item/user store {store.path}: {store.count('item')} items, {store.count('user')} users")
+    explanations = catalogue_explanations(artifacts / "sentiment", extracted, known)
+    store = build_store(engine, frame, default_store_path(ranker), overwrite=True, explanations=explanations)
+    print(f"item/user store {store.path}: {store.count('item')} items, {store.count('user')} users, "
+          f"{len(explanations)} video explanations")
     arrivals = new_videos_folder(new, render_pair(new, clips, out / "new_videos"), args.videos / "videos", out / "new_videos")
     (out / "serve.log").unlink(missing_ok=True)  # RankingServer appends: this run's requests only
     args_serve = ["--store", str(store.path), "--sentiment", str(artifacts / "sentiment"), "--processes",

@@ -16,6 +16,11 @@ the store on every request), without retraining or restart.
 
 ``VideoIngestor`` is the same work for the HTTP service (``POST /v1/items`` with a base64 ``video``;
 ``mmfusion serve --sentiment ...``); ``ingest_videos`` is the Python function.
+
+Each ingested item also gets the explanation of its video's sentiment (``VideoExplainer``: the
+``mmfusion.explain`` read-out of the same clip, with every word's weight and the whole attention curve
+of the audio and vision streams), kept in the store beside the item in the same transaction
+(``GET /v1/items/{id}``; the service's page draws it).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mmfusion.explain import Explainer, text_tokenizer
 from mmfusion.extract.decode import DecodeError
+from mmfusion.extract.pipeline import ExtractConfig
 from mmfusion.pretrained import SentimentModel
 from xdeepfm.catalog import default_store_path, item_record, open_store
 from xdeepfm.serving import RecordError, ScoringEngine
@@ -55,6 +62,41 @@ class Ingested:
     id: str
     semantics: dict[str, Any]
     seconds: float
+
+
+ALL_WORDS = 10_000  # every word of the narration (the page shades them all)
+CURVE_DIGITS = 5
+
+
+@dataclass
+class VideoExplainer(Explainer):
+    """``mmfusion.explain.Explainer`` for the page: every word with its weight, and per audio / vision stream the
+    whole key-weight curve r (``curve``: one value per pooled position, ``frame_stride`` frames each) and the
+    stream's frame ``rate`` (frames per second; from the clip's duration, its vision frames / ``fps``, so that
+    a clip pooled to ``max_audio_len`` rows still gets seconds; None when the vision was pooled too)."""
+
+    extract: ExtractConfig | None = None
+
+    def clip(self, readout, k: int, split, row: int) -> dict:
+        out = super().clip(readout, k, split, row)
+        out["narration"] = str(split.raw_text[row])
+        seconds = None
+        if self.extract is not None and 0 < int(split.vision_lengths[row]) < self.extract.max_vision_len:
+            seconds = int(split.vision_lengths[row]) / self.extract.fps
+        for m, flow in readout.flows.items():
+            if m == "text" or flow.key_weight is None:
+                continue
+            curve = flow.key_weight[k][flow.key_mask[k]].numpy()
+            frames = out[m]["frames"]
+            out[m].update(curve=[round(float(v), CURVE_DIGITS) for v in curve], frame_stride=flow.frame_stride,
+                          rate=frames / seconds if seconds else None)
+        return out
+
+
+def video_explainer(sentiment: SentimentModel, extract: ExtractConfig | None = None) -> VideoExplainer:
+    """The page's explainer of a sentiment model (its tokenizer decodes the words)."""
+    return VideoExplainer(sentiment.model, text_tokenizer(sentiment.model), top_words=ALL_WORDS, top_segments=3,
+                          extract=extract or sentiment.extract_config())
 
 
 class VideoIngestor:
@@ -79,6 +121,7 @@ class VideoIngestor:
             raise IngestError(f"the ranker has no vector field keyed by {key!r}: it does not use video semantics")
         self.tasks = [str(t) for t in sentiment.model.tasks]
         self._widths = {name: engine.field_width(name) for name in self.fields}
+        self.explainer = video_explainer(sentiment, self.extract)
 
     @classmethod
     def load(cls, sentiment_path: str | Path, engine: ScoringEngine) -> "VideoIngestor":
@@ -86,10 +129,13 @@ class VideoIngestor:
         ``xdeepfm.server.serve``'s processes: ``partial(VideoIngestor.load, path)``)."""
         return cls(SentimentModel.from_pretrained(sentiment_path, device="cpu"), engine)
 
-    def semantics(self, video: str | Path, text: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """(vectors by ranker field, a JSON description: M/T/A/V by name) of one video file; ``text`` is the
-        sentiment model's text input (the narration), as ``text`` of a meta.csv row is for ``mmfusion extract``."""
-        out = self.sentiment.predict_video(video, text=text, extract=self.extract)
+    def semantics(self, video: str | Path, text: str, item_id: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(vectors by ranker field, a JSON description: M/T/A/V by name and the ``explanation``) of one video file;
+        ``text`` is the sentiment model's text input (the narration), as ``text`` of a meta.csv row is for
+        ``mmfusion extract``; ``item_id`` names the explanation (default: the file's stem). The video is decoded
+        once; prediction and explanation read the same arrays."""
+        clips = self.sentiment.video_clips(video, text=text, extract=self.extract)
+        out = self.sentiment.predict(clips)
         vectors = {}
         for name, array in self.fields.items():
             vector = np.asarray(out[array][0], np.float32)
@@ -98,7 +144,9 @@ class VideoIngestor:
                                   f"expects {self._widths[name]} (a different sentiment model than the ranker was trained with?)")
             vectors[name] = vector
         described = {"sentiment": dict(zip(self.tasks, map(float, out["sentiment"][0]))),
-                     "embedding_norm": float(np.linalg.norm(out["embedding"][0]))}
+                     "embedding_norm": float(np.linalg.norm(out["embedding"][0])),
+                     "explanation": {**self.sentiment.explain(clips, explainer=self.explainer)[0],
+                                     "id": item_id or Path(video).stem}}
         return vectors, described
 
     def __call__(self, video: bytes, columns: dict[str, Any], transcript: str, where: str):
@@ -107,7 +155,7 @@ class VideoIngestor:
             handle.write(video)
             handle.flush()
             try:
-                return self.semantics(handle.name, self.text_for(columns, transcript))
+                return self.semantics(handle.name, self.text_for(columns, transcript), columns.get(self.engine.item_field))
             except DecodeError as exc:
                 raise RecordError(f"{where}.video", f"not a usable video: {exc}") from None
 
@@ -132,8 +180,10 @@ def ingest_videos(engine: ScoringEngine, store, ingestor: VideoIngestor,
         if not Path(video).is_file():
             raise IngestError(f"{video}: video file not found")
         try:
-            vectors, semantics = ingestor.semantics(video, ingestor.text_for(columns, transcript))
-            records.append(item_record(engine, store.layout, columns, vectors, where=f"{where}: item"))
+            vectors, semantics = ingestor.semantics(video, ingestor.text_for(columns, transcript), columns.get(engine.item_field))
+            semantics = dict(semantics)
+            explanation = semantics.pop("explanation", None)
+            records.append(item_record(engine, store.layout, columns, vectors, where=f"{where}: item", explanation=explanation))
         except DecodeError as exc:
             raise IngestError(f"{video}: not a usable video: {exc}") from None
         except RecordError as exc:

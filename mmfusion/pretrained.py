@@ -103,9 +103,14 @@ class SentimentModel:
         """Semantics of one video file: decoded and turned into features by ``mmfusion.extract``
         (``extract``: default ``extract_config``, the options the model's training data was
         extracted with), ``text`` the title or description, ``transcript`` the spoken words when known."""
+        return self.predict(self.video_clips(video, text, transcript, extract))
+
+    def video_clips(self, video: str | Path, text: str, transcript: str = "",
+                    extract: ExtractConfig | None = None) -> dict:
+        """The one-clip arrays (what ``predict`` and ``explain`` take) of a video file (``predict_video``'s arguments)."""
         cfg = extract or self.extract_config()
         features = extract_file(video, cfg)
-        clips = {
+        return {
             "id": np.asarray([Path(video).stem]),
             "raw_text": np.asarray([text]),
             "transcript": [transcript],
@@ -114,27 +119,29 @@ class SentimentModel:
             "vision": features.vision[None],
             "vision_lengths": np.asarray([len(features.vision)]),
         }
-        return self.predict(clips)
 
     def explain(self, clips: dict, top_words: int = 5, top_segments: int = 3, rates: dict[str, float] | None = None,
-                batch_size: int = 64) -> list[dict]:
+                batch_size: int = 64, explainer: Explainer | None = None) -> list[dict]:
         """One explanation per clip given as arrays (the keys ``predict`` takes), from one forward pass
         per batch: ``{"id", "outputs": {M, T, A, V}, "shares": {modality: share}, "shares_kind",
         "text": {"words"}, "audio"/"vision": {"words", "segments", "peak", "frames"}}``
         (``mmfusion.explain`` says what each weight is). ``rates``: frames per second per modality
-        (``{"audio": 100.0, "vision": 5.0}`` for ``mmfusion.extract``'s defaults) adds seconds to the segments."""
+        (``{"audio": 100.0, "vision": 5.0}`` for ``mmfusion.extract``'s defaults) adds seconds to the segments;
+        ``explainer`` (an ``mmfusion.explain.Explainer`` of this model) replaces the one those arguments make."""
         split = self._clips_split(clips)
-        return explain_split(self.model, split, self.norm, self._explainer(top_words, top_segments, rates), batch_size)
+        explainer = explainer or self._explainer(top_words, top_segments, rates)
+        return explain_split(self.model, split, self.norm, explainer, batch_size)
 
     def explain_file(self, data_path: str | Path, splits: Sequence[str] = SPLITS, top_words: int = 5, top_segments: int = 3,
-                     rates: dict[str, float] | None = None, batch_size: int = 64) -> list[dict]:
+                     rates: dict[str, float] | None = None, batch_size: int = 64,
+                     explainer: Explainer | None = None) -> list[dict]:
         """``explain`` for every clip of ``splits`` of an MMSA pickle, in file order, each with its ``split``."""
         bad = [s for s in splits if s not in SPLITS]
         if not splits or bad:
             raise ValueError(f"splits {list(splits)}: expected a non-empty subset of {list(SPLITS)}")
         data = load_mmsa(data_path, vocab_size=self.model.text_vocab_size)
         check_data_matches(data, self.meta, self.model.cfg.text.source, data_path)
-        explainer = self._explainer(top_words, top_segments, rates)
+        explainer = explainer or self._explainer(top_words, top_segments, rates)
         return [{"split": name, **item} for name in splits
                 for item in explain_split(self.model, data.splits[name], self.norm, explainer, batch_size)]
 

@@ -15,6 +15,19 @@ Endpoints (JSON in, JSON out):
   ``{"items": [{"index": i, "id": ..., "score": p}, ...], "n_candidates": N, "unknown": {field: [values]}}``,
   sorted by score; ``user`` holds the columns shared by all candidates (user and context fields),
   each candidate the rest; ``id`` is the candidate's item field (model.json ``item_field``).
+- ``"explain": true`` on either form of ``/v1/rank`` (opt-in: it costs a Shapley pass per item, see
+  docs/performance.md) adds to every returned item ``"explanation": {"logit", "baseline_logit",
+  "attributions": [{"group", "value", "linear"}, ...]}`` (sorted by |value|; baseline_logit + the sum of
+  the values == logit) and to the response ``"explanation": {"method", "baseline", "groups"}``
+  (``xdeepfm.explain.attribute``: the exact linear part plus Shapley values of the CIN + DNN part over
+  the model's fields, one group per field, so a vector field such as ``video_sentiment`` is one group).
+  At most ``max_explained`` items per request (422 naming ``explain`` beyond: lower ``top_k``).
+- ``GET /v1/items/{id}`` -> ``{"id", "columns", "vectors", "explanation"}``: a stored item, with the
+  explanation of its video's sentiment kept beside it (``mmapp`` computes it when it builds the store or
+  ingests the video; null when none); ``GET /v1/items?limit=N`` / ``GET /v1/users?limit=N`` ->
+  ``{"ids": [...], "total": n}`` (the first N ids in id order, N at most ``max_candidates``).
+- ``GET /`` -> the web page (``xdeepfm/web/``, served from ``/ui/``; no CDN) and ``GET /docs`` -> Swagger UI
+  served from the package's own copy of its files (``fastapi-offline``), so both work offline.
 - ``POST /v1/rank`` by id (a service started with ``--store``): ``{"user_id": "u7", "candidate_ids": ["v1", ...],
   "context": {...}, "top_k": 10, "unknown": "oov"}`` -> ``{"items": [{"id": ..., "score": p}, ...], "n_candidates": N,
   "unknown": {...}, "unknown_ids": {"user_id": [...], "candidate_ids": [...]}}``: the user's and the items'
@@ -30,6 +43,11 @@ Endpoints (JSON in, JSON out):
   with an ingestor (``mmfusion serve --sentiment``: extraction and the sentiment model, ``mmapp.ingest``).
   It runs on its own *ingestion* thread (``ingest_queue`` may wait, ``ingest_timeout_s``), bodies up
   to ``max_item_body_bytes``.
+- ``POST /v1/events`` ``{"events": [{"user_id": "u7", "item_id": "v1", "label": 1, "time": 1733000000}, ...]}``
+  -> ``{"logged": n, "new_users": m, "n_events": N}``: appends interactions to the store's event log in one
+  transaction (a writable service, like ``/v1/items``). A model with a behaviour history reads the user's last
+  positive items from that log, so the next ranking request already sees them; a user the store did not hold
+  is added (as a new user) in the same write.
 - ``POST /v1/score`` ``{"rows": [{...}, ...], "unknown": "oov"}`` -> ``{"scores": [p, ...], "unknown": {...}}``.
 
 How a POST runs (``Limits`` holds every bound):
@@ -82,22 +100,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from xdeepfm.catalog import Ingestor, item_record, rank_by_id
+from xdeepfm.catalog import Ingestor, item_record, rank_by_id, record_events
+from xdeepfm.explain import attribute
 from xdeepfm.serving import Deadline, RecordError, ScoringEngine, TextsMissing
-from xdeepfm.store import FeatureStore, StoreError
+from xdeepfm.store import Event, FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("xdeepfm.access")
 
+WEB_DIR = Path(__file__).with_name("web")  # the page (index.html, app.js, style.css): package data
 MAX_INT_DIGITS = 100  # longer integer literals are refused (Python's own limit, 4300, raises deep inside parsing)
 MAX_MESSAGE_CHARS = 2000  # error messages are cut here (they may quote a client's value)
 RETRY_AFTER_S = 1
@@ -125,6 +149,7 @@ class Limits:
     max_items: int = 100  # items per POST /v1/items
     ingest_queue: int = 4  # /v1/items requests that may wait for the ingestion thread (beyond the one running)
     ingest_timeout_s: float = 300.0  # from the end of a /v1/items body to its answer (extraction takes seconds)
+    max_explained: int = 50  # items explained per /v1/rank with "explain": true (a Shapley pass each)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -143,6 +168,7 @@ class RankRequest(BaseModel):
     candidates: list[dict[str, Any]] = Field(min_length=1)
     top_k: int | None = Field(default=None, ge=1, strict=True, description="return the best top_k (default: all)")
     unknown: Literal["oov", "error"] = "oov"
+    explain: bool = Field(default=False, strict=True, description="add per-field attributions of each returned item's logit")
 
 
 class RankByIdRequest(BaseModel):
@@ -152,6 +178,7 @@ class RankByIdRequest(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict, description="per-request columns (device, time, ...)")
     top_k: int | None = Field(default=None, ge=1, strict=True, description="return the best top_k (default: all)")
     unknown: Literal["oov", "error"] = "oov"
+    explain: bool = Field(default=False, strict=True, description="add per-field attributions of each returned item's logit")
 
 
 class ItemIn(BaseModel):
@@ -167,6 +194,19 @@ class ItemIn(BaseModel):
 class ItemsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: list[ItemIn] = Field(min_length=1)
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1)
+    item_id: str = Field(min_length=1)
+    label: float = Field(description="e.g. 1 = click / like, 0 = shown and skipped")
+    time: float = Field(description="when it happened, seconds since the epoch")
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EventIn] = Field(min_length=1)
 
 
 class ScoreRequest(BaseModel):
@@ -395,6 +435,11 @@ class _Job:
         limit = self.service.limits.max_candidates
         if n > limit:
             raise RecordError(name, f"{n} {name} given; at most {limit} per request")
+        if getattr(self.body, "explain", False):
+            returned = min(self.body.top_k or n, n)
+            cap = self.service.limits.max_explained
+            if returned > cap:
+                raise RecordError("explain", f"{returned} items to explain; at most {cap} per request (send top_k <= {cap})")
         if isinstance(self.body, RankByIdRequest) and self.service.store is None:
             raise RecordError("candidate_ids", "this service has no item/user store, so it ranks only full feature rows "
                                                "(`candidates`); start it with --store")
@@ -412,14 +457,52 @@ class _Job:
             ranked = rank_by_id(engine, self.service.store, body.user_id, body.candidate_ids, body.top_k, body.context,
                                 body.unknown, deadline=self.deadline, defer_texts=defer_texts)
             items = [{"id": item, "score": score} for item, score in zip(ranked.ids, ranked.scores.tolist())]
-            return render({"items": items, "n_candidates": ranked.n_candidates, "unknown": ranked.unknown,
-                           "unknown_ids": ranked.unknown_ids})
+            payload = {"items": items, "n_candidates": ranked.n_candidates, "unknown": ranked.unknown,
+                       "unknown_ids": ranked.unknown_ids}
+            if body.explain:
+                payload["explanation"] = explain_items(engine, ranked.inputs, items, self.deadline)
+            return render(payload)
         ranking = engine.rank(body.user, body.candidates, body.top_k, body.unknown, deadline=self.deadline,
                               defer_texts=defer_texts)
         order = ranking.order.tolist()
         ids = [body.candidates[i].get(engine.item_field) for i in order] if engine.item_field else [None] * len(order)
         items = [{"index": i, "id": item, "score": s} for i, item, s in zip(order, ids, ranking.scores.tolist())]
-        return render({"items": items, "n_candidates": len(body.candidates), "unknown": ranking.unknown})
+        payload = {"items": items, "n_candidates": len(body.candidates), "unknown": ranking.unknown}
+        if body.explain:
+            rows = [{**body.user, **body.candidates[i]} for i in order]  # the ranked rows, encoded again (texts cached)
+            columns = {c: engine.column(c, [r.get(c) for r in rows], "candidates") for c in engine.columns}
+            X, _ = engine.encode(columns, len(rows), body.unknown, deadline=self.deadline)
+            payload["explanation"] = explain_items(engine, X, items, self.deadline)
+        return render(payload)
+
+
+EXPLAIN_CHUNK = 16  # rows per attribution pass (the deadline is checked between passes)
+BASELINE = "oov: categories at the out-of-vocabulary bucket, numbers at the training mean, texts and vectors zero"
+
+
+def explanation_groups(engine: ScoringEngine) -> dict[str, list[str]]:
+    """One group per model field, named for a person (``video_sentiment`` -> "video sentiment")."""
+    return {name.replace("_", " "): [name] for name in engine.model.feature_index}
+
+
+def explain_items(engine: ScoringEngine, X: np.ndarray, items: list[dict], deadline: float) -> dict:
+    """Adds ``"explanation"`` to each of ``items`` (in the order of the rows of ``X``) and returns the response's
+    ``explanation`` header: ``xdeepfm.explain.attribute`` on the engine's model, ``EXPLAIN_CHUNK`` rows a pass."""
+    groups = explanation_groups(engine)
+    method = "exact"
+    for start in range(0, len(items), EXPLAIN_CHUNK):
+        if time.monotonic() > deadline:
+            raise Deadline(f"explaining stopped after {start} of {len(items)} items")
+        result = attribute(engine.model, X[start:start + EXPLAIN_CHUNK], groups)
+        method = result.method
+        for k, item in enumerate(items[start:start + EXPLAIN_CHUNK]):
+            order = np.argsort(-np.abs(result.values[k]), kind="stable")
+            item["explanation"] = {
+                "logit": float(result.logit[k]), "baseline_logit": result.baseline_logit,
+                "attributions": [{"group": result.groups[j], "value": float(result.values[k, j]),
+                                  "linear": float(result.linear[k, j])} for j in order],
+            }
+    return {"method": f"Shapley values over fields, {method}; linear part exact", "baseline": BASELINE, "groups": groups}
 
 
 def ingest_items(service: "_Service", raw: bytes, state, deadline: float) -> bytes:
@@ -454,7 +537,12 @@ def ingest_items(service: "_Service", raw: bytes, state, deadline: float) -> byt
             if both:
                 raise RecordError(f"{where}.vectors.{both[0]}", "given, but it also comes from the video; send one of them")
             vectors.update(derived)
-        records.append(item_record(service.engine, service.store.layout, item.columns, vectors, where))
+        explanation = None
+        if semantics is not None and "explanation" in semantics:
+            semantics = dict(semantics)
+            explanation = semantics.pop("explanation")
+            semantics["explained"] = explanation is not None
+        records.append(item_record(service.engine, service.store.layout, item.columns, vectors, where, explanation))
         described.append(semantics)
     try:
         generation = service.store.put("item", records)
@@ -463,6 +551,28 @@ def ingest_items(service: "_Service", raw: bytes, state, deadline: float) -> byt
     items = [{"id": r.id, "semantics": d} for r, d in zip(records, described)]
     log.info("upserted %d item(s) into %s (generation %d)", len(records), service.store.path, generation)
     return render({"items": items, "generation": generation, "n_items": service.store.count("item")})
+
+
+def log_events(service: "_Service", raw: bytes, state) -> bytes:
+    """POST /v1/events: every event checked, then all appended (and new users added) in one transaction."""
+    try:
+        body = EventsRequest.model_validate(parse_json(raw))
+    except ValidationError as exc:
+        raise _validation_error(exc.errors(include_input=False, include_url=False)) from None
+    state.rows = len(body.events)
+    if len(body.events) > service.limits.max_candidates:
+        raise RecordError("events", f"{len(body.events)} events given; at most {service.limits.max_candidates} per request")
+    if service.store is None:
+        raise RecordError("events", "this service has no item/user store to log events in; start it with --store")
+    users_before = service.store.count("user")
+    try:
+        logged = record_events(service.engine, service.store, [Event(e.user_id, e.item_id, e.label, e.time) for e in body.events])
+    except StoreError as exc:
+        message = str(exc)
+        field = message.split(":", 1)[0] if message.startswith("events[") else "events"
+        raise RecordError(field, message.split(": ", 1)[-1] if field != "events" else message) from None
+    return render({"logged": logged, "new_users": service.store.count("user") - users_before,
+                   "n_events": service.store.count_events()})
 
 
 @dataclass
@@ -565,6 +675,7 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
     scoring = Lane("scoring", limits.workers, limits.queue)
     encoding = Lane("encoding", 1, limits.encode_queue)
     ingesting = Lane("ingestion", 1, limits.ingest_queue)
+    logging_events = Lane("events", 1, limits.queue)
     service = _Service(engine, limits, store, ingestor, writable or ingestor is not None)
     readiness: dict[str, Any] = {"ready": not warm_up, "error": None}
 
@@ -596,8 +707,11 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
             scoring.close()
             encoding.close()
             ingesting.close()
+            logging_events.close()
 
-    app = FastAPI(title="xdeepfm ranking service", version=engine.artifact.manifest.get("format", "?"), lifespan=lifespan)
+    # FastAPIOffline: /docs serves Swagger UI from the package's own copy of its files (FastAPI's loads from a CDN)
+    app = FastAPIOffline(title="xdeepfm ranking service", version=engine.artifact.manifest.get("format", "?"),
+                         lifespan=lifespan, redoc_url=None, favicon_url="/ui/favicon.svg")
     app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
                        path_limits={"/v1/items": limits.max_item_body_bytes})
     app.state.scoring, app.state.encoding, app.state.readiness = scoring, encoding, readiness
@@ -686,8 +800,52 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
         payload = await ingesting.run(lambda: ingest_items(service, raw, request.state, deadline), deadline)
         return Response(payload, media_type="application/json")
 
+    @app.post("/v1/events", openapi_extra=body_schema(EventsRequest))
+    async def events(request: Request) -> Response:
+        if not service.writable:
+            return error_response(403, "this service is read-only: start it with --ingest (or --sentiment) to accept "
+                                       "POST /v1/events")
+        raw = await request.body()
+        deadline = time.monotonic() + limits.request_timeout_s
+        payload = await logging_events.run(lambda: log_events(service, raw, request.state), deadline)
+        return Response(payload, media_type="application/json")
+
     @app.post("/v1/score", openapi_extra=body_schema(ScoreRequest))
     async def score(request: Request) -> Response:
         return await handle(request, "score")
 
+    def listing(kind: str, limit: int) -> JSONResponse:
+        if store is None:
+            return error_response(404, f"this service has no item/user store, so no {kind}s to list; start it with --store")
+        if not 1 <= limit <= limits.max_candidates:
+            return error_response(422, f"limit {limit}: expected 1 to {limits.max_candidates}", "limit")
+        return JSONResponse({"ids": store.ids(kind, limit), "total": store.count(kind)})
+
+    @app.get("/v1/users")
+    async def list_users(limit: int = 100) -> JSONResponse:
+        return await asyncio.get_running_loop().run_in_executor(None, listing, "user", limit)
+
+    @app.get("/v1/items")
+    async def list_items(limit: int = 100) -> JSONResponse:
+        return await asyncio.get_running_loop().run_in_executor(None, listing, "item", limit)
+
+    def one_item(item_id: str) -> JSONResponse:
+        if store is None:
+            return error_response(404, "this service has no item store; start it with --store")
+        record = store.get("item", [item_id]).get(item_id)
+        if record is None:
+            return error_response(404, f"unknown item {item_id!r} (not in the item store)", "id")
+        return JSONResponse({"id": record.id, "columns": record.columns,
+                             "vectors": {name: v.tolist() for name, v in record.vectors.items()},
+                             "explanation": store.explanation(item_id)})
+
+    @app.get("/v1/items/{item_id:path}")
+    async def get_item(item_id: str) -> JSONResponse:
+        return await asyncio.get_running_loop().run_in_executor(None, one_item, item_id)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
     return app

@@ -14,6 +14,11 @@ vectors used as they are (no BERT pass for a stored title). Ids the store does n
 reported per id (``unknown_ids``) and left out of the ranking, or refused with ``on_unknown="error"``.
 An unknown user is scored as a new user: categorical user columns at the out-of-vocabulary
 bucket, numeric ones at the training mean, texts empty, vectors zero.
+
+A model with a behaviour history (a ``sequence`` field) gets it from the store's event log: the
+layout's ``history`` names the column, ``build_store`` logs the frame's interactions as events, and
+``rank_by_id`` fills the column with the user's last positive items (``SQLiteStore.history``), so an
+event recorded by ``record_events`` (``POST /v1/events``) changes the next ranking.
 """
 
 from __future__ import annotations
@@ -31,8 +36,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from xdeepfm.history import HistoryConfig
 from xdeepfm.serving import MAX_REPORTED, OnUnknown, RecordError, ScoringEngine
-from xdeepfm.store import EntityLayout, FeatureStore, Record, SQLiteStore, StoreError, StoreLayout, partition_columns
+from xdeepfm.store import (
+    EntityLayout,
+    Event,
+    FeatureStore,
+    HistoryLayout,
+    Record,
+    SQLiteStore,
+    StoreError,
+    StoreLayout,
+    partition_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +61,9 @@ class Ingestor(Protocol):
     Called with the file's bytes, the item's columns, its transcript and the JSON path of the item
     (for errors: raise ``RecordError(f"{where}.video", reason)``); returns the vectors by field name
     (e.g. ``video_sentiment``, ``video_embedding``) and a JSON-able description of the semantics for
-    the response. The application layer builds one from the sentiment model (``mmapp.ingest``).
+    the response; an ``"explanation"`` key of that description (a JSON object: why the sentiment model
+    read the video as it did) is kept in the store beside the item instead (``GET /v1/items/{id}``).
+    The application layer builds one from the sentiment model (``mmapp.ingest``).
     """
 
     def __call__(self, video: bytes, columns: dict[str, Any], transcript: str,
@@ -66,7 +84,20 @@ def _vectors_of(engine: ScoringEngine, key: str, columns: Sequence[str]) -> tupl
     return tuple(out)
 
 
-def store_layout(engine: ScoringEngine, frame, user_key: str | None = None) -> StoreLayout:
+def history_layout(engine: ScoringEngine, history: HistoryConfig | None = None) -> HistoryLayout | None:
+    """The history column of ``engine``'s sequence field (None without one); ``history`` (the training
+    config's ``history:`` section) says which events are positive."""
+    sequences = [spec for spec, _ in engine.fields if spec.kind == "sequence"]
+    if not sequences:
+        return None
+    if len(sequences) > 1:
+        raise StoreError(f"the store fills one behaviour history; the artifact has {[s.name for s in sequences]}")
+    spec = sequences[0]
+    return HistoryLayout(spec.column, spec.max_len, spec.sep, (history or HistoryConfig()).positive_min)
+
+
+def store_layout(engine: ScoringEngine, frame, user_key: str | None = None,
+                 history: HistoryConfig | None = None) -> StoreLayout:
     """The layout of a store for ``engine``'s model, its columns partitioned by ``frame`` (impressions)."""
     item_key = engine.item_field
     if item_key is None:
@@ -74,13 +105,15 @@ def store_layout(engine: ScoringEngine, frame, user_key: str | None = None) -> S
     user_key = user_key or next((c for c in USER_KEYS if c in engine.columns), None)
     if user_key is None:
         raise StoreError(f"no user id column among the model's inputs {sorted(engine.columns)} (expected one of {USER_KEYS})")
-    missing = sorted(engine.columns - set(frame.columns))
+    sequence = history_layout(engine, history)
+    missing = sorted(engine.columns - set(frame.columns) - ({sequence.column} if sequence else set()))
     if missing:
         raise StoreError(f"the data lacks input column {missing[0]!r} of the model")
-    item, user, context = partition_columns(frame, sorted(engine.columns), item_key, user_key)
+    inputs = sorted(engine.columns - ({sequence.column} if sequence else set()))
+    item, user, context = partition_columns(frame, inputs, item_key, user_key)
     return StoreLayout(item=EntityLayout(item_key, tuple(item), _vectors_of(engine, item_key, item)),
                        user=EntityLayout(user_key, tuple(user), _vectors_of(engine, user_key, user)),
-                       context=tuple(context))
+                       context=tuple(context), history=sequence)
 
 
 def _json_value(value: Any) -> Any:
@@ -107,20 +140,42 @@ def records(engine: ScoringEngine, layout: EntityLayout, frame, batch: int = 409
 
 
 def build_store(engine: ScoringEngine, frame, path: str | Path, overwrite: bool = False,
-                users: Any = None, items: Any = None) -> SQLiteStore:
+                users: Any = None, items: Any = None, explanations: dict[str, dict] | None = None,
+                history: HistoryConfig | None = None) -> SQLiteStore:
     """A new store at ``path`` holding every item and user of ``frame`` (impressions with all input
-    columns); ``items`` / ``users`` frames, when given, add entities that have no impression."""
-    layout = store_layout(engine, frame)
+    columns); ``items`` / ``users`` frames, when given, add entities that have no impression;
+    ``explanations`` (item id -> JSON object) are kept beside their items. For a model with a
+    behaviour history, every row of ``frame`` is also logged as an event (``history``: the training
+    config's section, naming the time and label columns and the positive rule)."""
+    layout = store_layout(engine, frame, history=history)
     store = SQLiteStore.create(path, layout, overwrite=overwrite)
     for kind, extra in (("item", items), ("user", users)):
         entity = layout.entity(kind)
         source = frame if extra is None else _concat(frame, extra, entity)
         recs = records(engine, entity, source)
+        if kind == "item" and explanations:
+            for record in recs:
+                record.explanation = explanations.get(record.id)
         for start in tqdm(range(0, len(recs), 5000), desc=f"store {kind}s", unit="batch", leave=False):
             store.put(kind, recs[start : start + 5000])
+    if layout.history is not None:
+        events = frame_events(frame, layout, history or HistoryConfig())
+        for start in tqdm(range(0, len(events), 50_000), desc="store events", unit="batch", leave=False):
+            store.add_events(events[start : start + 50_000])
     store.checkpoint()  # the file alone holds the store (it can be copied)
     log.info("store %s: %d items, %d users", path, store.count("item"), store.count("user"))
     return store
+
+
+def frame_events(frame, layout: StoreLayout, history: HistoryConfig) -> list[Event]:
+    """The rows of ``frame`` as events, in time order (the log's order breaks ties of one second)."""
+    for name in ("time_column", "label_column"):
+        if getattr(history, name) not in frame.columns:
+            raise StoreError(f"the data lacks column {getattr(history, name)!r} (history.{name}), needed to log "
+                             "its interactions for the behaviour history")
+    rows = frame[[layout.user.key, layout.item.key, history.label_column, history.time_column]]
+    rows = rows.sort_values(history.time_column, kind="stable")
+    return [Event(str(u), str(i), float(label), float(t)) for u, i, label, t in rows.itertuples(index=False)]
 
 
 def _concat(frame, extra, entity: EntityLayout):
@@ -131,7 +186,7 @@ def _concat(frame, extra, entity: EntityLayout):
 
 
 def item_record(engine: ScoringEngine, layout: StoreLayout, columns: dict[str, Any],
-                vectors: dict[str, Any] | None = None, where: str = "item") -> Record:
+                vectors: dict[str, Any] | None = None, where: str = "item", explanation: dict | None = None) -> Record:
     """The record of one item from its columns: text vectors encoded here, other vectors from ``vectors``.
 
     Values are checked by the engine (an unknown category is fine: the OOV bucket; a wrong type is a
@@ -171,18 +226,20 @@ def item_record(engine: ScoringEngine, layout: StoreLayout, columns: dict[str, A
                                                          "(or a video, where the service ingests videos)")
     if given:
         raise RecordError(f"{where}.vectors.{sorted(given)[0]}", f"not a stored vector (the store keeps {[n for n, _ in entity.vectors]})")
-    return Record(columns[entity.key], columns, out)
+    return Record(columns[entity.key], columns, out, explanation=explanation)
 
 
 @dataclass
 class IdRanking:
-    """The ranked ids with their probabilities, the unknown values met per field, and the unknown ids."""
+    """The ranked ids with their probabilities, the unknown values met per field, the unknown ids, and
+    the model's input rows of the ranked ids (``inputs``, (len(ids), width): what ``xdeepfm.explain`` reads)."""
 
     ids: list[str]
     scores: np.ndarray
     n_candidates: int
     unknown: dict[str, list[str]] = field(default_factory=dict)
     unknown_ids: dict[str, list[str]] = field(default_factory=dict)
+    inputs: np.ndarray | None = None
 
 
 def new_user(engine: ScoringEngine, entity: EntityLayout, user_id: str) -> Record:
@@ -194,6 +251,15 @@ def new_user(engine: ScoringEngine, entity: EntityLayout, user_id: str) -> Recor
         columns[c] = float(fit.mean) if spec is not None and spec.kind == "numeric" else None
     columns[entity.key] = user_id
     return Record(user_id, columns, {name: np.zeros(dim, np.float32) for name, dim in entity.vectors})
+
+
+def record_events(engine: ScoringEngine, store: SQLiteStore, events: Sequence[Event]) -> int:
+    """Log ``events`` (``POST /v1/events``); a user the store does not hold gets its new-user record in
+    the same transaction, so the next request finds them with their history. Returns the events logged."""
+    ids = list(dict.fromkeys(e.user_id for e in events if isinstance(e.user_id, str) and e.user_id))
+    known = store.get("user", ids)
+    new = [new_user(engine, store.layout.user, uid) for uid in ids if uid not in known]
+    return store.add_events(events, users=new)
 
 
 def rank_by_id(engine: ScoringEngine, store: FeatureStore, user_id: str, candidate_ids: Sequence[str],
@@ -239,6 +305,9 @@ def rank_by_id(engine: ScoringEngine, store: FeatureStore, user_id: str, candida
     X[:, rows.index], unknown = rows.gather(known, on_unknown)
     raw = {**{c: [user.columns[c]] for c in layout.user.columns}, **{c: [v] for c, v in context.items()}}
     where = {**{c: "user" for c in layout.user.columns}, **{c: "context" for c in context}}
+    if layout.history is not None:  # the user's behaviour history, from the event log
+        raw[layout.history.column] = [layout.history.sep.join(store.history(user_id))]
+        where[layout.history.column] = "user"
     columns = {c: engine.column(c, values, where[c]) for c, values in raw.items()}
     given = {name: user.vectors[name][None] for name, _ in layout.user.vectors}
     head, head_unknown = engine.encode(columns, 1, on_unknown, deadline=deadline, defer_texts=defer_texts, given=given,
@@ -248,7 +317,7 @@ def rank_by_id(engine: ScoringEngine, store: FeatureStore, user_id: str, candida
         unknown[name] = list(dict.fromkeys(unknown.get(name, []) + values))[:MAX_REPORTED]
     scores = engine.score_matrix(X, deadline)
     order = np.argsort(-scores, kind="stable")[: min(top_k or len(scores), len(scores))]
-    return IdRanking([known[i].id for i in order], scores[order], len(candidate_ids), unknown, unknown_ids)
+    return IdRanking([known[i].id for i in order], scores[order], len(candidate_ids), unknown, unknown_ids, X[order])
 
 
 class ItemRows:
@@ -333,6 +402,12 @@ def open_store(engine: ScoringEngine, path: str | Path) -> SQLiteStore:
             if width != dim:
                 raise StoreError(f"{path}: {kind} vector {name!r} has width {dim}; the artifact's field has {width}")
     covered = set(store.layout.item.columns) | set(store.layout.user.columns) | set(store.layout.context)
+    if store.layout.history is not None:
+        covered.add(store.layout.history.column)
+    if store.layout.history != history_layout(engine, HistoryConfig(positive_min=store.layout.history.positive_min)
+                                               if store.layout.history else None):
+        raise StoreError(f"{path}: the store's behaviour history {store.layout.history} does not fit the artifact's "
+                         f"sequence field {history_layout(engine)}")
     if covered != engine.columns:
         raise StoreError(f"{path}: the store's columns {sorted(covered)} are not the artifact's inputs {sorted(engine.columns)}")
     return store

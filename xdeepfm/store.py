@@ -19,6 +19,21 @@ PostgreSQL (the same tables, ``bytea`` vectors) back end.
 write. A process caches decoded rows and drops its cache when the generation moves, which it
 reads in the same read transaction as the rows: a cached row is never older than the snapshot the
 request read.
+
+Explanations (schema 2): an item may carry a JSON ``explanation`` (why its video's sentiment is what
+it is: the sentiment model's modality shares, attended words and attention over time, computed by the
+application layer, ``mmapp.ingest``), kept in the ``explanation`` table beside its row and written in
+the same transaction; upserting an item without one removes the old one (it described the old video).
+A schema-1 store (made before explanations) still opens: it has none, and a write that carries one is
+refused with the reason.
+
+Events and histories (schema 2): the ``event`` table is the interaction log (user, item, label,
+time; ``add_events`` appends a batch in one transaction, as ``POST /v1/events`` does). When the
+model reads a behaviour history (a ``sequence`` field), the layout's ``history`` names its column,
+and a user's history is not stored in their row but read from the log at request time
+(``history``: the last ``max_len`` items with ``label >= positive_min``, newest first), so the next
+request after an event sees it, and an event does not move the generation (no cached row changes).
+``seen`` is every item a user has an event with (what ``/v1/recommend`` leaves out).
 """
 
 from __future__ import annotations
@@ -40,7 +55,9 @@ log = logging.getLogger(__name__)
 
 Entity = Literal["item", "user"]
 ENTITIES: tuple[Entity, ...] = ("item", "user")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # schema 1: no explanation table
+MAX_EXPLANATION_BYTES = 1_000_000  # one item's explanation JSON
 MAX_ID_CHARS = 256
 CHUNK = 500  # ids per SELECT ... IN (...)
 
@@ -63,12 +80,23 @@ class EntityLayout:
 
 
 @dataclass(frozen=True)
+class HistoryLayout:
+    """The behaviour-history column the store fills from its event log (``xdeepfm.history``'s rule)."""
+
+    column: str  # the model's input column of the sequence field (e.g. history)
+    max_len: int  # the last N positive items
+    sep: str = "|"  # how the ids are joined in the column
+    positive_min: float = 1.0  # an event is positive when label >= positive_min
+
+
+@dataclass(frozen=True)
 class StoreLayout:
     """The store's shape, fixed when it is created from an artifact and checked when it is opened."""
 
     item: EntityLayout
     user: EntityLayout
     context: tuple[str, ...] = ()  # input columns in neither table: sent with each request (device, time, ...)
+    history: HistoryLayout | None = None  # the user's behaviour history, read from the event log
 
     def entity(self, kind: Entity) -> EntityLayout:
         return self.item if kind == "item" else self.user
@@ -83,7 +111,9 @@ class StoreLayout:
         def entity(d: dict) -> EntityLayout:
             return EntityLayout(d["key"], tuple(d["columns"]), tuple((n, int(w)) for n, w in d["vectors"]))
 
-        return cls(entity(raw["item"]), entity(raw["user"]), tuple(raw.get("context", ())))
+        history = raw.get("history")
+        return cls(entity(raw["item"]), entity(raw["user"]), tuple(raw.get("context", ())),
+                   HistoryLayout(**history) if history else None)
 
 
 @dataclass
@@ -94,6 +124,26 @@ class Record:
     columns: dict[str, Any]
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     updated_at: float = 0.0
+    explanation: dict[str, Any] | None = None  # items only: written by ``put``, read by ``SQLiteStore.explanation``
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction: ``user_id`` met ``item_id`` with ``label`` (e.g. 1 = click) at ``time`` (seconds)."""
+
+    user_id: str
+    item_id: str
+    label: float
+    time: float
+
+
+def _check_event(event: Event, where: str) -> tuple[str, str, float, float]:
+    user, item = _check_id(event.user_id, f"{where}.user_id"), _check_id(event.item_id, f"{where}.item_id")
+    for name in ("label", "time"):
+        value = getattr(event, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise StoreError(f"{where}.{name}: expected a finite number, got {value!r:.80}")
+    return user, item, float(event.label), float(event.time)
 
 
 def _check_id(value: Any, where: str) -> str:
@@ -169,6 +219,10 @@ class FeatureStore(Protocol):
 
     def generation(self) -> int: ...
 
+    def explanation(self, item_id: str) -> dict[str, Any] | None: ...
+
+    def ids(self, kind: Entity, limit: int | None = None) -> list[str]: ...
+
     def close(self) -> None: ...
 
 
@@ -176,6 +230,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS item (id TEXT PRIMARY KEY, columns TEXT NOT NULL, vectors BLOB NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS user (id TEXT PRIMARY KEY, columns TEXT NOT NULL, vectors BLOB NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS explanation (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS event (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
+                                  label REAL NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS event_by_user ON event (user_id, time, seq);
 """
 
 
@@ -202,8 +260,10 @@ class SQLiteStore:
             meta = dict(self._connection().execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not an item/user store ({exc})") from None
-        if meta.get("schema") != str(SCHEMA_VERSION) or "layout" not in meta:
-            raise StoreError(f"{self.path}: not an item/user store of schema {SCHEMA_VERSION} (meta: {sorted(meta)})")
+        if meta.get("schema") not in {str(v) for v in READABLE_SCHEMAS} or "layout" not in meta:
+            raise StoreError(f"{self.path}: not an item/user store of schema {' or '.join(map(str, READABLE_SCHEMAS))} "
+                             f"(meta: {sorted(meta)}, schema {meta.get('schema')!r})")
+        self.schema = int(meta["schema"])
         self.layout = StoreLayout.from_json(meta["layout"])
         if expect is not None and expect != self.layout:
             raise StoreError(f"{self.path}: its layout does not fit this artifact: {describe_difference(self.layout, expect)}")
@@ -281,10 +341,67 @@ class SQLiteStore:
         found.update(fresh)
         return found
 
-    def ids(self, kind: Entity) -> list[str]:
-        return [r[0] for r in self._connection().execute(f"SELECT id FROM {_table(kind)} ORDER BY id")]
+    def ids(self, kind: Entity, limit: int | None = None) -> list[str]:
+        """The ids of ``kind`` in id order, the first ``limit`` of them when given."""
+        sql = f"SELECT id FROM {_table(kind)} ORDER BY id" + ("" if limit is None else " LIMIT ?")
+        return [r[0] for r in self._connection().execute(sql, () if limit is None else (int(limit),))]
+
+    def explanation(self, item_id: str) -> dict[str, Any] | None:
+        """The stored explanation of an item, or None (none stored, or a schema-1 store)."""
+        if self.schema < 2:
+            return None
+        row = self._connection().execute("SELECT body FROM explanation WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def history(self, user_id: str, limit: int | None = None, positive_min: float | None = None) -> list[str]:
+        """The user's last ``limit`` (default the layout's ``max_len``) positive items, newest first
+        (ties in time: the later logged first). Needs a layout with a history, or both arguments."""
+        rule = self.layout.history
+        if rule is None and (limit is None or positive_min is None):
+            raise StoreError(f"{self.path}: the store keeps no behaviour history (the artifact has no sequence field)")
+        limit = rule.max_len if limit is None else limit
+        positive_min = rule.positive_min if positive_min is None else positive_min
+        if self.schema < 2:
+            return []
+        rows = self._connection().execute("SELECT item_id FROM event WHERE user_id = ? AND label >= ? "
+                                          "ORDER BY time DESC, seq DESC LIMIT ?", (user_id, positive_min, int(limit)))
+        return [r[0] for r in rows]
+
+    def seen(self, user_id: str) -> set[str]:
+        """Every item the user has an event with, whatever its label."""
+        if self.schema < 2:
+            return set()
+        return {r[0] for r in self._connection().execute("SELECT DISTINCT item_id FROM event WHERE user_id = ?", (user_id,))}
+
+    def count_events(self) -> int:
+        if self.schema < 2:
+            return 0
+        return int(self._connection().execute("SELECT COUNT(*) FROM event").fetchone()[0])
 
     # -- writes --------------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event], users: Sequence[Record] = ()) -> int:
+        """Append ``events`` to the log and upsert ``users`` (e.g. the stand-in record of a new user),
+        all in one transaction (nothing is written when one is refused); returns the events logged."""
+        if self.schema < 2:
+            raise StoreError(f"{self.path} is a schema-{self.schema} store, made before the event log; rebuild it "
+                             "(`mmfusion store`) to record events")
+        rows = [_check_event(e, f"events[{i}]") for i, e in enumerate(events)]
+        user_rows = [encode_record(r, self.layout.user, f"users[{i}]") for i, r in enumerate(users)]
+        now = time.time()
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO event (user_id, item_id, label, time) VALUES (?, ?, ?, ?)", rows)
+            if user_rows:
+                conn.executemany("INSERT OR REPLACE INTO user VALUES (?, ?, ?, ?)",
+                                 [(rid, cols, blob, now) for rid, cols, blob in user_rows])
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
     def put(self, kind: Entity, records: Sequence[Record]) -> int:
         """Insert or replace ``records`` in one transaction (all or none); returns the new generation."""
         layout = self.layout.entity(kind)
@@ -294,12 +411,16 @@ class SQLiteStore:
             if rid in seen:
                 raise StoreError(f"{kind}s[{i}].id: {rid!r} also given as {kind}s[{seen[rid]}]")
             seen[rid] = i
+        explained = self._explanations(kind, records)
         now = time.time()
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(f"INSERT OR REPLACE INTO {_table(kind)} VALUES (?, ?, ?, ?)",
                              [(rid, cols, blob, now) for rid, cols, blob in rows])
+            if kind == "item" and self.schema >= 2:
+                conn.executemany("DELETE FROM explanation WHERE id = ?", [(r.id,) for r in records if r.id not in explained])
+                conn.executemany("INSERT OR REPLACE INTO explanation VALUES (?, ?)", list(explained.items()))
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
             conn.execute("COMMIT")
@@ -307,6 +428,29 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
         return generation
+
+    def _explanations(self, kind: Entity, records: Sequence[Record]) -> dict[str, str]:
+        """id -> explanation JSON of the records that carry one (StoreError naming the record if it cannot be kept)."""
+        out = {}
+        for i, record in enumerate(records):
+            if record.explanation is None:
+                continue
+            where = f"{kind}s[{i}].explanation"
+            if kind != "item":
+                raise StoreError(f"{where}: only items carry explanations")
+            if self.schema < 2:
+                raise StoreError(f"{where}: {self.path} is a schema-{self.schema} store, made before explanations; "
+                                 "rebuild it (`mmfusion store`) to keep them")
+            if not isinstance(record.explanation, dict):
+                raise StoreError(f"{where}: expected a JSON object, got {type(record.explanation).__name__}")
+            try:
+                body = json.dumps(record.explanation, sort_keys=True, allow_nan=False, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"{where}: not JSON ({exc})") from None
+            if len(body) > MAX_EXPLANATION_BYTES:
+                raise StoreError(f"{where}: {len(body)} bytes of JSON; at most {MAX_EXPLANATION_BYTES}")
+            out[record.id] = body
+        return out
 
     def checkpoint(self) -> None:
         """Move the write-ahead log into the database file, so that the file alone holds every write
@@ -350,6 +494,8 @@ def describe_difference(have: StoreLayout, want: StoreLayout) -> str:
             return f"{kind} columns are {list(a.columns)}, the artifact's are {list(b.columns)}"
         if a.vectors != b.vectors:
             return f"{kind} vectors are {dict(a.vectors)}, the artifact's are {dict(b.vectors)}"
+    if have.history != want.history:
+        return f"history is {have.history}, the artifact's is {want.history}"
     return f"context columns are {list(have.context)}, the artifact's are {list(want.context)}"
 
 

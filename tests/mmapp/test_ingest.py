@@ -87,6 +87,13 @@ def test_a_new_video_is_ingested_with_the_semantics_predict_gives_and_ranked_by_
     np.testing.assert_allclose(stored.vectors["video_sentiment"], want["sentiment"][0], atol=1e-5)
     np.testing.assert_allclose(stored.vectors["video_embedding"], want["embedding"][0], atol=1e-5)
     assert np.abs(stored.vectors["video_embedding"]).sum() > 0 and np.abs(stored.vectors["video_sentiment"]).sum() > 0
+    # the explanation of the same pass, kept beside the item (the page's video view)
+    explanation = SQLiteStore(store_path).explanation("fresh_0001")
+    assert reply["items"][0]["semantics"]["explained"] is True and "explanation" not in reply["items"][0]["semantics"]
+    assert explanation["id"] == "fresh_0001" and explanation["narration"] == NARRATION
+    assert explanation["outputs"]["M"] == pytest.approx(got["M"], abs=1e-5)
+    assert "wonderful" in [w["word"] for w in explanation["audio"]["words"]]
+    assert sum(explanation["vision"]["curve"]) == pytest.approx(1.0, abs=1e-3)
 
     user = pd.read_csv(tiny_demo.catalogue / "users.csv")["user_id"].iloc[0]
     known = pd.read_csv(tiny_demo.catalogue / "videos.csv")["video_id"].head(3).tolist()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.serving_factory import tiny_ranking
-from xdeepfm.catalog import build_store, item_record, open_store, rank_by_id, store_layout
+from xdeepfm.catalog import build_store, item_record, open_store, rank_by_id, record_events, store_layout
+from xdeepfm.history import HistoryConfig, build_history
 from xdeepfm.serving import RecordError, ScoringEngine
-from xdeepfm.store import EntityLayout, Record, SQLiteStore, StoreError, StoreLayout, partition_columns
+from xdeepfm.store import EntityLayout, Event, HistoryLayout, Record, SQLiteStore, StoreError, StoreLayout, partition_columns
 
 LAYOUT = StoreLayout(item=EntityLayout("item_id", ("item_id", "title", "price"), (("sem", 3),)),
                      user=EntityLayout("user_id", ("user_id", "age"), ()), context=("hour",))
@@ -197,3 +199,50 @@ def test_backup_and_checkpoint_make_a_copy_that_holds_every_write(tmp_path):
     store.checkpoint()
     shutil.copy(tmp_path / "s.sqlite", tmp_path / "plain.sqlite")  # without the -wal file
     assert SQLiteStore(tmp_path / "plain.sqlite").ids("item") == ["v1", "v2"]
+
+
+HISTORY_LAYOUT = StoreLayout(item=LAYOUT.item, user=LAYOUT.user, context=LAYOUT.context,
+                             history=HistoryLayout("history", max_len=3, sep="|", positive_min=1.0))
+
+
+def test_the_event_log_gives_the_newest_positive_items_and_every_seen_item(tmp_path):
+    store = SQLiteStore.create(tmp_path / "s.sqlite", HISTORY_LAYOUT)
+    logged = store.add_events([Event("u1", "a", 1.0, 10.0), Event("u1", "b", 0.0, 20.0), Event("u1", "c", 1.0, 30.0),
+                               Event("u2", "a", 1.0, 5.0), Event("u1", "d", 1.0, 5.0),  # logged late, but older
+                               Event("u1", "e", 1.0, 40.0), Event("u1", "f", 1.0, 40.0)])  # one second: f logged last
+    assert logged == 7
+    assert store.history("u1") == ["f", "e", "c"]  # max_len 3, newest first, b is a negative
+    assert store.history("u1", limit=10) == ["f", "e", "c", "a", "d"]
+    assert store.history("u1", limit=10, positive_min=0.0) == ["f", "e", "c", "b", "a", "d"]
+    assert store.history("nobody") == [] and store.seen("u1") == {"a", "b", "c", "d", "e", "f"}
+    assert store.generation() == 0  # no cached row changed
+    assert SQLiteStore(tmp_path / "s.sqlite").layout == HISTORY_LAYOUT  # the history rule travels with the file
+
+
+def test_the_log_equals_the_offline_history_of_a_row_after_every_event(tmp_path):
+    """What the service reads equals ``xdeepfm.history.build_history`` for an impression after the last event."""
+    rng = np.random.default_rng(0)
+    events = pd.DataFrame({"user_id": rng.choice(["u1", "u2", "u3"], 60), "item_id": [f"i{k}" for k in rng.integers(0, 20, 60)],
+                           "label": rng.integers(0, 2, 60).astype(float), "timestamp": rng.permutation(60).astype(float)})
+    store = SQLiteStore.create(tmp_path / "s.sqlite", HISTORY_LAYOUT)
+    store.add_events([Event(u, i, lab, t) for u, i, lab, t in events.itertuples(index=False)])
+    rows = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "timestamp": [1e9] * 3})
+    offline = build_history(rows, events, HistoryConfig(max_len=3))
+    assert [store.history(u) for u in rows["user_id"]] == [h.split("|") if h else [] for h in offline]
+
+
+def test_a_bad_event_writes_nothing_and_is_named(tmp_path):
+    store = SQLiteStore.create(tmp_path / "s.sqlite", HISTORY_LAYOUT)
+    with pytest.raises(StoreError, match=r"events\[1\]\.time: expected a finite number, got nan"):
+        store.add_events([Event("u1", "a", 1.0, 1.0), Event("u1", "b", 1.0, float("nan"))])
+    with pytest.raises(StoreError, match=r"events\[0\]\.item_id: expected a non-empty printable string"):
+        store.add_events([Event("u1", "", 1.0, 1.0)])
+    assert store.count_events() == 0
+
+
+def test_an_event_of_a_new_user_adds_the_user_in_the_same_write(engine, frame, tmp_path):
+    store = build_store(engine, frame, tmp_path / "s.sqlite")
+    before = store.count("user")
+    assert record_events(engine, store, [Event("newcomer", "i1", 1.0, 1.0), Event("7", "i2", 1.0, 2.0)]) == 2
+    assert store.count("user") == before + 1 and "newcomer" in store.get("user", ["newcomer"])
+    assert store.seen("newcomer") == {"i1"}
