@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from mmcore.config import ConfigError, apply_overrides, build, check_range, load_yaml
+from mmfusion.data.worlds import WORLDS
 from mmfusion.metrics import METRIC_KEYS
 from mmfusion.model import SentimentModelConfig
 
@@ -24,8 +25,13 @@ class SyntheticData:
 
     size: Literal["tiny", "mosi", "mosei"] = "mosi"
     seed: int = 0
+    world: str = "default"  # where the audio/vision evidence shows: mmfusion.data.worlds.WORLDS
     aligned: bool = False
     text_features: bool = False  # also write `text` (MiniLM hidden states) for `text.source: features`
+
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ConfigError(f"data.synthetic.world: {self.world!r} is not one of {list(WORLDS)}")
 
 
 @dataclass
@@ -48,6 +54,10 @@ class SentimentTrainConfig:
     lr: float = 1e-3  # everything but the text encoder
     lr_text: float = 5e-5  # the BERT-family text encoder when fine-tuned
     weight_decay: float = 1e-4
+    # "cosine": linear warm-up over warmup_epochs, then cosine decay to 0 at the last step
+    # (mmfusion.train.lr_factor); "none": constant learning rates (as before)
+    lr_schedule: Literal["none", "cosine"] = "none"
+    warmup_epochs: float = 1.0  # only with lr_schedule: cosine
     grad_clip: float | None = 1.0
     early_stop_key: str = "MAE"  # any key of the MMSA metric set, on the valid split
     patience: int = 6
@@ -62,6 +72,7 @@ class SentimentTrainConfig:
         check_range("lr", self.lr, low=0.0, low_open=True)
         check_range("lr_text", self.lr_text, low=0.0)
         check_range("weight_decay", self.weight_decay, low=0.0)
+        check_range("warmup_epochs", self.warmup_epochs, low=0.0)
         check_range("grad_clip", self.grad_clip, low=0.0, low_open=True)
         check_range("patience", self.patience, low=1)
         check_range("slgm_start_epoch", self.slgm_start_epoch, low=1)

@@ -15,6 +15,13 @@ before the LGT mixes text into the audio and vision streams. Which stage feeds t
 one place, :meth:`MultimodalSentimentModel.unimodal_tap` (``UNIMODAL_STAGE`` names each choice's
 stage). Every sub-module is built with named arguments.
 
+Temporal-evidence options of the audio/vision input path (all off by default, issue 18):
+``input_norm="instance"`` standardises each clip's frames by its own mean and std (eq.
+``x' = (x - mean_clip) / (std_clip + eps)``, over its real frames) on top of the train-set statistics;
+``input_deltas`` appends first differences ``x_t - x_{t-1}`` as extra channels (0 at the first
+frame); ``modality_dropout`` drops a whole audio or vision modality of a training clip with that
+probability (zeroed frames and an all-False mask, as a missing modality reads; never at eval).
+
 Ablation switches: ``use_lgt`` (text-guided cross-attention vs plain self-attention),
 ``use_soft_mapping`` (SM vs a learned softmax-weighted average of the pooled streams), ``fusion``
 (low-rank UFF, full UFF, concatenation), ``use_slgm`` (the T/A/V heads), ``modalities``.
@@ -97,6 +104,10 @@ class SentimentModelConfig:
     slgm_distance: Literal["ratio", "axis"] = "axis"
     modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     head_hidden: int = 64
+    # temporal evidence in the audio/vision input path (off by default: the model as before)
+    input_norm: Literal["none", "instance"] = "none"  # "instance": per-clip standardisation over real frames
+    input_deltas: bool = False  # append first differences x_t - x_{t-1} as extra channels
+    modality_dropout: float = 0.0  # P(drop audio), P(drop vision) per training clip; 0 = off
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     audio_dim: int | None = None  # set from the data (batch.audio.shape[-1]) before building
     vision_dim: int | None = None  # set from the data (batch.vision.shape[-1]) before building
@@ -111,6 +122,8 @@ class SentimentModelConfig:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout}: must be in [0, 1)")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"model.modality_dropout={self.modality_dropout}: must be a probability in [0, 1)")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"model.conv_kernel={self.conv_kernel}: must be a positive odd integer")
         if self.sm_hidden is not None and self.sm_hidden < 1:
@@ -150,6 +163,25 @@ class ModelOutput:
     slot_attention: dict[str, torch.Tensor] | None = None
 
 
+def instance_normalise(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per clip and channel ``(x - mean) / (std + eps)`` over the real frames (mask True); padding and
+    clips without real frames stay 0. Removes per-speaker (per-clip) offsets and scales."""
+    keep = mask.unsqueeze(-1).to(x.dtype)
+    count = keep.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (x * keep).sum(1, keepdim=True) / count
+    std = (((x - mean) * keep) ** 2).sum(1, keepdim=True).div(count).sqrt()
+    return (x - mean) / (std + eps) * keep
+
+
+def first_differences(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``d_t = x_t - x_{t-1}`` on real frames with a real predecessor, 0 at each clip's first frame
+    and on padding: a level becomes 0, a trend a constant, a burst two spikes."""
+    keep = mask.to(x.dtype)
+    both = (keep[:, 1:] * keep[:, :-1]).unsqueeze(-1)
+    diff = (x[:, 1:] - x[:, :-1]) * both
+    return torch.cat([torch.zeros_like(x[:, :1]), diff], dim=1)
+
+
 class MultimodalSentimentModel(nn.Module):
     """LGT + soft mapping + UFF + multi-task heads over an ``MMSABatch``."""
 
@@ -169,6 +201,7 @@ class MultimodalSentimentModel(nn.Module):
                 continue
             if in_dim is None:
                 raise ValueError(f"model.{m}_dim is None: set it from the data (batch.{m}.shape[-1]) before building the model")
+            in_dim = 2 * in_dim if cfg.input_deltas else in_dim
             self.encoders[m] = SequenceEncoder(in_dim=in_dim, d_model=d, kind=kind, n_layers=cfg.encoder_layers,
                                                kernel_size=cfg.conv_kernel, n_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
                                                dropout=cfg.dropout)
@@ -211,8 +244,8 @@ class MultimodalSentimentModel(nn.Module):
         if self.text_encoder is not None:
             streams["text"], masks["text"] = self.text_encoder(batch)
         for m, encoder in self.encoders.items():
-            x, mask = getattr(batch, m), getattr(batch, f"{m}_mask").bool()
-            streams[m], masks[m] = temporal_pool(encoder(x.float(), mask), mask, self.cfg.frame_stride)
+            x, mask = self.prepare_input(getattr(batch, m).float(), getattr(batch, f"{m}_mask").bool())
+            streams[m], masks[m] = temporal_pool(encoder(x, mask), mask, self.cfg.frame_stride)
         unimodal = self.unimodal_tap("encoded", streams, masks)  # before the LGT mixes text in
         streams, masks, attention = self.lgt(streams, masks, need_weights=return_attention)
         unimodal = unimodal or self.unimodal_tap("lgt", streams, masks)
@@ -229,6 +262,19 @@ class MultimodalSentimentModel(nn.Module):
             modality_weights=agg.weights.detach(),
             slot_attention=agg.attention,
         )
+
+    def prepare_input(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An audio/vision sequence (B, L, D) and its mask before the encoder: modality dropout (training
+        only), per-clip normalisation and first differences, as configured; unchanged when all are off."""
+        cfg = self.cfg
+        if self.training and cfg.modality_dropout > 0:
+            keep = torch.rand(x.shape[0], device=x.device) >= cfg.modality_dropout  # (B,): False = dropped
+            x, mask = x * keep[:, None, None].to(x.dtype), mask & keep[:, None]
+        if cfg.input_norm == "instance":
+            x = instance_normalise(x, mask)
+        if cfg.input_deltas:
+            x = torch.cat([x, first_differences(x, mask)], dim=-1)
+        return x, mask
 
     def unimodal_tap(self, stage: str, streams: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                      agg=None) -> dict[str, torch.Tensor] | None:

@@ -10,11 +10,13 @@ Predictors (all fitted on train, hyper-parameters chosen by valid MAE, scored on
 (e) early fusion: an MLP on the concatenated (standardised) pooled features of (a)-(c);
 (f) oracle: gradient boosting on the hidden unimodal labels ``regression_labels_T/A/V`` (only when
     the pickle has them; an upper bound for SynthMOSI, whose y is a function of them plus
-    annotator noise).
+    annotator noise), plus the clip type ``synth_clip_type`` when the pickle has it (the
+    ``cliptype`` world's label also depends on it: ``mmfusion.data.worlds``).
 
-Usage::
+Usage (``--size`` / ``--world`` generate the SynthMOSI world into ``--data`` first when it is missing)::
 
     python -m mmfusion.reference --data datasets/synthmosi_mosi.pkl --out docs/synthmosi.md --seed 0
+    python -m mmfusion.reference --data datasets/synthmosi_tiny_trend.pkl --size tiny --world trend --out /tmp/trend.md
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from sklearn.preprocessing import StandardScaler
 from mmcore.files import write_text
 from mmcore.hf import default_model_path, load_model, load_tokenizer
 from mmfusion.data.mmsa import SPLITS, MMSASplit, load_mmsa
+from mmfusion.data.synthetic import PRESETS, generate, write_pickle
+from mmfusion.data.worlds import WORLDS
 from mmfusion.metrics import METRIC_KEYS, mmsa_metrics
 
 log = logging.getLogger(__name__)
@@ -128,8 +132,10 @@ def oracle(s: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int) -> Fit
     )
 
 
-def run_reference(data_path: str | Path, seed: int = 0, model_path: str | None = None) -> dict[str, dict]:
-    """All reference predictors on ``data_path``; ``{name: {"metrics", "choice", "subset"}}``."""
+def run_reference(data_path: str | Path, seed: int = 0, model_path: str | None = None,
+                  early_fusion_mlp: bool = True) -> dict[str, dict]:
+    """All reference predictors on ``data_path``; ``{name: {"metrics", "choice", "subset"}}``.
+    ``early_fusion_mlp=False`` leaves out (e), the slowest one."""
     if model_path is None:
         model_path = default_model_path()
     data = load_mmsa(data_path)
@@ -149,15 +155,23 @@ def run_reference(data_path: str | Path, seed: int = 0, model_path: str | None =
         fitted[f"({letter}) {modality}-only ridge"] = ridge(feats[modality], y)
     late = sum(fitted[f"({l}) {m}-only ridge"].test_pred for l, m in zip("abc", ("text", "audio", "vision"))) / 3.0
     fitted["(d) late average"] = Fitted(test_pred=late, valid_mae=float("nan"), choice="mean of (a)-(c)")
-    log.info("early fusion MLP")
-    concat = {s: np.concatenate([feats[m][s] for m in ("text", "audio", "vision")], axis=1) for s in SPLITS}
-    fitted["(e) early fusion MLP"] = early_fusion(concat, y, seed)
+    if early_fusion_mlp:
+        log.info("early fusion MLP")
+        concat = {s: np.concatenate([feats[m][s] for m in ("text", "audio", "vision")], axis=1) for s in SPLITS}
+        fitted["(e) early fusion MLP"] = early_fusion(concat, y, seed)
     if data.has_unimodal_labels:
         log.info("oracle")
         hidden = {s: np.stack([splits[s].unimodal_labels[t] for t in "TAV"], axis=1) for s in SPLITS}
-        fitted["(f) oracle on hidden s_t, s_a, s_v"] = oracle(hidden, y, seed)
+        clip_type = _synth_key(data_path, "synth_clip_type")
+        name = "(f) oracle on hidden s_t, s_a, s_v"
+        if clip_type is not None:  # the cliptype world: y depends on the clip type too
+            hidden = {s: np.concatenate([hidden[s], np.eye(int(clip_type[s].max()) + 1)[clip_type[s]]], axis=1)
+                      for s in SPLITS}
+            name += ", clip type"
+        fitted[name] = oracle(hidden, y, seed)
 
-    kind = _synth_kind(data_path)
+    kind = _synth_key(data_path, "synth_text_kind")
+    kind = None if kind is None else kind["test"]
     results = {}
     for name, f in fitted.items():
         entry = {"metrics": mmsa_metrics(f.test_pred, y["test"]), "choice": f.choice}
@@ -168,12 +182,13 @@ def run_reference(data_path: str | Path, seed: int = 0, model_path: str | None =
     return results
 
 
-def _synth_kind(path: str | Path) -> np.ndarray | None:
-    """SynthMOSI's ``synth_text_kind`` of the test split (None for other pickles)."""
+def _synth_key(path: str | Path, key: str) -> dict[str, np.ndarray] | None:
+    """A SynthMOSI hidden key (``synth_text_kind``, ``synth_clip_type``, ...) per split; None when absent."""
     with open(path, "rb") as fh:
         raw = pickle.load(fh)
-    kind = raw["test"].get("synth_text_kind")
-    return None if kind is None else np.asarray(kind)
+    if any(raw[s].get(key) is None for s in SPLITS):
+        return None
+    return {s: np.asarray(raw[s][key]) for s in SPLITS}
 
 
 def _fmt(value: float | None, key: str) -> str:
@@ -190,9 +205,13 @@ def render_markdown(results: dict[str, dict], command: str, data_path: str, seed
         f"| {name} | " + " | ".join(_fmt(r["metrics"][k], k) for k in METRIC_KEYS) + f" | {r['choice']} |"
         for name, r in results.items()
     ]
+    world = _synth_key(data_path, "synth_world")
+    world_line = ([f"World: `{world['test'][0]}` (`mmfusion.data.worlds`, docs/synthmosi_worlds.md).", ""]
+                  if world is not None else [])
     lines = [
         "# SynthMOSI reference predictors",
         "",
+        *world_line,
         "Test-split metrics (MMSA convention, `mmfusion.metrics.mmsa_metrics`; accuracies and F1 in %)",
         "of quick predictors fitted on train with hyper-parameters chosen by valid MAE. See",
         "`datasets/README.md` for the generator and `mmfusion/reference.py` for the predictors.",
@@ -235,8 +254,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="markdown file to write, e.g. docs/synthmosi.md")
     parser.add_argument("--seed", type=int, default=0, help="seed of the MLP / gradient boosting")
     parser.add_argument("--model-path", default=None, help="local text encoder dir (default: bundled MiniLM)")
+    parser.add_argument("--size", choices=sorted(PRESETS), default=None,
+                        help="generate SynthMOSI of this size into --data first when the file is missing")
+    parser.add_argument("--world", choices=list(WORLDS), default="default",
+                        help="the SynthMOSI world --size generates (docs/synthmosi_worlds.md)")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the SynthMOSI that --size generates")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.world != "default" and args.size is None:
+        parser.error("--world generates data: give --size too (tiny, mosi or mosei)")
+    if args.size is not None and not Path(args.data).exists():
+        log.info("generating SynthMOSI (%s, world %s, seed %d) into %s", args.size, args.world, args.data_seed, args.data)
+        write_pickle(generate(args.size, args.data_seed, world=args.world), args.data)
     results = run_reference(args.data, seed=args.seed, model_path=args.model_path)
     command = "python -m mmfusion.reference " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     markdown = render_markdown(results, command, args.data, args.seed)

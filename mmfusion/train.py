@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,27 @@ log = logging.getLogger(__name__)
 SHUFFLE_STRIDE = 100_003  # epoch e of seed s shuffles with seed s * 100_003 + e (epochs count from 1)
 
 
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Multiplier of the base learning rates at optimizer step ``step`` (1-based) of ``total``:
+    ``step / warmup`` during the warm-up, then ``0.5 (1 + cos(pi (step - warmup) / (total - warmup)))``."""
+    if step <= warmup:
+        return step / max(warmup, 1)
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_lr(state: "TrainingRun") -> None:
+    """Set every param group's lr for the coming step from its ``base_lr`` (``train.lr_schedule``)."""
+    train_cfg = state.cfg.train
+    if train_cfg.lr_schedule == "none":
+        return
+    per_epoch = -(-len(state.train_split.labels) // state.cfg.data.batch_size)  # global steps per epoch
+    total = per_epoch * train_cfg.epochs
+    factor = lr_factor(state.step + 1, total, round(train_cfg.warmup_epochs * per_epoch))
+    for group in state.optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor  # a pre-schedule checkpoint has no base_lr
+
+
 def data_dims(data: MMSAData) -> dict[str, int | None]:
     return {"audio_dim": data.audio_dim, "vision_dim": data.vision_dim, "text_dim": data.text_dim}
 
@@ -80,8 +102,9 @@ def prepare_data(cfg: SentimentDataConfig, vocab_size: int | None = None) -> MMS
     path = Path(cfg.path)
     if not path.exists() and cfg.synthetic is not None:
         spec = cfg.synthetic
-        log.info("generating SynthMOSI (%s, seed %d) into %s", spec.size, spec.seed, path)
-        write_pickle(generate(spec.size, spec.seed, aligned=spec.aligned, text_features=spec.text_features), path)
+        log.info("generating SynthMOSI (%s, world %s, seed %d) into %s", spec.size, spec.world, spec.seed, path)
+        write_pickle(generate(spec.size, spec.seed, aligned=spec.aligned, text_features=spec.text_features,
+                              world=spec.world), path)
     return load_mmsa(path, nonfinite=cfg.nonfinite, vocab_size=vocab_size)
 
 
@@ -198,6 +221,8 @@ def setup(cfg: SentimentExperiment, out_dir: str | Path, *, resume: bool = False
     dims = data_dims(data)
     model = MultimodalSentimentModel(build_model_config(cfg.model, dims)).to(ctx.device)
     optimizer = torch.optim.AdamW(model.param_groups(cfg.train.lr_text, cfg.train.lr, cfg.train.weight_decay))
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]  # what train.lr_schedule scales
     slgm = None
     if model.cfg.use_slgm:
         slgm = SLGM(len(train_split.labels), model.feature_dims, torch.as_tensor(train_split.labels, dtype=torch.float32),
@@ -267,6 +292,7 @@ def train_epoch(state: TrainingRun, epoch: int) -> float:
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(model, cfg.train.grad_clip)
+        schedule_lr(state)
         state.optimizer.step()
         if slgm is not None:
             index, features = gather_batch(batch.index, output.features) if ctx.enabled else (batch.index, output.features)

@@ -19,9 +19,10 @@ generative model (equations in ``datasets/README.md``) per clip i:
    offsets, AR(1) temporal noise, mixed into Da / Dv observed dimensions by a random matrix
    shared across the dataset, plus white noise; zero-padded after each clip's length.
 
-Usage::
+Usage (``--world`` picks a world of ``mmfusion.data.worlds``; docs/synthmosi_worlds.md)::
 
     python -m mmfusion.data.synthetic --size mosi --seed 0 --out datasets/synthmosi_mosi.pkl
+    python -m mmfusion.data.synthetic --size mosi --seed 0 --world trend --out datasets/synthmosi_trend.pkl
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from scipy.signal import lfilter
 from mmcore.files import atomic_write
 from mmcore.hf import default_model_path, load_model, load_tokenizer
 from mmcore.runtime import command_main
+from mmfusion.data.worlds import CLIP_TYPE_NAMES, WORLDS, Speakers, World, expression_profile, get_world, make_speakers
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +279,13 @@ def multimodal_target(s_t: np.ndarray, s_a: np.ndarray, s_v: np.ndarray, params:
     return np.clip(y, -3.0, 3.0)
 
 
+def annotate(rng: np.random.Generator, y_star: np.ndarray, params: GeneratorParams) -> np.ndarray:
+    """y: the mean of ``n_annotators`` ratings ``clip(round(y* + e_j), -3, 3)``, e_j ~ N(0, sd^2), on the 1/3 grid."""
+    noise = rng.normal(0.0, params.annotator_sd, (y_star.size, params.n_annotators))
+    ratings = np.clip(np.round(y_star[:, None] + noise), -3, 3)
+    return quantise(ratings.mean(axis=1))
+
+
 def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> Clips:
     """Draw kinds, opinions, texts, hidden unimodal sentiments and annotated labels for n clips."""
     p_clear = 1.0 - params.p_ambiguous - params.p_sarcastic
@@ -340,10 +349,70 @@ def sample_clips(rng: np.random.Generator, n: int, params: GeneratorParams) -> C
     s_v = quantise(gain * opinion + rng.normal(0.0, 1.0, n) * sd) * (rng.random(n) >= p_flat)
 
     # --- multimodal label from simulated annotators ------------------------------------------
-    y_star = multimodal_target(s_t, s_a, s_v, params)
-    ratings = np.clip(np.round(y_star[:, None] + rng.normal(0.0, params.annotator_sd, (n, params.n_annotators))), -3, 3)
-    y = quantise(ratings.mean(axis=1))
+    y = annotate(rng, multimodal_target(s_t, s_a, s_v, params), params)
     return Clips(kind=kind, opinion=opinion, s_t=s_t, s_a=s_a + 0.0, s_v=s_v + 0.0, y=y, raw_text=texts)
+
+
+# --------------------------------------------------------------------------------------------
+# Worlds (mmfusion.data.worlds): hidden variables and labels of the non-default worlds.
+# --------------------------------------------------------------------------------------------
+
+ABSENT_NONE, ABSENT_AUDIO, ABSENT_VISION = 0, 1, 2
+WORLD_STREAM = 1000  # SeedSequence spawn keys of the worlds' own random streams (the default uses 0-3)
+
+
+@dataclass
+class WorldExtras:
+    """A non-default world's per-clip hidden variables (what the sequences and the label also depend on)."""
+
+    absent: np.ndarray  # (n,) int8: ABSENT_NONE / ABSENT_AUDIO / ABSENT_VISION
+    missing: np.ndarray  # (n,) bool: the absent modality has all-zero frames (else noise only)
+    clip_type: np.ndarray  # (n,) int8 index into CLIP_TYPE_NAMES (all "balanced" outside "cliptype")
+    speaker: np.ndarray  # (n,) int64 index into the speaker pool (0 outside "speaker")
+
+
+def world_target(s_t: np.ndarray, s_a: np.ndarray, s_v: np.ndarray, params: GeneratorParams, world: World,
+                 clip_type: np.ndarray) -> np.ndarray:
+    """y* of ``world``; the default formula (``multimodal_target``) except in two worlds.
+
+    cliptype: ``y* = w_t s_t (1 - 2 irony) + gate w (lambda_a(c) s_a + lambda_v(c) s_v)`` with the clip
+    type c's weights (irony from the agreement g as by default). sarcasm: irony = clip((-s_a - onset) /
+    width, 0, 1) for positive words: the voice alone decides the flip.
+    """
+    if not (world.clip_types or world.irony_from_audio):
+        return multimodal_target(s_t, s_a, s_v, params)
+    g = agreement(s_a, s_v)
+    flip_cue = s_a if world.irony_from_audio else g
+    irony = np.where(s_t > 0, np.clip((-flip_cue - params.irony_onset) / params.irony_width, 0.0, 1.0), 0.0)
+    gate = 1.0 - params.text_gate * np.abs(s_t) / 3.0
+    if world.clip_types:
+        lam = np.asarray(world.type_weights)[clip_type]
+        delivery = world.type_delivery * (lam[:, 0] * s_a + lam[:, 1] * s_v)
+    else:
+        delivery = params.w_av * (s_a + s_v) + params.w_agree * g
+    return np.clip(params.w_text * s_t * (1.0 - 2.0 * irony) + gate * delivery, -3.0, 3.0)
+
+
+def apply_world(rng: np.random.Generator, clips: Clips, params: GeneratorParams, world: World) -> WorldExtras:
+    """Draw ``world``'s per-clip hidden variables on its own stream ``rng`` and, where the world changes
+    the label (absent, cliptype, sarcasm), set ``s_a`` / ``s_v`` and re-annotate ``y`` in place."""
+    n = clips.y.size
+    absent = np.zeros(n, np.int8)
+    missing = np.zeros(n, bool)
+    if world.p_absent > 0:
+        which = rng.random(n)
+        absent = np.where(which < world.p_absent / 2, ABSENT_AUDIO, np.where(which < world.p_absent, ABSENT_VISION,
+                                                                                 ABSENT_NONE)).astype(np.int8)
+        missing = (absent != ABSENT_NONE) & (rng.random(n) < world.p_missing)
+        clips.s_a = np.where(absent == ABSENT_AUDIO, 0.0, clips.s_a)  # the modality shows nothing: s_m = 0
+        clips.s_v = np.where(absent == ABSENT_VISION, 0.0, clips.s_v)
+    clip_type = np.full(n, CLIP_TYPE_NAMES.index("balanced"), np.int8)
+    if world.clip_types:
+        clip_type = rng.integers(len(CLIP_TYPE_NAMES), size=n).astype(np.int8)
+    speaker = rng.integers(world.n_speakers, size=n) if world.n_speakers > 0 else np.zeros(n, np.int64)
+    if world.p_absent > 0 or world.clip_types or world.irony_from_audio:
+        clips.y = annotate(rng, world_target(clips.s_t, clips.s_a, clips.s_v, params, world, clip_type), params)
+    return WorldExtras(absent=absent, missing=missing, clip_type=clip_type, speaker=speaker.astype(np.int64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +467,10 @@ def modality_sequences(
     params: GeneratorParams,
     chunk: int = 1024,
     segments: np.ndarray | None = None,
+    *,
+    world: World | None = None,
+    extras: WorldExtras | None = None,
+    speakers: Speakers | None = None,
 ) -> np.ndarray:
     """(n, max_len, D) float32 features expressing ``sentiment`` (n,), zero after each length.
 
@@ -407,7 +480,13 @@ def modality_sequences(
     generated ``chunk`` at a time to bound memory (MOSEI-sized splits are gigabytes).
     ``segments``, when given, an (n, 2) int64 array, receives each clip's segment S as
     ``[start, end)`` frame indices (read off the mask; the random stream is the same either way).
+
+    A non-default ``world`` (with its ``extras``, and ``speakers`` in the speaker world) changes S and
+    the shift's profile over it (``worlds.expression_profile``), marks the clip type on vision latent
+    channel 3, applies speaker offsets and scales to x, and zeroes the frames of a missing modality.
     """
+    world = world or WORLDS["default"]
+    absent_code = ABSENT_AUDIO if modality == "audio" else ABSENT_VISION
     n = sentiment.size
     dim, k = mixing.matrix.shape
     out = np.empty((n, max_len, dim), dtype=np.float32)
@@ -416,21 +495,34 @@ def modality_sequences(
         length = lengths[start : start + chunk]
         m = s.shape[0]
         z = _ar1(rng, m, max_len, params.ar_phi[:k])
-        seg = _segment_mask(rng, length, max_len)
+        if world.expression == "segment":  # the default expressive segment
+            seg = _segment_mask(rng, length, max_len)
+            profile, aroused = 1.0, seg
+        else:
+            seg, profile, aroused = expression_profile(rng, world, length, max_len)
         if segments is not None:
             first = seg.argmax(axis=1)
             segments[start : start + m] = np.stack([first, first + seg.sum(axis=1)], axis=1)
-        arousal = np.where(seg, 1.0 + params.arousal_gain * np.abs(s), 1.0)
+        arousal = np.where(aroused, 1.0 + params.arousal_gain * np.abs(s), 1.0)
         if modality == "audio":
             z[:, :, 1] *= arousal
-            z[:, :, 0] += np.where(seg, params.valence_shift * s, 0.0)  # pitch level
+            z[:, :, 0] += np.where(seg, params.valence_shift * s * profile, 0.0)  # pitch level
         else:
             z[:, :, 2] *= arousal  # head motion
-            z[:, :, 0] += np.where(seg, params.valence_shift * np.maximum(s, 0.0), 0.0)  # smile
-            z[:, :, 1] += np.where(seg, params.valence_shift * np.maximum(-s, 0.0), 0.0)  # frown
+            z[:, :, 0] += np.where(seg, params.valence_shift * np.maximum(s, 0.0) * profile, 0.0)  # smile
+            z[:, :, 1] += np.where(seg, params.valence_shift * np.maximum(-s, 0.0) * profile, 0.0)  # frown
+            if world.clip_types and extras is not None:  # framing channel: + close-up, - voice-over, 0 balanced
+                marker = np.array([world.type_marker, -world.type_marker, 0.0])[extras.clip_type[start : start + m]]
+                z[:, :, 3] += marker[:, None]
         z += rng.normal(0.0, params.baseline_sd, (m, 1, k))
         x = z @ mixing.matrix.T * mixing.scale + mixing.offset
         x += rng.normal(0.0, params.white_sd, x.shape)
+        if speakers is not None and extras is not None:
+            who = extras.speaker[start : start + m]
+            x = x * speakers.scale[who][:, None, :] + speakers.offset[who][:, None, :]
+        if extras is not None:
+            gone = extras.missing[start : start + m] & (extras.absent[start : start + m] == absent_code)
+            x[gone] = 0.0  # a missing modality: all-zero frames
         x *= (np.arange(max_len)[None, :] < length[:, None])[:, :, None]
         out[start : start + m] = x
     return out
@@ -490,6 +582,7 @@ def generate(
     text_features: bool = False,
     params: GeneratorParams | None = None,
     segments: bool = False,
+    world: str = "default",
 ) -> dict[str, dict[str, np.ndarray]]:
     """Generate SynthMOSI as an MMSA dict ``{"train"|"valid"|"test": {key: array}}``.
 
@@ -498,11 +591,21 @@ def generate(
     ``segments`` adds ``synth_segment_audio`` / ``synth_segment_vision`` (N, 2) int64: each clip's
     expressive segment (where the audio / vision cue is) as ``[start, end)`` frame indices, for
     checking explanations (``mmfusion.explain``); every other array is the same with or without it.
+
+    ``world`` (``mmfusion.data.worlds.WORLDS``) changes how the audio / vision evidence shows; the
+    ``default`` world is SynthMOSI as designed, byte for byte. A non-default world draws its extras on
+    streams of its own, applies its ``params`` overrides, and adds ``synth_world`` (N,) plus, where
+    they vary, ``synth_absent`` (N,) int8 (0 none, 1 audio, 2 vision shows nothing), ``synth_missing``
+    (N,) bool, ``synth_clip_type`` (N,) int8 (``worlds.CLIP_TYPE_NAMES``) and ``synth_speaker`` (N,) int64.
+    The hidden ``regression_labels_T/A/V`` stay the unimodal truth the label was computed from.
     """
     if size not in PRESETS:
         raise ValueError(f"unknown size {size!r}: expected one of {sorted(PRESETS)}")
     preset = PRESETS[size]
+    spec = get_world(world)
     params = params or GeneratorParams()
+    if spec.params:
+        params = replace(params, **dict(spec.params))
     if tokenizer_path is None:
         tokenizer_path = default_model_path()
     world_seq, *split_seqs = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
@@ -512,6 +615,16 @@ def generate(
 
     rngs = {split: np.random.default_rng(seq) for split, seq in zip(SPLITS, split_seqs)}
     clips = {split: sample_clips(rngs[split], n, params) for split, n in preset.split_sizes().items()}
+    extras: dict[str, WorldExtras | None] = dict.fromkeys(SPLITS)
+    speakers: dict[str, Speakers | None] = {"audio": None, "vision": None}
+    if not spec.is_default:  # the world's own streams: the default ones are left as they are
+        world_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(WORLD_STREAM,)))
+        if spec.n_speakers > 0:
+            speakers = {"audio": make_speakers(world_rng, spec, preset.audio_dim),
+                        "vision": make_speakers(world_rng, spec, preset.vision_dim)}
+        for i, split in enumerate(SPLITS):
+            split_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(WORLD_STREAM + 1 + i,)))
+            extras[split] = apply_world(split_rng, clips[split], params, spec)
     all_texts = [t for split in SPLITS for t in clips[split].raw_text]
     text_bert_all = tokenize(all_texts, tokenizer_path)
     text_all = encode_text_features(text_bert_all, tokenizer_path) if text_features else None
@@ -530,13 +643,15 @@ def generate(
             audio_len, vision_len = clip_lengths(rng, n_tokens, preset)
             max_a, max_v = preset.max_audio_len, preset.max_vision_len
         segment = {m: np.zeros((n, 2), np.int64) for m in ("audio", "vision")}
+        seq_kw = {m: {"world": spec, "extras": extras[split], "speakers": speakers[m]} for m in ("audio", "vision")}
         split_data = {
             "id": np.array([f"synth_{offset + i:06d}" for i in range(n)]),
             "raw_text": np.array(c.raw_text),
             "text_bert": text_bert,
-            "audio": modality_sequences(rng, c.s_a, audio_len, max_a, audio_mix, "audio", params, segments=segment["audio"]),
+            "audio": modality_sequences(rng, c.s_a, audio_len, max_a, audio_mix, "audio", params, segments=segment["audio"],
+                                        **seq_kw["audio"]),
             "vision": modality_sequences(rng, c.s_v, vision_len, max_v, vision_mix, "vision", params,
-                                         segments=segment["vision"]),
+                                         segments=segment["vision"], **seq_kw["vision"]),
             "regression_labels": c.y.astype(np.float32),
             "classification_labels": (np.sign(c.y) + 1).astype(np.int64),
             "regression_labels_T": c.s_t.astype(np.float32),
@@ -544,6 +659,15 @@ def generate(
             "regression_labels_V": c.s_v.astype(np.float32),
             "synth_text_kind": c.kind,
         }
+        if extras[split] is not None:
+            e = extras[split]
+            split_data["synth_world"] = np.array([spec.name] * n)
+            if spec.p_absent > 0:
+                split_data["synth_absent"], split_data["synth_missing"] = e.absent, e.missing
+            if spec.clip_types:
+                split_data["synth_clip_type"] = e.clip_type
+            if spec.n_speakers > 0:
+                split_data["synth_speaker"] = e.speaker
         if text_all is not None:
             split_data["text"] = text_all[offset : offset + n]
         if segments:
@@ -573,6 +697,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aligned", action="store_true", help="word-aligned variant: all sequences 50 long")
     parser.add_argument("--tokenizer-path", default=None, help="local tokenizer/encoder dir (default: bundled MiniLM)")
     parser.add_argument("--text-features", action="store_true", help="also write `text` (N, 50, 384) encoder states")
+    parser.add_argument("--world", choices=list(WORLDS), default="default",
+                        help="where the audio/vision evidence shows (docs/synthmosi_worlds.md; default: as designed)")
     parser.add_argument("--segments", action="store_true",
                         help="also write synth_segment_audio/vision (N, 2): each clip's expressive segment [start, end)")
 
@@ -581,10 +707,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise ValueError(f"{args.out}: is a directory, expected the output pickle's path")
     data = generate(args.size, args.seed, aligned=args.aligned, tokenizer_path=args.tokenizer_path,
-                    text_features=args.text_features, segments=args.segments)
+                    text_features=args.text_features, segments=args.segments, world=args.world)
     write_pickle(data, args.out)
     sizes = ", ".join(f"{split} {len(data[split]['id'])}" for split in SPLITS)
-    print(f"wrote {args.out}: {sizes}")
+    log.info("wrote %s (world %s): %s", args.out, args.world, sizes)
     return 0
 
 
