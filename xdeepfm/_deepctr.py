@@ -76,11 +76,12 @@ from deepctr_torch.inputs import (  # noqa: E402
     get_varlen_pooling_list,
     varlen_embedding_lookup,
 )
-from deepctr_torch.layers import CIN, DNN  # noqa: E402
+from deepctr_torch.layers import CIN, DNN, AttentionSequencePoolingLayer  # noqa: E402
 from deepctr_torch.models.basemodel import Linear  # noqa: E402
 from deepctr_torch.models.xdeepfm import xDeepFM  # noqa: E402
 
 __all__ = [
+    "AttentionSequencePoolingLayer",
     "CIN",
     "DNN",
     "DenseFeat",

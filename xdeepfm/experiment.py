@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
+
 from mmcore.config import apply_overrides, build, check_range, load_yaml
-from xdeepfm.data import DataConfig
+from xdeepfm.data import DataConfig, load_splits
 from xdeepfm.data.movielens import MovieLensConfig
 from xdeepfm.features import FeatureSpec
+from xdeepfm.history import HistoryConfig, add_history
 from xdeepfm.model import RankerConfig
 
 
@@ -74,14 +77,30 @@ class RankingExperiment:
 
     features: FeatureSpec
     task: Literal["ranking"] = "ranking"
-    # MovieLens-100K by default; the e-commerce catalogue: `kind: ecommerce`; Parquet shards: `kind: parquet`
+    # MovieLens-100K by default; the e-commerce catalogue: `kind: ecommerce`; any interaction log:
+    # `kind: interactions` (docs/data.md); Parquet shards: `kind: parquet`
     data: DataConfig = field(default_factory=MovieLensConfig)
     model: RankerConfig = field(default_factory=RankerConfig)
     train: RankingTrainConfig = field(default_factory=RankingTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # behaviour histories added as a column to every split (xdeepfm.history); a ``sequence`` field reads it
+    history: HistoryConfig | None = None
 
     def __post_init__(self) -> None:
         self.data.check()  # here, not in the data classes' __post_init__: the key then names the section
+        columns = {f.column for f in self.features.fields}
+        for key in ("column", "negative_column"):
+            column = getattr(self.history, key) if self.history is not None else None
+            if column is not None and column not in columns:
+                raise ValueError(f"history.{key} {column!r} is read by no feature field "
+                                 f"(add e.g. {{name: {column}, kind: sequence, target: item_id}})")
+
+
+def load_frames(cfg: RankingExperiment) -> dict[str, pd.DataFrame]:
+    """The experiment's train/valid/test frames: ``load_splits(cfg.data)``, plus the history column
+    when the config has a ``history`` section."""
+    splits = load_splits(cfg.data)
+    return splits if cfg.history is None else add_history(splits, cfg.history)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RankingExperiment:

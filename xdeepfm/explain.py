@@ -53,8 +53,7 @@ from mmcore.config import build
 from mmcore.loop import checkpoint_file
 from mmcore.runtime import command_main
 from xdeepfm.checkpoint import load_ranking_checkpoint
-from xdeepfm.data import load_splits
-from xdeepfm.experiment import RankingExperiment
+from xdeepfm.experiment import RankingExperiment, load_frames
 from xdeepfm.model import XDeepFMRanker, stack_inputs
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def baseline_row(model: XDeepFMRanker, X: torch.Tensor, baseline: str | np.ndarr
         raise ValueError(f"baseline={baseline!r}: expected 'oov', 'mean' or a row of {width} values")
     row = torch.zeros(width, dtype=X.dtype, device=X.device)  # ids: the OOV bucket 0; numeric: the training mean
     if baseline == "mean":
-        ids = {c.name for c in (*model.sparse, *model.varlen)}
+        ids = {c.name for c in (*model.sparse, *model.varlen, *model.sequences)}
         for name, (start, end) in model.feature_index.items():
             if name not in ids:
                 row[start:end] = X[:, start:end].mean(0)
@@ -273,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = ckpt.features
     model = XDeepFMRanker([pipeline.fitted[f.name] for f in pipeline.spec.fields], cfg.model, seed=cfg.train.seed)
     model.load_state_dict(ckpt.model_state)
-    frames = load_splits(cfg.data)
+    frames = load_frames(cfg)
     if args.split not in frames:
         raise ValueError(f"--split {args.split!r}: expected one of {sorted(frames)}")
     frame = frames[args.split].iloc[: args.rows]

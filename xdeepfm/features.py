@@ -10,6 +10,7 @@ A feature spec is a list of fields in YAML, each with a ``kind``::
       - {name: title, kind: text}                       # bundled MiniLM unless model_path is set
       - {name: semantics, kind: vector, path: sem.npz, key_column: item_id}
       - {name: sentiment, kind: vector, path: sem.npz, key_column: item_id, array: sentiment}
+      - {name: history, kind: sequence, target: item_id, content: [genres, title], max_len: 20}
 
 What fitting (on the training split only) learns and how ``transform`` encodes each kind:
 
@@ -29,6 +30,17 @@ What fitting (on the training split only) learns and how ``transform`` encodes e
   ``.npz`` with arrays ``ids`` and ``vectors`` (or the 2-D array named by ``array``, so one file
   from ``mmfusion.predict`` can feed a ``sentiment`` and an ``embedding`` field) and joined on
   ``key_column``; ids missing from the file get a zero vector. The table is stored with the fitted pipeline. Output float32 (N, d).
+- sequence: a behaviour history (``xdeepfm.history`` builds the column: the user's last items,
+  newest first, ``sep``-joined; a list of ids is accepted too). The ids are encoded with the
+  vocabulary of the ``target`` categorical field (the model shares its embedding table), 0 =
+  OOV/padding, padded/truncated to ``max_len``: output int64 (N, max_len). An item outside the
+  target's vocabulary (e.g. ingested after training) is code 0, i.e. dropped from the history,
+  exactly like an unknown token of a multi_valued field. Fitting also builds the **content table**
+  of the ``content`` fields (fields of the spec that describe the target item: categorical,
+  multi_valued, text, vector): for every target vocabulary index, that field's encoding on the
+  item's first training row (row 0, OOV/padding, is all zeros), so the model represents a history
+  item by its id embedding and its content. Every vocabulary item has a row (both come from the
+  training rows); the tables are saved with the pipeline (``features.safetensors``).
 
 The fitted pipeline saves to ``<dir>/features.json`` (spec, vocabularies, statistics) and
 ``<dir>/features.safetensors`` (vector tables) -- no pickle -- and ``FeaturePipeline.load``
@@ -54,7 +66,8 @@ from mmcore.hf import default_model_path, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["categorical", "numeric", "multi_valued", "text", "vector"]
+Kind = Literal["categorical", "numeric", "multi_valued", "text", "vector", "sequence"]
+CONTENT_KINDS = ("categorical", "multi_valued", "text", "vector")  # what a sequence's content fields may be
 FEATURES_JSON = "features.json"
 FEATURES_ARRAYS = "features.safetensors"
 FORMAT_VERSION = 1
@@ -83,12 +96,20 @@ class FieldSpec:
     path: str | None = None
     key_column: str | None = None
     array: str = "vectors"  # which array of the .npz holds the (N, d) vectors
+    # sequence (also ``sep`` and ``max_len``): the categorical item field whose vocabulary (and
+    # embedding table) the ids share, and the fields describing that item (its content)
+    target: str | None = None
+    content: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.column is None:  # vector fields read their key column
             self.column = self.key_column if self.kind == "vector" and self.key_column else self.name
-        if self.kind == "multi_valued" and (self.max_len < 1 or not self.sep):
-            raise ValueError(f"field {self.name!r}: multi_valued needs max_len >= 1 and a non-empty sep")
+        if self.kind in ("multi_valued", "sequence") and (self.max_len < 1 or not self.sep):
+            raise ValueError(f"field {self.name!r}: {self.kind} needs max_len >= 1 and a non-empty sep")
+        if self.kind == "sequence" and not self.target:
+            raise ValueError(f"field {self.name!r}: sequence fields need 'target' (the categorical item field)")
+        if self.kind != "sequence" and (self.target or self.content):
+            raise ValueError(f"field {self.name!r}: 'target' and 'content' are for sequence fields only")
         if self.kind == "text" and (self.max_tokens < 2 or self.batch_size < 1):
             raise ValueError(f"field {self.name!r}: text needs max_tokens >= 2 and batch_size >= 1")
         if self.kind == "vector" and (self.path is None or self.key_column is None):
@@ -109,6 +130,16 @@ class FeatureSpec:
             raise ValueError(f"duplicate field names {dup}")
         if not self.fields:
             raise ValueError("fields: at least one field is required")
+        by_name = {f.name: f for f in self.fields}
+        for seq in self.of_kind("sequence"):
+            target = by_name.get(seq.target)
+            if target is None or target.kind != "categorical":
+                raise ValueError(f"field {seq.name!r}: target {seq.target!r} must name a categorical field "
+                                 f"(categorical fields: {[f.name for f in self.of_kind('categorical')]})")
+            for name in seq.content:
+                if name not in by_name or by_name[name].kind not in CONTENT_KINDS or name == seq.target:
+                    raise ValueError(f"field {seq.name!r}: content field {name!r} must name a field of kind "
+                                     f"{'/'.join(CONTENT_KINDS)} other than the target (fields: {names})")
 
     def of_kind(self, *kinds: str) -> list[FieldSpec]:
         return [f for f in self.fields if f.kind in kinds]
@@ -524,6 +555,8 @@ class FittedField:
     std: float | None = None
     dim: int | None = None  # text / vector
     text_model_key: str | None = None
+    # sequence: content field name -> (target vocabulary size, width) table; saved in features.safetensors
+    content: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def vocabulary_size(self) -> int:
@@ -565,12 +598,18 @@ class FeaturePipeline:
         """
         vocab: dict[str, set[str]] = {f.name: set() for f in self.spec.of_kind("categorical", "multi_valued")}
         moments: dict[str, tuple[int, float, float]] = {f.name: (0, 0.0, 0.0) for f in self.spec.of_kind("numeric")}
+        by_name = {f.name: f for f in self.spec.fields}
+        items: dict[str, list[pd.DataFrame]] = {f.name: [] for f in self.spec.of_kind("sequence")}  # first row per item
         n_chunks = 0
         for where, df in chunks:
             n_chunks += 1
             for spec in self.spec.fields:
                 series = _require_column(df, spec, where)
-                if spec.kind == "categorical":
+                if spec.kind == "sequence":
+                    key = by_name[spec.target].column
+                    columns = list(dict.fromkeys([key, *(by_name[c].column for c in spec.content)]))
+                    items[spec.name].append(df[columns].drop_duplicates(key))
+                elif spec.kind == "categorical":
                     vocab[spec.name].update(_as_strings(series).dropna().unique().tolist())
                 elif spec.kind == "multi_valued":
                     vocab[spec.name].update(_split_tokens(series, spec).unique().tolist())
@@ -593,8 +632,28 @@ class FeaturePipeline:
                 ids, vectors = self._read_vector_file(spec)
                 self.vector_tables[spec.name] = (ids, vectors)
                 fitted[spec.name] = FittedField(spec, dim=int(vectors.shape[1]))
-        self.fitted = fitted
+        self.fitted = fitted  # every field but the sequences: the content tables encode with them
+        for spec in self.spec.of_kind("sequence"):
+            fitted[spec.name] = FittedField(spec, content=self._content_tables(spec, pd.concat(items[spec.name])))
         return self
+
+    def _content_tables(self, spec: FieldSpec, firsts: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per content field, its encoding of each target vocabulary item (row i <-> code i; row 0 zeros)."""
+        target = self.fitted[spec.target]
+        key = next(f for f in self.spec.fields if f.name == spec.target).column
+        firsts = firsts.drop_duplicates(key)
+        codes = _encode(_as_strings(firsts[key]), target.vocabulary)
+        firsts, codes = firsts[codes > 0], codes[codes > 0]  # (missing keys are not in the vocabulary)
+        tables = {}
+        for name in spec.content:
+            content = next(f for f in self.spec.fields if f.name == name)
+            encoded = self._encode_field(content, _require_column(firsts, content, f"content of {spec.name!r}"),
+                                         f"content of {spec.name!r}")
+            encoded = encoded.reshape(len(encoded), -1)
+            table = np.zeros((target.vocabulary_size, encoded.shape[1]), encoded.dtype)
+            table[codes] = encoded
+            tables[name] = table
+        return tables
 
     @staticmethod
     def _read_vector_file(spec: FieldSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -617,39 +676,41 @@ class FeaturePipeline:
         """Arrays keyed by field name (see the module docstring for dtypes and shapes)."""
         if not self.is_fitted:
             raise RuntimeError("FeaturePipeline.transform called before fit/load")
-        out: dict[str, np.ndarray] = {}
-        for spec in self.spec.fields:
-            series = _require_column(df, spec, where)
-            fit = self.fitted[spec.name]
-            if spec.kind == "categorical":
-                out[spec.name] = _encode(_as_strings(series), fit.vocabulary)
-            elif spec.kind == "multi_valued":
-                tokens = _split_tokens(series, spec)
-                position = tokens.groupby(level=0).cumcount().to_numpy()
-                rows = tokens.index.to_numpy()
-                keep = position < spec.max_len
-                matrix = np.zeros((len(series), spec.max_len), np.int64)
-                matrix[rows[keep], position[keep]] = _encode(tokens, fit.vocabulary)[keep]
-                out[spec.name] = matrix
-            elif spec.kind == "numeric":
-                values = _numeric_values(series, spec, where)
-                out[spec.name] = ((values - fit.mean) / fit.std).astype(np.float32)
-            elif spec.kind == "text":
-                encoder = self.sentence_cache(spec)
-                if encoder.model_key != fit.text_model_key:
-                    raise FeatureError(f"field {spec.name!r}: text model {encoder.model_path} differs from the one fitted "
-                                       f"(model key {encoder.model_key} != {fit.text_model_key})")
-                texts = _as_strings(series).fillna("")
-                unique, inverse = np.unique(texts.to_numpy(dtype=str), return_inverse=True)
-                out[spec.name] = encoder.encode(unique.tolist())[inverse.reshape(-1)]
-            elif spec.kind == "vector":
-                ids, vectors = self.vector_tables[spec.name]
-                row = pd.Index(ids, dtype=object).get_indexer(_as_strings(series).astype(object))
-                padded = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
-                if (row < 0).any():
-                    log.info("%s: field %r: %d of %d rows have no vector (zeros used)", where, spec.name, int((row < 0).sum()), len(row))
-                out[spec.name] = padded[row]  # -1 -> the zero row
-        return out
+        return {spec.name: self._encode_field(spec, _require_column(df, spec, where), where) for spec in self.spec.fields}
+
+    def _encode_field(self, spec: FieldSpec, series: pd.Series, where: str) -> np.ndarray:
+        """One field's encoding (see the module docstring for each kind)."""
+        fit = self.fitted[spec.name]
+        if spec.kind == "categorical":
+            return _encode(_as_strings(series), fit.vocabulary)
+        if spec.kind in ("multi_valued", "sequence"):
+            if spec.kind == "sequence":  # a JSON list of ids is accepted as well as a sep-joined string
+                series = series.map(lambda v: spec.sep.join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else v)
+            vocabulary = self.fitted[spec.target].vocabulary if spec.kind == "sequence" else fit.vocabulary
+            tokens = _split_tokens(series, spec)
+            position = tokens.groupby(level=0).cumcount().to_numpy()
+            rows = tokens.index.to_numpy()
+            keep = position < spec.max_len
+            matrix = np.zeros((len(series), spec.max_len), np.int64)
+            matrix[rows[keep], position[keep]] = _encode(tokens, vocabulary)[keep]
+            return matrix
+        if spec.kind == "numeric":
+            values = _numeric_values(series, spec, where)
+            return ((values - fit.mean) / fit.std).astype(np.float32)
+        if spec.kind == "text":
+            encoder = self.sentence_cache(spec)
+            if encoder.model_key != fit.text_model_key:
+                raise FeatureError(f"field {spec.name!r}: text model {encoder.model_path} differs from the one fitted "
+                                   f"(model key {encoder.model_key} != {fit.text_model_key})")
+            texts = _as_strings(series).fillna("")
+            unique, inverse = np.unique(texts.to_numpy(dtype=str), return_inverse=True)
+            return encoder.encode(unique.tolist())[inverse.reshape(-1)]
+        ids, vectors = self.vector_tables[spec.name]  # vector
+        row = pd.Index(ids, dtype=object).get_indexer(_as_strings(series).astype(object))
+        padded = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
+        if (row < 0).any():
+            log.info("%s: field %r: %d of %d rows have no vector (zeros used)", where, spec.name, int((row < 0).sum()), len(row))
+        return padded[row]  # -1 -> the zero row
 
     def fit_transform(self, df: pd.DataFrame, where: str = "train") -> dict[str, np.ndarray]:
         return self.fit(df, where).transform(df, where)
@@ -660,7 +721,8 @@ class FeaturePipeline:
             "format_version": FORMAT_VERSION,
             "spec": dataclasses.asdict(self.spec),
             "fitted": {
-                name: {k: v for k, v in dataclasses.asdict(fit).items() if k != "spec"} for name, fit in self.fitted.items()
+                name: {k: v for k, v in dataclasses.asdict(fit).items() if k not in ("spec", "content")}
+                for name, fit in self.fitted.items()
             },
         }
 
@@ -670,6 +732,10 @@ class FeaturePipeline:
         meta["vector_ids"] = {name: ids.tolist() for name, (ids, _) in self.vector_tables.items()}
         arrays = {f"{name}.vectors": np.ascontiguousarray(vectors, np.float32)
                   for name, (_, vectors) in self.vector_tables.items()}
+        for name, fit in self.fitted.items():  # sequence content tables: "<field>.content.<content field>"
+            meta["fitted"][name]["content"] = None if fit.content is None else sorted(fit.content)
+            for content, table in (fit.content or {}).items():
+                arrays[f"{name}.content.{content}"] = np.ascontiguousarray(table)
         return meta, arrays
 
     @classmethod
@@ -678,7 +744,16 @@ class FeaturePipeline:
             raise FeatureError(f"{where}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
         spec = load_spec(meta["spec"], f"{where}:spec")
         by_name = {f.name: f for f in spec.fields}
-        fitted = {name: FittedField(by_name[name], **values) for name, values in meta["fitted"].items()}
+        fitted = {}
+        for name, values in meta["fitted"].items():
+            values = dict(values)
+            content = values.pop("content", None)
+            if content is not None:
+                missing = [f"{name}.content.{c}" for c in content if f"{name}.content.{c}" not in arrays]
+                if missing:
+                    raise FeatureError(f"{where}: field {name!r}: content tables {missing} are missing from the arrays")
+                values["content"] = {c: arrays[f"{name}.content.{c}"] for c in content}
+            fitted[name] = FittedField(by_name[name], **values)
         tables = {name: (np.asarray(ids, dtype=str), arrays[f"{name}.vectors"]) for name, ids in meta["vector_ids"].items()}
         return cls(spec, fitted, tables)
 

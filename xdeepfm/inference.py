@@ -19,7 +19,12 @@ to rounding: ``tests/xdeepfm/test_inference.py``):
   against the summed weights W_ij + W_ji. Sum-pooling over D and ``cin_linear`` become one
   matrix-vector product per layer;
 - **the DNN as ``addmm`` + in-place ReLU**, an eval-mode BatchNorm folded into its Linear;
-- **row chunks** of ``chunk_rows`` rows, so that a layer's Z stays near a core's L2 cache.
+- **row chunks** of ``chunk_rows`` rows, so that a layer's Z stays near a core's L2 cache;
+- **sequence fields** (DIN target attention, ``xdeepfm.model.SequenceInterest``): the item
+  representation r(i) is a function of the weights only, so the table R = [r(0); ...; r(V-1)] is
+  computed once and a history is one gather. The attention MLP's first layer over
+  [t, h, t - h, t * h] is split as t (W_1 + W_3) + h (W_2 - W_3) + (t * h) W_4: the t part once per
+  row, the h part gathered from the precomputed R (W_2 - W_3), only the product per history item.
 
 The FLOPs are those of the original except the first CIN layer's (``forward_flops``); the
 figures are in docs/performance.md (``bench/xdeepfm_forward.py``).
@@ -81,6 +86,9 @@ class FastRanker(nn.Module):
             self.dnn_activations = nn.ModuleList()
             if model.dnn is not None:
                 self._build_dnn(model)
+            self.sequences: list[dict] = []
+            for n, (name, module) in enumerate(model.interest.items()):
+                self._build_sequence(model, n, name, module)
         self.eval()
 
     @classmethod
@@ -123,6 +131,77 @@ class FastRanker(nn.Module):
             self.register_buffer(f"vector_bias{n}", torch.cat([projection.bias, projection.bias.new_zeros(1)]))
         self.fields_per_vector = k
         self.register_buffer("bias", model.bias.detach().clone())
+
+    def _build_sequence(self, model: XDeepFMRanker, n: int, name: str, module) -> None:
+        """Buffers of sequence field ``name``: R, R (W_2 - W_3), the candidate's lookups and the attention MLP."""
+        index, F = model.feature_index, module.width
+        local = module.attention.local_att
+        first = local.dnn.linears[0].weight.T  # (4F, H1): rows for t, h, t - h, t * h
+        w_t, w_h, w_diff, w_prod = first.split(F)
+        table = module.item_table(model.embedding_dict)  # (V, F)
+        self.register_buffer(f"seq{n}_table", table.detach().clone())
+        self.register_buffer(f"seq{n}_table_h", (table @ (w_h - w_diff)).detach().contiguous())  # (V, H1)
+        self.register_buffer(f"seq{n}_w_t", (w_t + w_diff).contiguous())
+        self.register_buffer(f"seq{n}_w_prod", w_prod.contiguous())
+        self.register_buffer(f"seq{n}_b0", local.dnn.linears[0].bias.detach().clone())
+        for layer, fc in enumerate(local.dnn.linears[1:], 1):
+            self.register_buffer(f"seq{n}_w{layer}", fc.weight.T.contiguous())
+            self.register_buffer(f"seq{n}_b{layer}", fc.bias.detach().clone())
+        self.register_buffer(f"seq{n}_dense_w", local.dense.weight[0].clone())
+        self.register_buffer(f"seq{n}_dense_b", local.dense.bias.detach().clone())
+        self.register_buffer(f"seq{n}_id", model.embedding_dict[module.target].weight.detach().clone())
+        content = []
+        for c in module.content:
+            kind = module.kinds[c]
+            if kind in ("categorical", "multi_valued"):
+                self.register_buffer(f"seq{n}_{c}", model.embedding_dict[c].weight.detach().clone())
+            else:
+                projection = module.projections[c]
+                self.register_buffer(f"seq{n}_{c}", projection.weight.T.contiguous())
+                self.register_buffer(f"seq{n}_{c}_bias", projection.bias.detach().clone())
+            content.append((c, kind, index[c]))
+        activations = nn.ModuleList(_elementwise(a) or nn.Identity() for a in local.dnn.activation_layers)
+        self.add_module(f"seq{n}_activations", activations)
+        self.sequences.append({"range": index[name], "target": index[module.target][0], "content": content,
+                               "layers": len(local.dnn.linears), "softmax": module.softmax,
+                               "relu": [isinstance(a, nn.ReLU) for a in local.dnn.activation_layers],
+                               "fields": 1 + len(module.content)})
+
+    def interest_fields(self, X: torch.Tensor, n: int) -> torch.Tensor:
+        """The interest u (B, 1 + C, D) of the n-th sequence field (see the module docstring)."""
+        seq, B = self.sequences[n], X.shape[0]
+        buffer = lambda name: getattr(self, f"seq{n}_{name}")  # noqa: E731
+        parts = [buffer("id").index_select(0, X[:, seq["target"]].long())]  # the candidate t: [e_id; content]
+        for c, kind, (start, end) in seq["content"]:
+            if kind == "categorical":
+                parts.append(buffer(c).index_select(0, X[:, start].long()))
+            elif kind == "multi_valued":
+                codes = X[:, start:end].long()
+                mask = (codes != 0).to(X.dtype).unsqueeze(2)
+                looked_up = buffer(c).index_select(0, codes.reshape(-1)).view(B, end - start, -1)
+                parts.append((looked_up * mask).sum(1) / (mask.sum(1) + 1e-8))
+            else:
+                parts.append(torch.addmm(buffer(f"{c}_bias"), X[:, start:end], buffer(c)))
+        t = torch.cat(parts, dim=1)  # (B, F)
+        codes = X[:, slice(*seq["range"])].long()  # (B, L)
+        L = codes.shape[1]
+        keys = buffer("table").index_select(0, codes.reshape(-1)).view(B, L, -1)  # (B, L, F)
+        h = (torch.addmm(buffer("b0"), t, buffer("w_t")).unsqueeze(1)  # (B, 1, H1)
+             + buffer("table_h").index_select(0, codes.reshape(-1)).view(B, L, -1)
+             + (t.unsqueeze(1) * keys) @ buffer("w_prod"))  # (B, L, H1)
+        activations = getattr(self, f"seq{n}_activations")
+        for layer in range(seq["layers"]):
+            if layer:
+                h = h @ buffer(f"w{layer}") + buffer(f"b{layer}")
+            h = h.relu_() if seq["relu"][layer] else activations[layer](h)
+        score = h @ buffer("dense_w") + buffer("dense_b")  # (B, L)
+        mask = codes != 0
+        if seq["softmax"]:
+            score = torch.softmax(score.masked_fill(~mask, -2 ** 32 + 1), dim=1) * mask.any(1, keepdim=True)
+        else:
+            score = score.masked_fill(~mask, 0.0)
+        u = torch.bmm(score.unsqueeze(1), keys)  # (B, 1, F)
+        return u.view(B, seq["fields"], -1)
 
     def _build_cin(self, model: XDeepFMRanker, symmetric: bool) -> None:
         cin, m = model.cin, self.n_fields
@@ -185,6 +264,7 @@ class FastRanker(nn.Module):
             out = torch.addmm(getattr(self, f"vector_bias{n}"), X[:, start:end], getattr(self, f"vector_weight{n}"))
             parts.append(out[:, :-1].view(B, self.fields_per_vector, E))  # (B, k, D)
             linear = linear + out[:, -1]
+        parts += [self.interest_fields(X, n) for n in range(len(self.sequences))]
         return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)), linear
 
     def cin_logit(self, fields: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,17 @@ xDeepFM, Lian et al. KDD 2018 (both in docs/references.md).
 - CIN (Lian et al. eq. 6): X^k_{h,*} = sum_{i,j} W^{k,h}_{ij} (X^{k-1}_{i,*} o X^0_{j,*}),
   sum-pooled over the embedding dimension into p^+ (deepctr ``CIN``).
 - DNN: deepctr ``DNN`` on [flatten(e); numeric values].
+- sequence fields (behaviour histories; DIN, Zhou et al. KDD 2018, docs/references.md): every item i
+  is represented by r(i) = [e_id(i); c_1(i); ...; c_C(i)] in R^{(1+C)D}: its id embedding (the
+  target field's table) and one D-vector per content field (a categorical field's embedding, the
+  masked mean of a multi-valued field's token embeddings -- the same tables as those fields -- and
+  ``W_c v + b_c`` for a text / vector field). A history item's content comes from the pipeline's
+  content table, the candidate's t = r(candidate) from the row's own fields. deepctr's
+  ``AttentionSequencePoolingLayer`` gives the interest u = sum_j a_j r(h_j) with
+  a_j = MLP([t, h_j, t - h_j, t * h_j]) (the local activation unit), padding (code 0) masked to
+  a_j = 0. Without softmax (``attention_softmax: false``, DIN's choice) the weights keep the
+  intensity of the interest and an empty history gives u = 0 exactly; with softmax an empty history
+  is set to u = 0 too. u enters the CIN and the DNN as 1 + C fields of width D.
 
 The model consumes the flat float matrix deepctr uses (``stack_inputs``), whose column slices
 are given by ``build_input_features(feature_columns)``.
@@ -29,6 +40,7 @@ from mmcore.config import ConfigError, check_range
 from xdeepfm._deepctr import (
     CIN,
     DNN,
+    AttentionSequencePoolingLayer,
     DenseFeat,
     Linear,
     SparseFeat,
@@ -62,6 +74,10 @@ class RankerConfig:
     l2_dnn: float = 0.0
     l2_cin: float = 0.0
     init_std: float = 1e-4
+    # sequence fields (DIN target attention)
+    attention_hidden_units: list[int] = field(default_factory=lambda: [64, 32])
+    attention_activation: str = "sigmoid"  # sigmoid | relu | prelu | dice | linear (deepctr names)
+    attention_softmax: bool = False  # DIN: no softmax (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.implementation not in ("ours", "deepctr"):
@@ -70,6 +86,12 @@ class RankerConfig:
         check_range("fields_per_vector", self.fields_per_vector, low=1)
         if not 0.0 <= self.dnn_dropout < 1.0:  # NaN too
             raise ValueError(f"dnn_dropout {self.dnn_dropout}: expected a value in [0, 1)")
+        if not self.attention_hidden_units or any(size < 1 for size in self.attention_hidden_units):
+            raise ConfigError(f"attention_hidden_units={list(self.attention_hidden_units)}: expected at least one "
+                              "layer, every size >= 1")
+        if self.attention_activation.lower() not in ("sigmoid", "relu", "prelu", "dice", "linear"):
+            raise ConfigError(f"attention_activation {self.attention_activation!r}: expected sigmoid, relu, prelu, "
+                              "dice or linear")
         for name in ("cin_layer_sizes", "dnn_hidden_units"):  # an empty list switches the CIN / DNN off
             sizes = getattr(self, name)
             if any(size < 1 for size in sizes):
@@ -83,11 +105,16 @@ class RankerConfig:
 def feature_columns(fields: list[FittedField], embedding_dim: int, kinds: tuple[str, ...] | None = None) -> list:
     """deepctr feature columns for the fitted fields (optionally only those of ``kinds``)."""
     columns = []
+    by_name = {fit.spec.name: fit for fit in fields}
     for fit in fields:
         spec = fit.spec
         if kinds is not None and spec.kind not in kinds:
             continue
-        if spec.kind == "categorical":
+        if spec.kind == "sequence":  # the codes of the target's vocabulary, its embedding table shared
+            target = by_name[spec.target]
+            columns.append(VarLenSparseFeat(SparseFeat(spec.name, target.vocabulary_size, embedding_dim,
+                                                       embedding_name=spec.target), spec.max_len, "mean"))
+        elif spec.kind == "categorical":
             columns.append(SparseFeat(spec.name, fit.vocabulary_size, embedding_dim))
         elif spec.kind == "multi_valued":
             columns.append(VarLenSparseFeat(SparseFeat(spec.name, fit.vocabulary_size, embedding_dim), spec.max_len, "mean"))
@@ -115,6 +142,64 @@ def cin_output_size(layer_sizes: list[int], split_half: bool) -> int:
     return sum(layer_sizes[:-1]) // 2 + layer_sizes[-1] if split_half else sum(layer_sizes)
 
 
+def masked_mean(embeddings: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean of ``embeddings`` (..., L, D) over the positions whose ``codes`` (..., L) are not 0 (padding)."""
+    mask = (codes != 0).to(embeddings.dtype).unsqueeze(-1)
+    return (embeddings * mask).sum(-2) / (mask.sum(-2) + 1e-8)
+
+
+class SequenceInterest(nn.Module):
+    """DIN target attention over one sequence field (see the module docstring): ``forward`` -> u (B, 1 + C, D).
+
+    ``embedding_dict`` is the ranker's (the id and content tables are shared, not copied); the content
+    tables of the fitted field are non-persistent buffers (they are saved with the pipeline).
+    """
+
+    def __init__(self, fit: FittedField, fields: dict[str, FittedField], config: RankerConfig) -> None:
+        super().__init__()
+        spec, E = fit.spec, config.embedding_dim
+        self.name, self.target, self.content = spec.name, spec.target, list(spec.content)
+        self.kinds = {c: fields[c].spec.kind for c in self.content}
+        for c in self.content:
+            self.register_buffer(f"table_{c}", torch.from_numpy(fit.content[c]), persistent=False)
+        self.projections = nn.ModuleDict({c: nn.Linear(fields[c].dim, E) for c in self.content
+                                          if self.kinds[c] in VECTOR_KINDS})
+        self.width = (1 + len(self.content)) * E
+        self.softmax = config.attention_softmax
+        self.attention = AttentionSequencePoolingLayer(
+            att_hidden_units=tuple(config.attention_hidden_units), att_activation=config.attention_activation,
+            weight_normalization=config.attention_softmax, supports_masking=True, embedding_dim=self.width)
+
+    def represent(self, embedding_dict: nn.ModuleDict, ids: torch.Tensor, content: dict[str, torch.Tensor]) -> torch.Tensor:
+        """r = [e_id; c_1; ...; c_C] (..., (1 + C) D) for item codes ``ids`` (...) and their encoded content
+        (``content[c]``: (..., width of c) as the pipeline encodes field c)."""
+        parts = [embedding_dict[self.target](ids.long())]
+        for c in self.content:
+            value = content[c]
+            if self.kinds[c] == "categorical":
+                parts.append(embedding_dict[c](value.long()[..., 0]))
+            elif self.kinds[c] == "multi_valued":
+                parts.append(masked_mean(embedding_dict[c](value.long()), value))
+            else:
+                parts.append(self.projections[c](value.float()))
+        return torch.cat(parts, dim=-1)
+
+    def item_table(self, embedding_dict: nn.ModuleDict) -> torch.Tensor:
+        """r(i) for every code i of the target vocabulary: (V, (1 + C) D)."""
+        n = embedding_dict[self.target].num_embeddings
+        ids = torch.arange(n, device=embedding_dict[self.target].weight.device)
+        return self.represent(embedding_dict, ids, {c: getattr(self, f"table_{c}") for c in self.content})
+
+    def forward(self, embedding_dict: nn.ModuleDict, codes: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """u (B, 1 + C, D) for history codes (B, L) (0 = padding) and the candidate's r (B, (1 + C) D)."""
+        keys = self.item_table(embedding_dict)[codes.long()]  # (B, L, F)
+        mask = codes != 0  # (B, L)
+        u = self.attention(candidate.unsqueeze(1), keys, None, mask)  # (B, 1, F)
+        if self.softmax:  # softmax over an all-padding row would average the padding: an empty history is 0
+            u = u * mask.any(1).to(u.dtype)[:, None, None]
+        return u.view(len(codes), 1 + len(self.content), -1)
+
+
 class XDeepFMRanker(nn.Module):
     """Linear + CIN + DNN over id, multi-valued, numeric and projected text/vector fields."""
 
@@ -126,15 +211,21 @@ class XDeepFMRanker(nn.Module):
         self.columns = feature_columns(fields, E)
         self.feature_index = build_input_features(self.columns)
         self.sparse = [c for c in self.columns if isinstance(c, SparseFeat)]
-        self.varlen = [c for c in self.columns if isinstance(c, VarLenSparseFeat)]
         kind_of = {f.spec.name: f.spec.kind for f in fields}
+        self.varlen = [c for c in self.columns if isinstance(c, VarLenSparseFeat) and kind_of[c.name] != "sequence"]
+        self.sequences = [c for c in self.columns if isinstance(c, VarLenSparseFeat) and kind_of[c.name] == "sequence"]
         self.numeric = [c for c in self.columns if isinstance(c, DenseFeat) and kind_of[c.name] == "numeric"]
         self.vectors = [c for c in self.columns if isinstance(c, DenseFeat) and kind_of[c.name] in VECTOR_KINDS]
-        self.n_fields = len(self.sparse) + len(self.varlen) + k * len(self.vectors)
+        by_name = {f.spec.name: f for f in fields}
+        self.interest = nn.ModuleDict({c.name: SequenceInterest(by_name[c.name], by_name, config) for c in self.sequences})
+        self.n_fields = (len(self.sparse) + len(self.varlen) + k * len(self.vectors)
+                         + sum(1 + len(m.content) for m in self.interest.values()))
         if self.n_fields == 0:
             raise ValueError("the model needs at least one categorical, multi-valued, text or vector field")
 
-        self.linear = Linear(self.columns, self.feature_index, init_std=config.init_std)
+        # the linear part has no term for a history (its items enter through the attention only)
+        self.linear = Linear([c for c in self.columns if c not in self.sequences], self.feature_index,
+                             init_std=config.init_std)
         self.embedding_dict = create_embedding_matrix(self.sparse + self.varlen, init_std=config.init_std)
         self.projections = nn.ModuleDict({c.name: nn.Linear(c.dimension, k * E) for c in self.vectors})
         self.bias = nn.Parameter(torch.zeros(1))
@@ -162,7 +253,18 @@ class XDeepFMRanker(nn.Module):
             looked_up = varlen_embedding_lookup(X, self.embedding_dict, self.feature_index, self.varlen)
             fields += get_varlen_pooling_list(looked_up, X, self.feature_index, self.varlen, X.device)
         fields += [self.projections[c.name](self._slice(X, c.name)).view(B, k, E) for c in self.vectors]
+        fields += [self.interest_fields(X, name) for name in self.interest]
         return torch.cat(fields, dim=1)
+
+    def candidate(self, X: torch.Tensor, name: str) -> torch.Tensor:
+        """t = r(candidate) (B, (1 + C) D) of sequence field ``name``, from the row's target and content fields."""
+        module = self.interest[name]
+        return module.represent(self.embedding_dict, self._slice(X, module.target)[:, 0],
+                                {c: self._slice(X, c) for c in module.content})
+
+    def interest_fields(self, X: torch.Tensor, name: str) -> torch.Tensor:
+        """The interest u of sequence field ``name`` as fields (B, 1 + C, D)."""
+        return self.interest[name](self.embedding_dict, self._slice(X, name), self.candidate(X, name))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Logits (B,) for the flat input matrix X (B, width)."""
@@ -182,9 +284,12 @@ class XDeepFMRanker(nn.Module):
         total = self.bias.new_zeros(())
         groups = [
             (c.l2_linear, [p for n, p in self.linear.named_parameters()]),
-            (c.l2_embedding, [*self.embedding_dict.parameters(), *(m.weight for m in self.projections.values())]),
-            (c.l2_dnn, [p for n, p in self.dnn.named_parameters() if "weight" in n and "bn" not in n] + [self.dnn_linear.weight]
-             if self.dnn is not None else []),
+            (c.l2_embedding, [*self.embedding_dict.parameters(), *(m.weight for m in self.projections.values()),
+                              *(p for n, p in self.interest.named_parameters() if n.split(".")[1] == "projections"
+                                and n.endswith("weight"))]),
+            (c.l2_dnn, ([p for n, p in self.dnn.named_parameters() if "weight" in n and "bn" not in n] + [self.dnn_linear.weight]
+                        if self.dnn is not None else [])
+             + [p for n, p in self.interest.named_parameters() if n.split(".")[1] == "attention" and n.endswith("weight")]),
             (c.l2_cin, [p for n, p in self.cin.named_parameters() if "weight" in n] if self.cin is not None else []),
         ]
         for l2, params in groups:

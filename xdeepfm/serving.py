@@ -14,7 +14,10 @@ rest. Per field kind, with the fitted pipeline's vocabularies and statistics:
 - text: a string (null = ""); sentence vectors come from the pipeline's ``SentenceVectorCache`` in
   serving mode (``for_serving``): its disk cache (keyed by model and text) is read once and never
   written, and texts it lacks are encoded and kept in a bounded in-memory LRU (``text_lru`` entries);
-- vector: the key of a row of the exported table (e.g. a video id); unknown keys get zeros.
+- vector: the key of a row of the exported table (e.g. a video id); unknown keys get zeros;
+- sequence: a behaviour history (the user record's column of that name, from the store and
+  ``POST /v1/events``): a ``sep``-joined string of item ids, newest first, or a list of ids; ids
+  outside the target item field's vocabulary are dropped (padding), not reported as unknown.
 
 Unknown categorical values, tokens and vector keys are reported per field in the result
 (``unknown``), or refused with ``on_unknown="error"``. Every bad record raises ``RecordError``
@@ -185,7 +188,7 @@ class ScoringEngine:
             padded = np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors])  # row 0: unknown key
             self._vector[name] = ({key: i + 1 for i, key in enumerate(ids.tolist())}, padded)
         # encoded multi-valued strings, kept across requests (``memo`` distinct values per field)
-        self._memo = {spec.name: _Memo(memo) for spec, _ in self.fields if spec.kind == "multi_valued"}
+        self._memo = {spec.name: _Memo(memo) for spec, _ in self.fields if spec.kind in ("multi_valued", "sequence")}
         self._lock = threading.Lock()  # request threads share the memos (held for lookups only)
         # text fields: the disk cache read-only, request-time texts in an LRU of ``text_lru`` vectors per field
         self._text = {spec.name: artifact.pipeline.sentence_cache(spec).for_serving(text_lru)
@@ -388,7 +391,7 @@ class ScoringEngine:
             raise column.error(bad, f"expected a {spec.sep!r}-separated string or a list of strings, got {_type_name(values[bad])}")
         keys = [v if isinstance(v, str) else ("" if v is None else
                                               spec.sep.join(map(str, v)) if isinstance(v, list) else str(v)) for v in values]
-        code_of = self._code[spec.name]
+        code_of = self._code[spec.target if spec.kind == "sequence" else spec.name]
 
         def encode(distinct: list[str]) -> np.ndarray:  # codes (max_len) + 1 if any token is unknown
             table = np.zeros((len(distinct), spec.max_len + 1), np.int64)
@@ -408,6 +411,13 @@ class ScoringEngine:
             rows, table = self._memo[spec.name].rows(keys, encode)
         encoded = table[rows]
         return encoded[:, :-1], encoded[:, -1].astype(bool)
+
+    def _encode_sequence(self, spec, fit, column):
+        """A history (a ``sep``-joined string of item ids, newest first, or a list of ids: the user record's
+        column) as codes of the target item field; ids outside its vocabulary are dropped (code 0 is
+        padding), as ``FeaturePipeline.transform`` does, so they are not reported as unknown."""
+        codes, _ = self._encode_multi_valued(spec, fit, column)
+        return codes, None
 
     def _encode_numeric(self, spec, fit, column):
         values = column.values

@@ -63,9 +63,8 @@ from mmcore.loop import (
 )
 from xdeepfm.baseline import train_baseline
 from xdeepfm.checkpoint import RankingCheckpoint, load_ranking_checkpoint, save_ranking_checkpoint
-from xdeepfm.data import load_splits
 from xdeepfm.data.parquet import SPLITS, ParquetConfig, ShardStream, iter_frames, list_units, shard_files
-from xdeepfm.experiment import RankingExperiment, RankingTrainConfig
+from xdeepfm.experiment import RankingExperiment, RankingTrainConfig, load_frames
 from xdeepfm.features import FeaturePipeline, FeatureSpec
 from xdeepfm.losses import ranking_loss
 from xdeepfm.metrics import ranking_metrics
@@ -308,10 +307,13 @@ def _fit_features(cfg: RankingExperiment, resumed: RankingCheckpoint | None) -> 
     """The fitted pipeline (the resume checkpoint's, when there is one) and the raw splits: frames in
     memory, or the row groups of the Parquet shards."""
     if isinstance(cfg.data, ParquetConfig):
+        if cfg.history is not None:
+            raise ValueError("history: the Parquet shards are streamed; write the history column into the shards "
+                             "(xdeepfm.history.add_history) and drop the history section")
         units = {name: list_units(shard_files(cfg.data.pattern(name), f"data.{name}")) for name in SPLITS}
         return (resumed.features if resumed else fit_on_shards(cfg, units["train"])), units
     with distributed.rank0_first():  # rank 0 fills the text-vector cache, the others read it
-        splits = load_splits(cfg.data)
+        splits = load_frames(cfg)
         pipeline = resumed.features if resumed else FeaturePipeline(cfg.features).fit(splits["train"], "train")
     return pipeline, splits
 
