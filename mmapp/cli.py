@@ -200,6 +200,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "store": ("build the item/user store a ranker's service ranks ids from", ranking_cli.add_store_arguments,
               ranking_cli.run_store),
     "ingest": ("new product videos into the item store: extraction, semantics, upsert", ingest.add_arguments, ingest.run),
+    "recommender": ("fit the recall stage of a ranker's POST /v1/recommend (popularity, ItemCF, two-tower + FAISS)",
+                    ranking_cli.add_recommender_arguments, ranking_cli.run_recommender),
     "ablate": ("the sentiment ablation study (variants x seeds)", ablate.add_arguments, ablate.run),
     "compare": ("the ranking comparison study (ours vs stock deepctr-torch)", compare.add_arguments, compare.run),
     "synth": ("generate SynthMOSI (MMSA pickle format)", synthetic.add_arguments, synthetic.run),

@@ -62,6 +62,9 @@ from xdeepfm.data import load_splits
 from xdeepfm.data.ecommerce import load_ecommerce_splits
 from xdeepfm.experiment import load_experiment as load_ranking_experiment
 from xdeepfm.export import export_checkpoint as export_ranker
+from xdeepfm.recall_eval import catalogue as recall_catalogue
+from xdeepfm.recall_eval import load_recall_experiment
+from xdeepfm.recommend import Recommender, default_recommender_path
 from xdeepfm.server import RankingServer
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.train import train as train_ranking_model
@@ -255,7 +258,7 @@ def ingest_over_http(server: RankingServer, new: pd.DataFrame, folder: Path) -> 
 
 
 def rank_by_id_over_http(server: RankingServer, data, new: pd.DataFrame, pair: pd.DataFrame, catalogue: Path,
-                         n_users: int, top_k: int) -> None:
+                         n_users: int, top_k: int) -> list[str]:
     """Stage 5b: for sentiment-sensitive users (review readers), their cold test videos plus the new
     ones, ranked by id; then the positive/negative pair alone."""
     test = load_ecommerce_splits(data)["test"].drop_duplicates(["user_id", "video_id"])
@@ -282,6 +285,36 @@ def rank_by_id_over_http(server: RankingServer, data, new: pd.DataFrame, pair: p
         order = " > ".join(f"{i['id']} ({i['score']:.3f})" for i in pair_reply["items"])
         print(f"  the same product video delivered positively and negatively: {order}")
     print("\n(true s*, s_t, s_a, s_v are the generator's hidden truth, shown for the demo; the service never sees them)")
+    return list(counts.index[:n_users])
+
+
+def fit_recommender(config_path: Path, data, engine: ScoringEngine, ranker: Path) -> Recommender:
+    """Stage 5: the recall channels of /v1/recommend, fitted on the ranker's training impressions."""
+    config = load_recall_experiment(config_path)
+    config.data = data  # the ranker's split of this catalogue
+    splits = load_splits(data)
+    recommender = Recommender.fit(config, engine.artifact.pipeline, splits["train"], recall_catalogue(splits, config.columns))
+    out = default_recommender_path(ranker)
+    shutil.rmtree(out, ignore_errors=True)
+    recommender.save(out)
+    print(f"recommender {out}: channels {', '.join(recommender.channels)}; {recommender.merge.n} candidates "
+          f"(quotas {recommender.merge.quotas})")
+    return recommender
+
+
+def recommend_over_http(server: RankingServer, users: list[str], fresh: set[str], catalogue: Path, k: int) -> None:
+    """Stage 5c: POST /v1/recommend for the same users: recall over the whole catalogue, then the ranker."""
+    videos = pd.read_csv(catalogue / "videos.csv").set_index("video_id")
+    for user_id in users:
+        t0 = time.perf_counter()
+        reply = server.recommend(user_id, k=k)
+        ms = (time.perf_counter() - t0) * 1000
+        print(f"\nrecommended for {user_id} (POST /v1/recommend): top {len(reply['items'])} of {reply['n_candidates']} recalled "
+              f"({reply['n_seen']} seen items left out), {ms:.0f} ms")
+        for rank, item in enumerate(reply["items"], 1):
+            title = videos.loc[item["id"], "title"] if item["id"] in videos.index else "(ingested at serving time)"
+            print(f"  {rank:>2}  {item['id']:<18} {title[:28]:<28} {item['score']:>6.3f}  via {item['channel']:<10}"
+                  f" {'new' if item['id'] in fresh else ''}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,6 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalogue", type=Path, default=Path("datasets/ecommerce_video"),
                         help="where the e-commerce catalogue goes (its product videos are the SynthVideo files)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="the demo's runs and artifacts (default runs/demo)")
+    parser.add_argument("--recall-config", type=Path, default=Path("configs/recall_ecommerce_video.yaml"),
+                        help="the recall channels of /v1/recommend (default configs/recall_ecommerce_video.yaml)")
     parser.add_argument("--users", type=int, default=2, help="users whose candidates are ranked by id over HTTP")
     parser.add_argument("--top-k", type=int, default=5, help="items printed per user")
     parser.add_argument("--new-videos", type=int, default=6,
@@ -340,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"train.epochs": args.ranking_epochs} if args.ranking_epochs else {}
     ranking = train_ranker(args.ranking_config, args.catalogue, semantics_path, out / "ranking", overrides)
 
-    stages.begin("serving: export, item store, ingest new videos over HTTP, rank by id")
+    stages.begin("serving: export, item store, recommender, ingest new videos over HTTP, rank by id, recommend")
     artifacts = out / "artifacts"
     export_sentiment(RunDir(out / "sentiment").best, artifacts / "sentiment", overwrite=True)
     ranker = export_ranker(RunDir(out / "ranking").best, artifacts / "ranker", overwrite=True)
@@ -350,15 +385,18 @@ def run(args: argparse.Namespace) -> int:
     store = build_store(engine, frame, default_store_path(ranker), overwrite=True, explanations=explanations)
     print(f"item/user store {store.path}: {store.count('item')} items, {store.count('user')} users, "
           f"{len(explanations)} video explanations")
+    fit_recommender(args.recall_config, ranking.data, engine, ranker)
     arrivals = new_videos_folder(new, render_pair(new, clips, out / "new_videos"), args.videos / "videos", out / "new_videos")
     (out / "serve.log").unlink(missing_ok=True)  # RankingServer appends: this run's requests only
     args_serve = ["--store", str(store.path), "--sentiment", str(artifacts / "sentiment"), "--processes",
-                  str(args.server_processes)]
+                  str(args.server_processes), "--recommender", str(default_recommender_path(ranker))]
     with RankingServer(ranker, args=args_serve, log_path=out / "serve.log", module="mmapp") as server:
         processes = f"{args.server_processes} processes" if args.server_processes > 1 else "1 process"
         print(f"ranking service up at {server.url}, {processes} (access log {out / 'serve.log'})")
         ingest_over_http(server, arrivals, out / "new_videos")
-        rank_by_id_over_http(server, ranking.data, new, arrivals.iloc[len(new):], args.catalogue, args.users, args.top_k)
+        users = rank_by_id_over_http(server, ranking.data, new, arrivals.iloc[len(new):], args.catalogue, args.users,
+                                     args.top_k)
+        recommend_over_http(server, users, set(arrivals["video_id"]), args.catalogue, args.top_k)
 
     print(f"\n== done\n{stages.summary()}")
     print(f"   TensorBoard logs: {RunDir(out / 'sentiment').tensorboard}, {RunDir(out / 'ranking').tensorboard}   "

@@ -43,6 +43,12 @@ Endpoints (JSON in, JSON out):
   with an ingestor (``mmfusion serve --sentiment``: extraction and the sentiment model, ``mmapp.ingest``).
   It runs on its own *ingestion* thread (``ingest_queue`` may wait, ``ingest_timeout_s``), bodies up
   to ``max_item_body_bytes``.
+- ``POST /v1/recommend`` ``{"user_id": "u7", "k": 10, "exclude_seen": true, "context": {...}}`` (a service
+  started with ``--store`` and a recommender, ``--recommender``) -> ``{"items": [{"id": ..., "score": p,
+  "channel": "two_tower"}, ...], "n_candidates": N, "n_seen": m, "history": [...]}``: recall over the whole
+  catalogue (popularity, ItemCF, the two-tower model's FAISS index), merged to ``n`` candidates with
+  per-channel quotas, ranked by the ranker with the store's features (``xdeepfm.recommend``); the items
+  the user has met in the event log are left out (``exclude_seen``). ``"explain": true`` as on ``/v1/rank``.
 - ``POST /v1/events`` ``{"events": [{"user_id": "u7", "item_id": "v1", "label": 1, "time": 1733000000}, ...]}``
   -> ``{"logged": n, "new_users": m, "n_events": N}``: appends interactions to the store's event log in one
   transaction (a writable service, like ``/v1/items``). A model with a behaviour history reads the user's last
@@ -115,6 +121,7 @@ from starlette.requests import ClientDisconnect
 
 from xdeepfm.catalog import Ingestor, item_record, rank_by_id, record_events
 from xdeepfm.explain import attribute
+from xdeepfm.recommend import Recommender, recommend
 from xdeepfm.serving import Deadline, RecordError, ScoringEngine, TextsMissing
 from xdeepfm.store import Event, FeatureStore, StoreError
 
@@ -178,6 +185,15 @@ class RankByIdRequest(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict, description="per-request columns (device, time, ...)")
     top_k: int | None = Field(default=None, ge=1, strict=True, description="return the best top_k (default: all)")
     unknown: Literal["oov", "error"] = "oov"
+    explain: bool = Field(default=False, strict=True, description="add per-field attributions of each returned item's logit")
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, description="a user of the store (an unknown one is recommended for as a new user)")
+    k: int = Field(default=10, ge=1, strict=True, description="how many items to return")
+    exclude_seen: bool = Field(default=True, strict=True, description="leave out the items the user has an event with")
+    context: dict[str, Any] = Field(default_factory=dict, description="per-request columns (device, time, ...)")
     explain: bool = Field(default=False, strict=True, description="add per-field attributions of each returned item's logit")
 
 
@@ -413,11 +429,13 @@ class _Job:
 
     def __init__(self, service: "_Service", kind: str, raw: bytes, state, deadline: float) -> None:
         self.service, self.kind, self.raw, self.state, self.deadline = service, kind, raw, state, deadline
-        self.body: RankRequest | RankByIdRequest | ScoreRequest | None = None
+        self.body: RankRequest | RankByIdRequest | RecommendRequest | ScoreRequest | None = None
 
     def _validate(self, value: Any) -> None:
         if self.kind == "rank":
             model = RankByIdRequest if isinstance(value, dict) and "candidate_ids" in value else RankRequest
+        elif self.kind == "recommend":
+            model = RecommendRequest
         else:
             model = ScoreRequest
         try:
@@ -429,6 +447,8 @@ class _Job:
         value = parse_json(self.raw)
         self.raw = b""
         self._validate(value)
+        if isinstance(self.body, RecommendRequest):
+            return self._recommend()
         name = {RankRequest: "candidates", RankByIdRequest: "candidate_ids", ScoreRequest: "rows"}[type(self.body)]
         n = len(getattr(self.body, name))
         self.state.rows = n
@@ -446,7 +466,28 @@ class _Job:
         return self._run(defer_texts=True)
 
     def second(self) -> bytes:
+        if isinstance(self.body, RecommendRequest):
+            return self._recommend()
         return self._run(defer_texts=False)
+
+    def _recommend(self) -> bytes:
+        body, service = self.body, self.service
+        if service.store is None or service.recommender is None:
+            raise RecordError("user_id", "this service has no recommender: start it with --store and --recommender "
+                                         "(the directory `mmfusion recommender` writes)")
+        if body.explain and body.k > service.limits.max_explained:
+            raise RecordError("explain", f"{body.k} items to explain; at most {service.limits.max_explained} per request "
+                                         f"(send k <= {service.limits.max_explained})")
+        if body.k > service.limits.max_candidates:
+            raise RecordError("k", f"k={body.k}; at most {service.limits.max_candidates} per request")
+        result = recommend(service.engine, service.store, service.recommender, body.user_id, body.k, body.exclude_seen,
+                           body.context, deadline=self.deadline)
+        self.state.rows = result.n_candidates
+        items = [{"id": i, "score": s, "channel": c} for i, s, c in zip(result.ids, result.scores, result.channels)]
+        payload = {"items": items, "n_candidates": result.n_candidates, "n_seen": result.n_seen, "history": result.history}
+        if body.explain and items:
+            payload["explanation"] = explain_items(service.engine, result.inputs, items, self.deadline)
+        return render(payload)
 
     def _run(self, defer_texts: bool) -> bytes:
         engine, body = self.service.engine, self.body
@@ -582,6 +623,7 @@ class _Service:
     store: FeatureStore | None = None
     ingestor: Ingestor | None = None
     writable: bool = False
+    recommender: Recommender | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,7 +702,8 @@ class GuardMiddleware:
 
 
 def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: bool = True,
-               store: FeatureStore | None = None, ingestor: Ingestor | None = None, writable: bool = False) -> FastAPI:
+               store: FeatureStore | None = None, ingestor: Ingestor | None = None, writable: bool = False,
+               recommender: Recommender | None = None) -> FastAPI:
     """The FastAPI application around a loaded ``ScoringEngine``.
 
     ``warm_up``: load the text encoders at start-up (the app's lifespan) and report ready after;
@@ -669,14 +712,14 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
     ``ingestor``: turns uploaded videos into semantics (``xdeepfm.catalog.Ingestor``; the
     application layer's ``mmapp.ingest`` builds it from the sentiment model). ``writable``: accept
     ``POST /v1/items`` (a write to the store; without it the service is read-only and answers 403);
-    an ingestor implies it.
+    an ingestor implies it. ``recommender``: the recall stage of ``POST /v1/recommend`` (``xdeepfm.recommend``).
     """
     limits = limits or Limits()
     scoring = Lane("scoring", limits.workers, limits.queue)
     encoding = Lane("encoding", 1, limits.encode_queue)
     ingesting = Lane("ingestion", 1, limits.ingest_queue)
     logging_events = Lane("events", 1, limits.queue)
-    service = _Service(engine, limits, store, ingestor, writable or ingestor is not None)
+    service = _Service(engine, limits, store, ingestor, writable or ingestor is not None, recommender)
     readiness: dict[str, Any] = {"ready": not warm_up, "error": None}
 
     def warm_and_freeze() -> None:
@@ -727,6 +770,8 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
                                              "user_columns": list(store.layout.user.columns),
                                              "context_columns": list(store.layout.context)},
         "ingestion": {"items": service.writable, "videos": ingestor is not None},
+        "recommender": None if recommender is None else {"channels": list(recommender.channels),
+                                                         "merge": asdict(recommender.merge)},
     }
     retry = {"Retry-After": str(RETRY_AFTER_S)}
 
@@ -789,6 +834,10 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
     @app.post("/v1/rank", openapi_extra=body_schema(RankRequest))
     async def rank(request: Request) -> Response:
         return await handle(request, "rank")
+
+    @app.post("/v1/recommend", openapi_extra=body_schema(RecommendRequest))
+    async def recommend_items(request: Request) -> Response:
+        return await handle(request, "recommend")
 
     @app.post("/v1/items", openapi_extra=body_schema(ItemsRequest))
     async def items(request: Request) -> Response:

@@ -144,9 +144,10 @@ def build_store(engine: ScoringEngine, frame, path: str | Path, overwrite: bool 
                 history: HistoryConfig | None = None) -> SQLiteStore:
     """A new store at ``path`` holding every item and user of ``frame`` (impressions with all input
     columns); ``items`` / ``users`` frames, when given, add entities that have no impression;
-    ``explanations`` (item id -> JSON object) are kept beside their items. For a model with a
-    behaviour history, every row of ``frame`` is also logged as an event (``history``: the training
-    config's section, naming the time and label columns and the positive rule)."""
+    ``explanations`` (item id -> JSON object) are kept beside their items. Every row of ``frame`` is
+    also logged as an event when it has a time and a label (``history``: the training config's
+    section names those columns and the positive rule; required for a model with a behaviour
+    history): the user histories and seen items that ranking and recommending read."""
     layout = store_layout(engine, frame, history=history)
     store = SQLiteStore.create(path, layout, overwrite=overwrite)
     for kind, extra in (("item", items), ("user", users)):
@@ -158,8 +159,9 @@ def build_store(engine: ScoringEngine, frame, path: str | Path, overwrite: bool 
                 record.explanation = explanations.get(record.id)
         for start in tqdm(range(0, len(recs), 5000), desc=f"store {kind}s", unit="batch", leave=False):
             store.put(kind, recs[start : start + 5000])
-    if layout.history is not None:
-        events = frame_events(frame, layout, history or HistoryConfig())
+    rule = history or HistoryConfig()
+    if layout.history is not None or {rule.time_column, rule.label_column} <= set(frame.columns):
+        events = frame_events(frame, layout, rule)
         for start in tqdm(range(0, len(events), 50_000), desc="store events", unit="batch", leave=False):
             store.add_events(events[start : start + 50_000])
     store.checkpoint()  # the file alone holds the store (it can be copied)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from xdeepfm.catalog import build_store, default_store_path
 from xdeepfm.data import load_splits
 from xdeepfm.experiment import load_experiment
 from xdeepfm.export import export_checkpoint
+from xdeepfm.recall_eval import catalogue, load_recall_experiment
+from xdeepfm.recommend import Recommender, default_recommender_path
 from xdeepfm.server import serve
 from xdeepfm.serving import ScoringEngine
 
@@ -85,6 +88,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--store", type=Path,
                        help="the item/user store (SQLite) for ranking by id and POST /v1/items "
                             "(default: <artifact>.store.sqlite when it exists)")
+    serve.add_argument("--recommender", type=Path,
+                       help="the recall stage of POST /v1/recommend, written by `mmfusion recommender` "
+                            "(default: <artifact>.recall when it exists and a store is served)")
     serve.add_argument("--ingest", action="store_true",
                        help="accept POST /v1/items (writes to the store); without it the service is read-only")
     d = Limits()
@@ -130,10 +136,38 @@ def run_store(args: argparse.Namespace) -> int:
     engine = ScoringEngine.load(args.artifact, args.text_cache)
     splits = load_splits(cfg.data)
     frame = pd.concat(list(splits.values()), ignore_index=True)
-    store = build_store(engine, frame, out, overwrite=args.overwrite)
+    store = build_store(engine, frame, out, overwrite=args.overwrite, history=cfg.history)
     layout = store.layout
     print(f"wrote {out}: {store.count('item')} items ({', '.join(layout.item.columns)}), {store.count('user')} users "
           f"({', '.join(layout.user.columns)})" + (f"; per-request context: {', '.join(layout.context)}" if layout.context else ""))
+    return 0
+
+
+def add_recommender_arguments(p: argparse.ArgumentParser) -> None:
+    """``mmfusion recommender``: fit the recall channels of an exported ranker's recommender."""
+    p.add_argument("--artifact", required=True, type=Path, help="the exported ranker (`mmfusion export`): its fitted "
+                                                                "feature pipeline encodes the two-tower model's fields")
+    p.add_argument("--config", required=True, type=Path,
+                   help="a recall YAML (configs/recall_*.yaml): data, channels, two_tower, merge")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of --config (repeatable)")
+    p.add_argument("--out", type=Path, help="the recommender directory (default: <artifact>.recall)")
+    p.add_argument("--seed", type=int, default=0, help="the two-tower model's seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def run_recommender(args: argparse.Namespace) -> int:
+    out = args.out or default_recommender_path(args.artifact)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: exists (pass --overwrite to rebuild it)")
+    cfg = load_recall_experiment(args.config, args.set)
+    engine = ScoringEngine.load(args.artifact)
+    splits = load_splits(cfg.data)
+    recommender = Recommender.fit(cfg, engine.artifact.pipeline, splits["train"], catalogue(splits, cfg.columns), seed=args.seed)
+    if out.exists():
+        shutil.rmtree(out)
+    recommender.save(out)
+    print(f"wrote {out}: channels {', '.join(recommender.channels)}; {recommender.merge.n} candidates, quotas "
+          f"{recommender.merge.quotas}")
     return 0
 
 
@@ -148,9 +182,12 @@ def run_serve(args: argparse.Namespace, ingestor=None) -> int:
         store = default_store_path(args.artifact)
     elif store is not None and not Path(store).is_file():
         raise FileNotFoundError(f"--store {store}: no such file (build one with `mmfusion store`)")
+    recommender = args.recommender
+    if recommender is None and store is not None and default_recommender_path(args.artifact).is_dir():
+        recommender = default_recommender_path(args.artifact)
     serve(args.artifact, args.host, args.port, args.max_candidates, args.max_body_bytes, args.text_cache,
           args.threads, args.log_level, limits=limits, store=store, ingestor=ingestor, processes=args.processes,
-          writable=args.ingest)
+          writable=args.ingest, recommender=recommender)
     return 0
 
 

@@ -37,6 +37,7 @@ import torch
 from mmcore.runtime import setup_logging
 from xdeepfm.app import Limits, create_app
 from xdeepfm.catalog import Ingestor, open_store
+from xdeepfm.recommend import Recommender
 from xdeepfm.serving import ScoringEngine
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,15 @@ def build_server(app, host: str, port: int, limits: Limits, log_level: str = "in
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_candidates: int = 1000,
           max_body_bytes: int = 2_000_000, text_cache_dir: str | Path | None = None, threads: int | None = 1,
           log_level: str = "info", limits: Limits | None = None, store: str | Path | None = None,
-          ingestor: Callable[[ScoringEngine], Ingestor] | None = None, processes: int = 1, writable: bool = False) -> None:
+          ingestor: Callable[[ScoringEngine], Ingestor] | None = None, processes: int = 1, writable: bool = False,
+          recommender: str | Path | None = None) -> None:
     """Load ``artifact`` and serve it until interrupted (SIGINT/SIGTERM end it cleanly).
 
     ``limits`` (default ``Limits()``) holds every bound; ``max_candidates`` and ``max_body_bytes``
     replace its two fields. ``threads``: torch intra-op threads per process (default 1, so that the
     scoring and encoding threads leave a core to the event loop; None: torch's choice). ``store``:
-    the item/user store file for ranking by id and ``POST /v1/items`` (accepted with ``writable``). ``ingestor``: a picklable
+    the item/user store file for ranking by id and ``POST /v1/items`` (accepted with ``writable``);
+    ``recommender``: the directory of a ``xdeepfm.recommend.Recommender`` for ``POST /v1/recommend``. ``ingestor``: a picklable
     callable making the video ingestor from the engine (the application layer's). ``processes``
     > 1 runs that many server processes behind one acceptor that hands each connection to the least
     busy of them (``serve_processes``); they share the store file, so an item one of them ingests is
@@ -127,7 +130,7 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_c
     if host not in LOOPBACK:
         log.warning("binding %s: the service has no authentication; keep it behind a trusted network", host)
     options = dict(artifact=artifact, text_cache_dir=text_cache_dir, threads=threads, log_level=log_level, limits=limits,
-                   store=store, ingestor=ingestor, writable=writable)
+                   store=store, ingestor=ingestor, writable=writable, recommender=recommender)
     if processes <= 1:
         app = load_app(**options)
         build_server(app, host, port, limits, log_level).run()
@@ -209,8 +212,9 @@ def serve_processes(options: dict, host: str, port: int, processes: int) -> None
 
 
 def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: int | None, log_level: str, limits: Limits,
-             store: str | Path | None, ingestor: Callable[[ScoringEngine], Ingestor] | None, writable: bool = False):
-    """The app of one server process: the engine, the store it checks against the artifact, the ingestor."""
+             store: str | Path | None, ingestor: Callable[[ScoringEngine], Ingestor] | None, writable: bool = False,
+             recommender: str | Path | None = None):
+    """The app of one server process: the engine, the store it checks against the artifact, the ingestor, the recommender."""
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -220,8 +224,14 @@ def load_app(artifact: str | Path, text_cache_dir: str | Path | None, threads: i
              artifact, time.perf_counter() - started, len(engine.fields), torch.get_num_threads(), limits.workers,
              limits.queue, limits.encode_queue,
              f", store {store}: {opened.count('item')} items, {opened.count('user')} users" if opened else "")
+    recall = None
+    if recommender is not None:
+        if opened is None:
+            raise ValueError("--recommender needs --store: recommendations are ranked from the store's items")
+        recall = Recommender.load(recommender, engine.artifact.pipeline)
+        log.info("recommender %s: channels %s, %d candidates", recommender, list(recall.channels), recall.merge.n)
     app = create_app(engine, limits, store=opened, ingestor=ingestor(engine) if ingestor is not None else None,
-                     writable=writable)
+                     writable=writable, recommender=recall)
     gc.collect()
     gc.freeze()  # the loaded artifact and the imports: out of the collector's sight (app.py, warm-up)
     return app
@@ -443,6 +453,15 @@ class RankingServer:
         """``POST /v1/rank`` by id: the features come from the service's store."""
         return self._json("POST", "/v1/rank", json={"user_id": user_id, "candidate_ids": candidate_ids, "top_k": top_k,
                                                     "context": context or {}, "unknown": unknown})
+
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True, context: dict | None = None) -> dict:
+        """``POST /v1/recommend``: recall over the catalogue, ranked (a service started with a recommender)."""
+        return self._json("POST", "/v1/recommend", json={"user_id": user_id, "k": k, "exclude_seen": exclude_seen,
+                                                         "context": context or {}})
+
+    def add_events(self, events: list[dict]) -> dict:
+        """``POST /v1/events``: each ``{"user_id", "item_id", "label", "time"}``."""
+        return self._json("POST", "/v1/events", json={"events": events})
 
     def put_items(self, items: list[dict]) -> dict:
         """``POST /v1/items``: each ``{"columns": {...}, "vectors": {...}}`` or with ``"video"`` (base64)."""

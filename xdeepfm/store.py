@@ -353,6 +353,18 @@ class SQLiteStore:
         row = self._connection().execute("SELECT body FROM explanation WHERE id = ?", (item_id,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def last_write(self, kind: Entity) -> float:
+        """The newest ``updated_at`` of ``kind`` (0 for an empty table): what ``updated_since`` continues from."""
+        row = self._connection().execute(f"SELECT MAX(updated_at) FROM {_table(kind)}").fetchone()
+        return float(row[0] or 0.0)
+
+    def updated_since(self, kind: Entity, since: float) -> list[Record]:
+        """The records written after ``since`` (a ``time.time()`` value), oldest write first."""
+        table, layout = _table(kind), self.layout.entity(kind)
+        rows = self._connection().execute(f"SELECT id, columns, vectors, updated_at FROM {table} WHERE updated_at > ? "
+                                          "ORDER BY updated_at", (since,)).fetchall()
+        return [decode_record(*row, layout, f"{self.path}:{table}") for row in rows]
+
     def history(self, user_id: str, limit: int | None = None, positive_min: float | None = None) -> list[str]:
         """The user's last ``limit`` (default the layout's ``max_len``) positive items, newest first
         (ties in time: the later logged first). Needs a layout with a history, or both arguments."""
@@ -387,9 +399,9 @@ class SQLiteStore:
                              "(`mmfusion store`) to record events")
         rows = [_check_event(e, f"events[{i}]") for i, e in enumerate(events)]
         user_rows = [encode_record(r, self.layout.user, f"users[{i}]") for i, r in enumerate(users)]
-        now = time.time()
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
+        now = time.time()  # inside the write lock: rows' updated_at follow the order of the commits
         try:
             conn.executemany("INSERT INTO event (user_id, item_id, label, time) VALUES (?, ?, ?, ?)", rows)
             if user_rows:
@@ -412,9 +424,9 @@ class SQLiteStore:
                 raise StoreError(f"{kind}s[{i}].id: {rid!r} also given as {kind}s[{seen[rid]}]")
             seen[rid] = i
         explained = self._explanations(kind, records)
-        now = time.time()
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
+        now = time.time()  # inside the write lock: rows' updated_at follow the order of the commits
         try:
             conn.executemany(f"INSERT OR REPLACE INTO {_table(kind)} VALUES (?, ?, ?, ?)",
                              [(rid, cols, blob, now) for rid, cols, blob in rows])

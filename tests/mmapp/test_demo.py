@@ -33,6 +33,11 @@ def test_demo_runs_the_whole_product_from_video_files(tiny_demo):
     match = re.search(r"ingested 4 new videos through POST /v1/items .* the store now holds (\d+) items", printed)
     assert match and int(match.group(1)) == len(videos) + 4
 
+    assert sum(r["path"] == "/v1/recommend" and r["status"] == 200 for r in served) == 2
+    assert (out / "artifacts/ranker.recall/recommender.json").is_file()
+    for block in printed.split("\nrecommended for ")[1:]:  # recall over the whole catalogue, then the ranker
+        rows = re.findall(r"^\s+\d+\s+(synth_\d+)\s.*?\s(\d\.\d{3})\s+via (popularity|itemcf|two_tower)", block, flags=re.M)
+        assert rows and [float(s) for _, s, _ in rows] == sorted((float(s) for _, s, _ in rows), reverse=True)
     for block in printed.split("\nuser user_")[1:]:
         rows = re.findall(r"^\s+\d+\s+(synth_\d+)\s.*?\s(\d\.\d{3})\s+-?\d+\.\d{2}\s+(yes)?$", block, flags=re.M)
         scores = [float(s) for _, s, _ in rows]

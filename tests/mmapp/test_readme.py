@@ -74,7 +74,7 @@ def fast_variant(command: str) -> str | None:
         shrink = f" --seeds 0 --variants no_uff {SHRINK_SENTIMENT}"
     elif "mmfusion compare" in command:
         shrink = f" --seeds 0 --splits random --variants ours_notext {SHRINK_RANKING}"
-    elif not re.search(r"(mmfusion (train|evaluate|predict|extract|export|serve|report|store|ingest)|train\.py|"
+    elif not re.search(r"(mmfusion (train|evaluate|predict|extract|export|serve|report|store|ingest|recommender)|train\.py|"
                        r"-m xdeepfm\.data\.shards|^curl )", command):
         return None
     command = strip_comment(command)  # a trailing comment would swallow the words appended

@@ -24,6 +24,7 @@ import uvicorn
 
 from xdeepfm.app import Limits, create_app
 from xdeepfm.catalog import open_store
+from xdeepfm.recommend import Recommender
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.store import SQLiteStore
 
@@ -65,14 +66,15 @@ def browser():
             browser.close()
 
 
-@pytest.fixture(scope="module")
-def service(tiny_demo, tmp_path_factory):
+def _serve(tiny_demo, tmp_path_factory, with_recommender: bool):
     """The service in this process (uvicorn on a thread, loopback, a free port) over a copy of the job's store."""
     assert tiny_demo.rc == 0, tiny_demo.printed[-3000:]
     path = tmp_path_factory.mktemp("web") / "store.sqlite"
     SQLiteStore(tiny_demo.out / "artifacts/ranker.store.sqlite").backup(path)
     engine = ScoringEngine.load(tiny_demo.out / "artifacts/ranker")
-    app = create_app(engine, Limits(), warm_up=False, store=open_store(engine, path))
+    recommender = Recommender.load(tiny_demo.out / "artifacts/ranker.recall", engine.artifact.pipeline) \
+        if with_recommender else None
+    app = create_app(engine, Limits(), warm_up=False, store=open_store(engine, path), recommender=recommender)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -86,6 +88,18 @@ def service(tiny_demo, tmp_path_factory):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def service(tiny_demo, tmp_path_factory):
+    """Without a recommender: the page ranks the store's items (POST /v1/rank by id)."""
+    yield from _serve(tiny_demo, tmp_path_factory, with_recommender=False)
+
+
+@pytest.fixture(scope="module")
+def recommending(tiny_demo, tmp_path_factory):
+    """With the job's recommender: the page shows POST /v1/recommend."""
+    yield from _serve(tiny_demo, tmp_path_factory, with_recommender=True)
 
 
 @pytest.fixture
@@ -164,3 +178,17 @@ def test_the_api_docs_render_offline(page, service):
     _screenshot(page, "docs")
     assert page.seen["errors"] == [] and page.seen["hosts"] == {"127.0.0.1"}
 
+
+def test_with_a_recommender_the_page_shows_what_recommend_returns(page, recommending):
+    page.goto(f"{recommending}/")
+    page.wait_for_selector("#ranked .item", timeout=15_000)
+    assert page.text_content("#list-title").startswith("Recommended videos for user")
+    user, k = page.input_value("#user-select"), page.locator("#ranked .item").count()
+    want = requests.post(f"{recommending}/v1/recommend", json={"user_id": user, "k": k, "explain": True}, timeout=30).json()
+    rows = page.locator("#ranked .item")
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == [i["id"] for i in want["items"]]
+    shown = page.locator("#ranked [data-score]").evaluate_all("nodes => nodes.map(n => Number(n.dataset.score))")
+    np.testing.assert_allclose(shown, [i["score"] for i in want["items"]], rtol=0, atol=1e-12)
+    assert f"via {want['items'][0]['channel'].replace('_', '-')}" in rows.first.text_content()
+    _screenshot(page, "recommend")
+    assert page.seen["errors"] == [] and page.seen["hosts"] == {"127.0.0.1"}

@@ -1,6 +1,7 @@
 // The page of the ranking service: plain JavaScript over the service's JSON (no build step, no CDN).
-// rankedVideos() is the one function that picks a user's videos: it ranks the store's items with
-// POST /v1/rank by id; when the service has /v1/recommend, it is the function to change.
+// rankedVideos() is the one function that picks a user's videos: POST /v1/recommend (recall over the
+// whole catalogue, then the ranker) when the service has a recommender, else the store's items ranked
+// with POST /v1/rank by id.
 "use strict";
 
 const CANDIDATES = 300;  // items of the store ranked per user (the catalogue, capped)
@@ -45,6 +46,7 @@ const fmt = (x, digits = 2) => (x >= 0 ? "+" : "\u2212") + Math.abs(x).toFixed(d
 
 /** The user's ranked videos: [{id, score, explanation}], best first, and the response's explanation header. */
 async function rankedVideos(userId, k, context) {
+  if (state.model.recommender) return api("/v1/recommend", {user_id: userId, k, context, explain: true});
   return api("/v1/rank", {user_id: userId, candidate_ids: state.candidates, top_k: k, context, explain: true});
 }
 
@@ -109,9 +111,10 @@ function attributionBars(explanation) {
 async function renderList(userId, ranking) {
   const list = $("ranked");
   list.replaceChildren();
-  const unknownUser = (ranking.unknown_ids.user_id || []).length > 0;
-  $("list-title").textContent = `Ranked videos for user ${userId}`;
+  const unknownUser = ((ranking.unknown_ids && ranking.unknown_ids.user_id) || []).length > 0;
+  $("list-title").textContent = `${state.model.recommender ? "Recommended" : "Ranked"} videos for user ${userId}`;
   $("list-note").textContent = `${ranking.items.length} of ${ranking.n_candidates} candidates` +
+    (ranking.n_seen !== undefined ? ` recalled from the catalogue (${ranking.n_seen} seen left out)` : "") +
     (unknownUser ? " \u2014 not in the store: ranked as a new user" : "") +
     ". Bars: what each field added to the logit, against a baseline with every field unknown.";
   const records = await Promise.all(ranking.items.map((r) => item(r.id)));
@@ -121,7 +124,7 @@ async function renderList(userId, ranking) {
     const info = el("div", {},
       el("div", {class: "title"}, record.columns.title || ranked.id),
       el("div", {class: "score"}, "score ", el("b", {"data-score": String(ranked.score)}, ranked.score.toFixed(4)),
-         ` \u00b7 ${ranked.id}`),
+         ` \u00b7 ${ranked.id}` + (ranked.channel ? ` \u00b7 via ${ranked.channel.replace("_", "-")}` : "")),
       sentimentChips(sentimentOf(record)));
     if (explanation && explanation.shares) info.append(sharesBar(explanation.shares));
     const row = el("li", {class: "item", "data-id": ranked.id},
@@ -286,7 +289,9 @@ async function start() {
     const cap = Math.min(CANDIDATES, state.model.limits.max_candidates);
     const [users, items] = await Promise.all([api("/v1/users?limit=200"), api(`/v1/items?limit=${cap}`)]);
     state.candidates = items.ids;
-    $("status").textContent = `${store.items} items, ${store.users} users; ranking ${items.ids.length} items per user` +
+    const how = state.model.recommender ? `recommending from all ${store.items} (recall: ${state.model.recommender.channels.join(", ")})`
+                                        : `ranking ${items.ids.length} items per user`;
+    $("status").textContent = `${store.items} items, ${store.users} users; ${how}` +
       (state.model.ingestion.items ? "; accepts new items" : "; read-only");
     $("user-select").replaceChildren(...users.ids.map((id) => el("option", {value: id}, id)));
     for (const column of store.context_columns) {
