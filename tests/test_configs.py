@@ -10,19 +10,24 @@ from mmapp.cli import load_experiment
 from mmcore.config import ConfigError, load_yaml
 from mmfusion.experiment import SentimentExperiment
 from xdeepfm.experiment import RankingExperiment
+from xdeepfm.recall_eval import RecallExperiment, load_recall_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 SCHEMA = {"sentiment": SentimentExperiment, "ranking": RankingExperiment}
 
 
-def test_there_are_configs_of_both_tasks():
+def test_there_are_configs_of_every_task():
     tasks = {load_yaml(path).get("task", "sentiment") for path in CONFIGS}
-    assert len(CONFIGS) >= 10 and tasks == {"sentiment", "ranking"}
+    assert len(CONFIGS) >= 10 and tasks == {"sentiment", "ranking", "recall"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_builds(path):
+    if load_yaml(path).get("task") == "recall":  # the recall channels (python -m xdeepfm.recall_eval, mmfusion recommender)
+        cfg = load_recall_experiment(path, ["merge.n=50"])
+        assert isinstance(cfg, RecallExperiment) and cfg.merge.n == 50
+        return
     task, cfg = load_experiment(path, [])
     assert isinstance(cfg, SCHEMA[task])
     task_again, tweaked = load_experiment(path, ["train.epochs=1"])

@@ -181,6 +181,19 @@ class Recommender:
             channels[name] = channel
         return cls(channels, build(MergeConfig, meta["merge"], f"{path}:merge"), columns)
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path, engine: ScoringEngine) -> "Recommender":
+        """The recommender of an exported ranker: ``path`` is its directory (``mmfusion recommender --out``)
+        or the ranker's artifact, whose ``<artifact>.recall`` is then read; ``engine`` the loaded ranker."""
+        path = Path(path)
+        if not (path / META_FILE).is_file() and default_recommender_path(path).is_dir():
+            path = default_recommender_path(path)
+        return cls.load(path, engine.artifact.pipeline)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """``save`` under the name of the other models' exports."""
+        return self.save(directory)
+
     # -- serving -------------------------------------------------------------------------------
     def _popularity(self, n: int, seen: set[str]) -> np.ndarray:
         out = []
@@ -255,16 +268,19 @@ class Recommender:
                 self._synced_at = max([self._synced_at] + [r.updated_at for r in records])
             self._synced_generation = generation  # read before the scan: a write racing it moves it again
             if records:
-                self.add_items(pd.DataFrame([r.columns for r in records]))
+                names = {name for r in records for name in r.vectors}  # the stored title vectors and semantics
+                given = {name: np.stack([r.vectors[name] for r in records]) for name in names}
+                self.add_items(pd.DataFrame([r.columns for r in records]), given)
                 log.info("recommender: %d item(s) of the store put into the two-tower index", len(records))
             return len(records)
 
-    def add_items(self, items: pd.DataFrame) -> None:
+    def add_items(self, items: pd.DataFrame, given: dict[str, np.ndarray] | None = None) -> None:
         """Items ingested after fitting: into the two-tower index from their content (other channels
-        cannot place an item without interactions; popularity and ItemCF learn it at the next fit)."""
+        cannot place an item without interactions; popularity and ItemCF learn it at the next fit);
+        ``given``: their stored vectors by field name (``TwoTowerChannel.add_items``)."""
         channel = self.channels.get("two_tower")
         if channel is not None:
-            channel.add_items(_string_ids(items, self.columns, user=False))
+            channel.add_items(_string_ids(items, self.columns, user=False), given)
 
 
 def _string_ids(frame: pd.DataFrame, c: Columns, user: bool = True) -> pd.DataFrame:

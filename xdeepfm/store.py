@@ -234,6 +234,7 @@ CREATE TABLE IF NOT EXISTS explanation (id TEXT PRIMARY KEY, body TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS event (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
                                   label REAL NOT NULL, time REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS event_by_user ON event (user_id, time, seq);
+CREATE INDEX IF NOT EXISTS item_by_write ON item (updated_at);
 """
 
 

@@ -308,17 +308,27 @@ class TwoTowerChannel(RecallChannel):
         return self.index.search(self.user_vectors(user_ids, histories), n, exclude)
 
     @torch.inference_mode()
-    def add_items(self, items: pd.DataFrame) -> np.ndarray:
+    def add_items(self, items: pd.DataFrame, given: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Ingest items (new or updated): their vectors from the item tower, into the catalogue and the index.
 
         An item never seen in training has the OOV id code, so its vector comes from its content.
-        Returns the vectors (n, out_dim).
+        ``given``: encoded inputs by field name, one row per row of ``items`` (e.g. the video semantics
+        and title vectors an item store keeps), used instead of encoding those fields again (a vector
+        field's table knows only the training items). Returns the vectors (n, out_dim).
         """
         c = self.columns
         if c.item not in items.columns:
             raise ValueError(f"two_tower.add_items: no column {c.item!r} (columns: {sorted(map(str, items.columns))})")
-        items = items.drop_duplicates(c.item, keep="last").reset_index(drop=True)
+        keep = ~items[c.item].duplicated(keep="last").to_numpy()
+        items = items[keep].reset_index(drop=True)
         inputs = self._item_inputs(items, "two_tower.add_items")
+        for name, values in (given or {}).items():
+            if name in inputs:
+                values = np.asarray(values, dtype=np.float32)[keep]
+                if values.shape != tuple(inputs[name].shape):
+                    raise ValueError(f"two_tower.add_items: given {name!r} has shape {values.shape}; "
+                                     f"expected {tuple(inputs[name].shape)}")
+                inputs[name] = torch.from_numpy(values)
         vectors = self.model.items(inputs).numpy()
         ids = items[c.item].to_numpy()
         position = self.item_positions(ids)

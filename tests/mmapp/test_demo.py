@@ -7,6 +7,9 @@ import json
 import re
 
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.xdist_group("tiny_demo")  # one worker builds the tiny main job (tests/mmapp/conftest.py) for all its users
 
 
 def test_demo_runs_the_whole_product_from_video_files(tiny_demo):

@@ -30,6 +30,8 @@ from xdeepfm.server import RankingServer
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.store import SQLiteStore
 
+pytestmark = pytest.mark.xdist_group("tiny_demo")  # one worker builds the tiny main job (tests/mmapp/conftest.py) for all its users
+
 NARRATION = "I have been using this backpack for a week now. It is honestly wonderful and I love it."
 
 

@@ -16,6 +16,7 @@ that are not run say why in ``NOT_RUN``. The ```python block runs as it stands.
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import re
@@ -26,6 +27,8 @@ from pathlib import Path
 import pytest
 
 from mmfusion.extract.synthclip import write_clip
+
+pytestmark = pytest.mark.xdist_group("tiny_demo")  # one worker builds the tiny main job (tests/mmapp/conftest.py) for all its users
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -166,3 +169,5 @@ def test_readme_python_block_runs(sandbox, monkeypatch, capsys):
     assert re.fullmatch(r"\d\.\d{4}", printed[0])  # the test MAE
     assert printed[1].startswith("['M' 'T' 'A' 'V'] (32, 4) (32, 64)")
     assert (sandbox / "artifacts" / "api_tiny" / "manifest.json").is_file()
+    ranked, recommended, channels = (ast.literal_eval(part + "]") for part in printed[3].rstrip("]").split("] "))
+    assert len(ranked) == 3 and len(recommended) == 3 and set(channels) <= {"popularity", "itemcf", "two_tower"}

@@ -28,6 +28,8 @@ from xdeepfm.recommend import Recommender
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.store import SQLiteStore
 
+pytestmark = pytest.mark.xdist_group("tiny_demo")  # one worker builds the tiny main job (tests/mmapp/conftest.py) for all its users
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]

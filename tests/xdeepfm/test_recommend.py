@@ -107,6 +107,8 @@ def test_a_new_item_in_the_store_reaches_the_two_tower_index(setup, tmp_path):
     assert recommender.sync(copy) == 1
     two_tower = recommender.channels["two_tower"]
     assert "fresh" in set(two_tower.item_ids.tolist()) and "fresh" in set(two_tower.index.ids.tolist())
+    row = two_tower.item_positions(np.array(["fresh"]))[0]  # the stored title vector is used as it is, not encoded again
+    np.testing.assert_array_equal(two_tower._items["title"][row].numpy(), record.vectors["title"])
 
 
 @pytest.fixture(scope="module")
