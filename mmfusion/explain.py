@@ -88,6 +88,27 @@ class BatchReadout:
     shares: torch.Tensor  # (B, n_modalities)
     shares_kind: str  # "soft_mapping" or "weighted_average"
     flows: dict[str, AttentionFlow]
+    decisive: torch.Tensor | None = None  # (B, n_modalities): |M(x) - M(x, modality m uninformative)|
+
+
+def occluded(batch: MMSABatch, modality: str) -> MMSABatch:
+    """``batch`` with one modality's input made uninformative at its real positions: audio / vision
+    frames and text features at 0 (the training mean after the normalisation), text token ids at the
+    padding id 0 (attention mask kept); the masks, and so the lengths, unchanged."""
+    if modality == "text":
+        if batch.text_feats is not None:
+            return dataclasses.replace(batch, text_feats=torch.zeros_like(batch.text_feats))
+        return dataclasses.replace(batch, text_ids=torch.zeros_like(batch.text_ids))
+    return dataclasses.replace(batch, **{modality: torch.zeros_like(getattr(batch, modality))})
+
+
+def decisive_shares(decisive: torch.Tensor) -> torch.Tensor:
+    """Each modality's share of the change in M when it alone is made uninformative (occlusion,
+    Zeiler & Fergus 2014): d_m / sum_m' d_m', uniform when nothing moves M. Unlike the soft-mapping
+    share, a modality whose input already carries nothing gets d_m = 0 (docs/explanations.md)."""
+    total = decisive.sum(1, keepdim=True)
+    uniform = torch.full_like(decisive, 1.0 / decisive.shape[1])
+    return torch.where(total > 0, decisive / total.clamp(min=1e-12), uniform)
 
 
 def _pooled_mask(mask: torch.Tensor, stride: int) -> torch.Tensor:
@@ -131,8 +152,15 @@ def read_batch(model: MultimodalSentimentModel, batch: MMSABatch) -> BatchReadou
     kind = "soft_mapping" if weights.ndim == 2 else "weighted_average"
     if weights.ndim == 1:
         weights = weights.expand(len(batch), -1)
+    was_training = model.training
+    model.eval()
+    try:  # one more pass per modality: how far M moves when that modality says nothing
+        decisive = torch.stack([(model(occluded(batch, m)).preds["M"] - out.preds["M"]).abs().float()
+                                for m in model.modalities], dim=1)
+    finally:
+        model.train(was_training)
     return BatchReadout(outputs={t: v.float().cpu() for t, v in out.preds.items()}, shares=weights.cpu(),
-                        shares_kind=kind, flows=flows)
+                        shares_kind=kind, flows=flows, decisive=decisive.cpu())
 
 
 # ------------------------------------------------------------------------------------------ words and segments
@@ -226,6 +254,10 @@ class Explainer:
             "shares": {m: float(readout.shares[k, i]) for i, m in enumerate(self.model.modalities)},
             "shares_kind": readout.shares_kind,
         }
+        if readout.decisive is not None:
+            shares = decisive_shares(readout.decisive[k : k + 1])[0]
+            explanation["decisive"] = {m: float(shares[i]) for i, m in enumerate(self.model.modalities)}
+            explanation["decisive_change"] = {m: float(readout.decisive[k, i]) for i, m in enumerate(self.model.modalities)}
         lengths = {"audio": int(split.audio_lengths[row]), "vision": int(split.vision_lengths[row])}
         for m, flow in readout.flows.items():
             entry: dict = {}
@@ -329,11 +361,13 @@ def uninformative(split: MMSASplit, modality: str, norm: NormStats | None, how: 
 
 
 def mean_shares(model: MultimodalSentimentModel, split: MMSASplit, norm: NormStats | None,
-                batch_size: int = 64) -> dict[str, float]:
-    """The soft-mapping share of each modality averaged over the clips of ``split``."""
+                batch_size: int = 64, kind: str = "soft_mapping") -> dict[str, float]:
+    """The share of each modality averaged over the clips of ``split``: the soft-mapping share, or
+    with ``kind="decisive"`` the occlusion share (``decisive_shares``)."""
     device = next(model.parameters()).device
-    shares = [read_batch(model, batch.to(device)).shares
-              for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=model.cfg.text.source)]
+    readouts = [read_batch(model, batch.to(device))
+                for batch in make_loader(split, norm, batch_size=batch_size, shuffle=False, text_source=model.cfg.text.source)]
+    shares = [r.shares if kind == "soft_mapping" else decisive_shares(r.decisive) for r in readouts]
     mean = torch.cat(shares).mean(0)
     return {m: float(mean[i]) for i, m in enumerate(model.modalities)}
 

@@ -165,6 +165,9 @@ def test_the_video_view_highlights_the_attended_words_and_draws_the_attention(pa
     heaviest = max(range(len(audio_words)), key=lambda i: audio_words[i]["weight"])
     assert shades[heaviest].replace(" ", "") == "rgb(9,105,218)"  # the most attended word in full colour
     assert len(set(shades)) > 1
+    decisive = page.locator("#video-decisive .shares span").evaluate_all("s => s.map(x => parseFloat(x.style.width))")
+    np.testing.assert_allclose(decisive, [100 * record["explanation"]["decisive"][m] for m in ("text", "audio", "vision")],
+                               atol=0.06)  # the occlusion shares, drawn
     lines = page.locator("#attention svg polyline")
     assert lines.evaluate_all("ls => ls.map(l => l.dataset.stream)") == ["audio", "vision"]
     points = lines.first.get_attribute("points").split()

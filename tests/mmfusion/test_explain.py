@@ -195,3 +195,26 @@ def test_ablated_models_explain_too(tiny_synthmosi, switches):
     assert ("words" in first["audio"]) == cfg.use_lgt
     frames = int(split.audio_lengths[0])
     assert 0 <= first["audio"]["peak"]["start_frame"] < first["audio"]["peak"]["end_frame"] <= frames
+
+
+def test_the_decisive_share_drops_when_a_modality_is_uninformative(tiny_sentiment_run, tiny_synthmosi):
+    """The occlusion share (how far M moves when a modality alone says nothing) is faithful where the
+    soft-mapping share above is not: a modality whose input already carries nothing gets ~0 of it."""
+    model, norm, _ = ex.load(tiny_sentiment_run, "cpu")
+    split = load_mmsa(tiny_synthmosi).splits["test"]
+    base = ex.mean_shares(model, split, norm, kind="decisive")
+    assert sum(base.values()) == pytest.approx(1.0, abs=1e-5) and min(base.values()) > 0
+    for m in model.modalities:
+        replaced = ex.mean_shares(model, ex.uninformative(split, m, norm, "mean"), norm, kind="decisive")
+        assert replaced[m] < base[m] and replaced[m] < 1e-3, (m, base[m], replaced[m])
+
+
+def test_an_explanation_carries_the_decisive_shares(tiny_sentiment_run, tiny_synthmosi):
+    model, norm, _ = ex.load(tiny_sentiment_run, "cpu")
+    split = load_mmsa(tiny_synthmosi).splits["test"]
+    (first, *_) = ex.explain_split(model, split, norm, ex.Explainer(model), batch_size=8)
+    assert set(first["decisive"]) == set(model.modalities) and sum(first["decisive"].values()) == pytest.approx(1.0, abs=1e-5)
+    changes = first["decisive_change"]
+    assert all(v >= 0 for v in changes.values())
+    total = sum(changes.values())
+    assert first["decisive"] == pytest.approx({m: v / total for m, v in changes.items()}, abs=1e-6)

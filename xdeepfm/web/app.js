@@ -221,6 +221,8 @@ async function openVideo(id) {
     return;
   }
   $("video-shares").replaceChildren(sharesBar(explanation.shares || {}));
+  $("video-decisive").replaceChildren(explanation.decisive ? sharesBar(explanation.decisive)
+                                                           : el("p", {class: "note"}, "not in this explanation (made before it existed)"));
   const streams = el("div", {});
   const names = {text: "text stream", audio: "read for the audio", vision: "read for the vision"};
   for (const m of ["audio", "vision", "text"]) {
