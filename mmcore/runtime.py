@@ -30,7 +30,7 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S")
     if str(level).upper() != "DEBUG":
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        for name in ("transformers", "huggingface_hub", "urllib3"):
+        for name in ("transformers", "huggingface_hub", "urllib3", "faiss"):  # faiss.loader: its CPU-feature probing
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
