@@ -438,10 +438,7 @@ class _Job:
             model = RecommendRequest
         else:
             model = ScoreRequest
-        try:
-            self.body = model.model_validate(value)
-        except ValidationError as exc:
-            raise _validation_error(exc.errors(include_input=False, include_url=False)) from None
+        self.body = validated(model, value)
 
     def first(self) -> bytes:
         value = parse_json(self.raw)
@@ -546,13 +543,17 @@ def explain_items(engine: ScoringEngine, X: np.ndarray, items: list[dict], deadl
     return {"method": f"Shapley values over fields, {method}; linear part exact", "baseline": BASELINE, "groups": groups}
 
 
-def ingest_items(service: "_Service", raw: bytes, state, deadline: float) -> bytes:
-    """POST /v1/items: every item checked (and its video turned into semantics), then all upserted in one transaction."""
-    value = parse_json(raw)
+def validated(model: type[BaseModel], value: Any) -> Any:
+    """``value`` (parsed JSON) as a ``model`` request, or a 422 ``BodyError`` naming the first bad field."""
     try:
-        body = ItemsRequest.model_validate(value)
+        return model.model_validate(value)
     except ValidationError as exc:
         raise _validation_error(exc.errors(include_input=False, include_url=False)) from None
+
+
+def ingest_items(service: "_Service", raw: bytes, state, deadline: float) -> bytes:
+    """POST /v1/items: every item checked (and its video turned into semantics), then all upserted in one transaction."""
+    body = validated(ItemsRequest, parse_json(raw))
     state.rows = len(body.items)
     if len(body.items) > service.limits.max_items:
         raise RecordError("items", f"{len(body.items)} items given; at most {service.limits.max_items} per request")
@@ -596,10 +597,7 @@ def ingest_items(service: "_Service", raw: bytes, state, deadline: float) -> byt
 
 def log_events(service: "_Service", raw: bytes, state) -> bytes:
     """POST /v1/events: every event checked, then all appended (and new users added) in one transaction."""
-    try:
-        body = EventsRequest.model_validate(parse_json(raw))
-    except ValidationError as exc:
-        raise _validation_error(exc.errors(include_input=False, include_url=False)) from None
+    body = validated(EventsRequest, parse_json(raw))
     state.rows = len(body.events)
     if len(body.events) > service.limits.max_candidates:
         raise RecordError("events", f"{len(body.events)} events given; at most {service.limits.max_candidates} per request")
