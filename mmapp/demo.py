@@ -62,9 +62,8 @@ from xdeepfm.data import load_splits
 from xdeepfm.data.ecommerce import load_ecommerce_splits
 from xdeepfm.experiment import load_experiment as load_ranking_experiment
 from xdeepfm.export import export_checkpoint as export_ranker
-from xdeepfm.recall_eval import catalogue as recall_catalogue
 from xdeepfm.recall_eval import load_recall_experiment
-from xdeepfm.recommend import Recommender, default_recommender_path
+from xdeepfm.recommend import Recommender, build_recommender, default_recommender_path
 from xdeepfm.server import RankingServer
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.train import train as train_ranking_model
@@ -288,15 +287,13 @@ def rank_by_id_over_http(server: RankingServer, data, new: pd.DataFrame, pair: p
     return list(counts.index[:n_users])
 
 
-def fit_recommender(config_path: Path, data, engine: ScoringEngine, ranker: Path) -> Recommender:
-    """Stage 5: the recall channels of /v1/recommend, fitted on the ranker's training impressions."""
+def fit_recommender(config_path: Path, data, splits: dict[str, pd.DataFrame], engine: ScoringEngine,
+                    ranker: Path) -> Recommender:
+    """Stage 5: the recall channels of /v1/recommend, fitted on the ranker's training impressions (``splits``)."""
     config = load_recall_experiment(config_path)
     config.data = data  # the ranker's split of this catalogue
-    splits = load_splits(data)
-    recommender = Recommender.fit(config, engine.artifact.pipeline, splits["train"], recall_catalogue(splits, config.columns))
     out = default_recommender_path(ranker)
-    shutil.rmtree(out, ignore_errors=True)
-    recommender.save(out)
+    recommender = build_recommender(config, engine.artifact.pipeline, splits, out)
     print(f"recommender {out}: channels {', '.join(recommender.channels)}; {recommender.merge.n} candidates "
           f"(quotas {recommender.merge.quotas})")
     return recommender
@@ -380,12 +377,13 @@ def run(args: argparse.Namespace) -> int:
     export_sentiment(RunDir(out / "sentiment").best, artifacts / "sentiment", overwrite=True)
     ranker = export_ranker(RunDir(out / "ranking").best, artifacts / "ranker", overwrite=True)
     engine = ScoringEngine.load(ranker)
-    frame = pd.concat(list(load_splits(ranking.data).values()), ignore_index=True)
+    splits = load_splits(ranking.data)
+    frame = pd.concat(list(splits.values()), ignore_index=True)
     explanations = catalogue_explanations(artifacts / "sentiment", extracted, known)
     store = build_store(engine, frame, default_store_path(ranker), overwrite=True, explanations=explanations)
     print(f"item/user store {store.path}: {store.count('item')} items, {store.count('user')} users, "
           f"{len(explanations)} video explanations")
-    fit_recommender(args.recall_config, ranking.data, engine, ranker)
+    fit_recommender(args.recall_config, ranking.data, splits, engine, ranker)
     arrivals = new_videos_folder(new, render_pair(new, clips, out / "new_videos"), args.videos / "videos", out / "new_videos")
     (out / "serve.log").unlink(missing_ok=True)  # RankingServer appends: this run's requests only
     args_serve = ["--store", str(store.path), "--sentiment", str(artifacts / "sentiment"), "--processes",

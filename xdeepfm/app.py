@@ -837,25 +837,25 @@ def create_app(engine: ScoringEngine, limits: Limits | None = None, warm_up: boo
     async def recommend_items(request: Request) -> Response:
         return await handle(request, "recommend")
 
-    @app.post("/v1/items", openapi_extra=body_schema(ItemsRequest))
-    async def items(request: Request) -> Response:
+    async def write(request: Request, lane: Lane, timeout_s: float, job: Callable[[bytes, Any, float], bytes]) -> Response:
+        """A POST that writes to the store: refused on a read-only service, else ``job`` on its own lane."""
         if not service.writable:
             return error_response(403, "this service is read-only: start it with --ingest (or --sentiment) to accept "
-                                       "POST /v1/items")
+                                       f"POST {request.url.path}")
         raw = await request.body()
-        deadline = time.monotonic() + limits.ingest_timeout_s
-        payload = await ingesting.run(lambda: ingest_items(service, raw, request.state, deadline), deadline)
+        deadline = time.monotonic() + timeout_s
+        payload = await lane.run(lambda: job(raw, request.state, deadline), deadline)
         return Response(payload, media_type="application/json")
+
+    @app.post("/v1/items", openapi_extra=body_schema(ItemsRequest))
+    async def items(request: Request) -> Response:
+        return await write(request, ingesting, limits.ingest_timeout_s,
+                           lambda raw, state, deadline: ingest_items(service, raw, state, deadline))
 
     @app.post("/v1/events", openapi_extra=body_schema(EventsRequest))
     async def events(request: Request) -> Response:
-        if not service.writable:
-            return error_response(403, "this service is read-only: start it with --ingest (or --sentiment) to accept "
-                                       "POST /v1/events")
-        raw = await request.body()
-        deadline = time.monotonic() + limits.request_timeout_s
-        payload = await logging_events.run(lambda: log_events(service, raw, request.state), deadline)
-        return Response(payload, media_type="application/json")
+        return await write(request, logging_events, limits.request_timeout_s,
+                           lambda raw, state, deadline: log_events(service, raw, state))
 
     @app.post("/v1/score", openapi_extra=body_schema(ScoreRequest))
     async def score(request: Request) -> Response:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from xdeepfm.catalog import build_store, default_store_path
 from xdeepfm.data import load_splits
 from xdeepfm.experiment import load_experiment
 from xdeepfm.export import export_checkpoint
-from xdeepfm.recall_eval import catalogue, load_recall_experiment
-from xdeepfm.recommend import Recommender, default_recommender_path
+from xdeepfm.recall_eval import load_recall_experiment
+from xdeepfm.recommend import build_recommender, default_recommender_path
 from xdeepfm.server import serve
 from xdeepfm.serving import ScoringEngine
 
@@ -161,11 +160,7 @@ def run_recommender(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out}: exists (pass --overwrite to rebuild it)")
     cfg = load_recall_experiment(args.config, args.set)
     engine = ScoringEngine.load(args.artifact)
-    splits = load_splits(cfg.data)
-    recommender = Recommender.fit(cfg, engine.artifact.pipeline, splits["train"], catalogue(splits, cfg.columns), seed=args.seed)
-    if out.exists():
-        shutil.rmtree(out)
-    recommender.save(out)
+    recommender = build_recommender(cfg, engine.artifact.pipeline, load_splits(cfg.data), out, seed=args.seed)
     print(f"wrote {out}: channels {', '.join(recommender.channels)}; {recommender.merge.n} candidates, quotas "
           f"{recommender.merge.quotas}")
     return 0

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from mmcore.files import write_bytes
 from xdeepfm.catalog import rank_by_id
 from xdeepfm.features import FeaturePipeline
 from xdeepfm.recall import Columns, ItemCFChannel, MergeConfig, PopularityChannel, RecallChannel, merge_candidates
+from xdeepfm.recall_eval import catalogue
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.store import SQLiteStore
 from xdeepfm.two_tower import TwoTowerChannel, last_positions
@@ -283,6 +285,16 @@ class Recommender:
             channel.add_items(_string_ids(items, self.columns, user=False), given)
 
 
+def build_recommender(config, pipeline: FeaturePipeline, splits: dict[str, pd.DataFrame], out: str | Path,
+                      seed: int = 0) -> Recommender:
+    """Fit a recommender on ``splits["train"]``, with every item of the data set as the catalogue
+    (``config``: a ``RecallExperiment``), and write it to ``out``, replacing what is there."""
+    recommender = Recommender.fit(config, pipeline, splits["train"], catalogue(splits, config.columns), seed=seed)
+    shutil.rmtree(out, ignore_errors=True)
+    recommender.save(out)
+    return recommender
+
+
 def _string_ids(frame: pd.DataFrame, c: Columns, user: bool = True) -> pd.DataFrame:
     frame = frame.copy()
     for column in ([c.user] if user and c.user in frame.columns else []) + [c.item]:
@@ -300,11 +312,11 @@ def recommend(engine: ScoringEngine, store: SQLiteStore, recommender: Recommende
     history = store.history(user_id) if rule is not None else store.history(user_id, limit=50, positive_min=1.0)
     seen = store.seen(user_id) if exclude_seen else set()
     ids, channels = recommender.candidates(user_id, history, seen, n_candidates)
-    known = store.get("item", ids)
-    pairs = [(i, c) for i, c in zip(ids, channels) if i in known]  # recalled items the store does not hold: left out
-    if not pairs:
+    if not ids:
         return Recommendation([], [], [], 0, len(seen), history)
-    channel_of = dict(pairs)
-    ranked = rank_by_id(engine, store, user_id, [i for i, _ in pairs], top_k=k, context=context, deadline=deadline)
-    return Recommendation(ranked.ids, ranked.scores.tolist(), [channel_of[i] for i in ranked.ids], len(pairs),
+    # recalled items the store does not hold are left out of the ranking (rank_by_id's unknown_ids)
+    ranked = rank_by_id(engine, store, user_id, ids, top_k=k, context=context, deadline=deadline)
+    channel_of = dict(zip(ids, channels))
+    ranked_candidates = len(ids) - len(ranked.unknown_ids.get("candidate_ids", []))
+    return Recommendation(ranked.ids, ranked.scores.tolist(), [channel_of[i] for i in ranked.ids], ranked_candidates,
                           len(seen), history, ranked.inputs)
