@@ -302,9 +302,8 @@ def rank_by_id(engine: ScoringEngine, store: FeatureStore, user_id: str, candida
     known = [items[c] for c in candidate_ids if c in items]
     if not known:
         return IdRanking([], np.zeros(0, np.float32), len(candidate_ids), {}, unknown_ids)
-    X = np.empty((len(known), engine.width), np.float32)
     rows = item_rows(engine, layout)
-    X[:, rows.index], unknown = rows.gather(known, on_unknown)
+    X, unknown = rows.gather(known, on_unknown)  # (n, width): the item columns filled
     raw = {**{c: [user.columns[c]] for c in layout.user.columns}, **{c: [v] for c, v in context.items()}}
     where = {**{c: "user" for c in layout.user.columns}, **{c: "context" for c in context}}
     if layout.history is not None:  # the user's behaviour history, from the event log
@@ -327,8 +326,11 @@ class ItemRows:
 
     An item's inputs (its codes, z-scores, title vector and semantics) do not depend on the user, so
     each item is encoded once per process and its row reused by every request, until the store hands
-    out a new record for it (after an upsert: the store's generation moved). ``gather`` returns the rows
-    of a request's candidates and the unknown values among them (per field, as ``encode`` reports them).
+    out a new record for it (after an upsert: the store's generation moved). The rows live in one
+    matrix of the model's full input width (the user and context columns zero), so ``gather`` is one
+    row selection: it returns the (n, width) inputs of a request's candidates with their item columns
+    filled, and the unknown values among them (per field, as ``encode`` reports them). At most
+    ``capacity`` items are kept; the least recently used one gives its row up first.
     """
 
     def __init__(self, engine: ScoringEngine, layout: StoreLayout, capacity: int = 200_000) -> None:
@@ -340,39 +342,72 @@ class ItemRows:
             if names else np.zeros(0, np.int64)  # noqa: E731
         self.index = span(self.fields)
         self.rest_index = span([spec.name for spec, _ in engine.fields if spec.name in self.rest])
-        self._rows: OrderedDict[str, tuple[Record, np.ndarray, dict[str, list[str]]]] = OrderedDict()
+        self._matrix = np.zeros((0, engine.width), np.float32)  # grows by doubling up to capacity
+        self._slots: OrderedDict[str, tuple[Record, int, dict[str, list[str]]]] = OrderedDict()  # LRU order
         self._lock = threading.Lock()
 
     def _encode(self, records: list[Record]) -> tuple[np.ndarray, dict[str, list[str]]]:
+        """(len(records), width) inputs with the item columns filled (the rest zero), and the unknown values."""
         columns = {c: self.engine.column(c, [r.columns[c] for r in records], "candidates") for c in self.layout.item.columns}
         given = {name: np.stack([r.vectors[name] for r in records]) for name, _ in self.layout.item.vectors}
         X, unknown = self.engine.encode(columns, len(records), "oov", given=given, only=set(self.fields))
-        return X[:, self.index], unknown
+        X[:, self.rest_index] = 0.0
+        return X, unknown
+
+    def _slot(self) -> int:
+        """A free row of the matrix (the caller holds the lock): a new one, or the least recently used item's."""
+        if len(self._slots) >= self.capacity:
+            return self._slots.popitem(last=False)[1][1]
+        n = len(self._slots)
+        if n == len(self._matrix):
+            grown = np.zeros((min(self.capacity, max(64, 2 * n)), self.engine.width), np.float32)
+            grown[:n] = self._matrix
+            self._matrix = grown
+        return n
 
     def gather(self, records: list[Record], on_unknown: OnUnknown = "oov") -> tuple[np.ndarray, dict[str, list[str]]]:
         with self._lock:
-            cached = [self._rows.get(r.id) for r in records]
-        missing = [r for r, c in zip(records, cached) if c is None or c[0] is not r]
+            entries = [self._slots.get(r.id) for r in records]
+        missing = list({r.id: r for r, e in zip(records, entries) if e is None or e[0] is not r}.values())
+        fresh: dict[str, tuple[np.ndarray, dict[str, list[str]]]] = {}
         if missing:
             block, unknown = self._encode(missing)
             per_item = [self._encode([r])[1] for r in missing] if unknown else [{}] * len(missing)
-            fresh = {r.id: (r, row, u) for r, row, u in zip(missing, block, per_item)}
-            with self._lock:
-                for rid, entry in fresh.items():
-                    self._rows[rid] = entry
-                    self._rows.move_to_end(rid)
-                while len(self._rows) > self.capacity:
-                    self._rows.popitem(last=False)
-            cached = [fresh[r.id] if r.id in fresh else c for r, c in zip(records, cached)]
+            fresh = {r.id: (row, u) for r, row, u in zip(missing, block, per_item)}
+        with self._lock:  # every row is copied under the lock: no other thread reuses a slot meanwhile
+            if len(records) <= self.capacity:
+                for r in records:  # this request's items are the most recent: its inserts evict others
+                    if r.id in self._slots:
+                        self._slots.move_to_end(r.id)
+                for r in missing:
+                    entry = self._slots.pop(r.id, None)
+                    slot = entry[1] if entry is not None else self._slot()
+                    self._matrix[slot] = fresh[r.id][0]
+                    self._slots[r.id] = (r, slot, fresh[r.id][1])
+            entries = [self._slots.get(r.id) for r in records]
+            held = [e is not None and e[0] is r for r, e in zip(records, entries)]  # else a newer version landed
+            if all(held):
+                X = self._matrix[[e[1] for e in entries]]
+            else:  # the rows not held are filled below
+                X = np.zeros((len(records), self.engine.width), np.float32)
+                take = [i for i, h in enumerate(held) if h]
+                X[take] = self._matrix[[entries[i][1] for i in take]]
+        lists: list[dict[str, list[str]]] = []
+        for i, (r, e, h) in enumerate(zip(records, entries, held)):
+            if not h:
+                X[i], u = fresh[r.id] if r.id in fresh else self._encode([r])
+            else:
+                u = e[2]
+            lists.append(u)
         unknown: dict[str, list[str]] = {}
-        for i, (_, _, u) in enumerate(cached):
+        for i, u in enumerate(lists):
             if u and on_unknown == "error":
                 name = next(iter(u))
                 raise RecordError(f"candidate_ids[{i}]", f"item {records[i].id!r}: {name} {u[name][:5]} not seen in training "
                                                          "(send unknown='oov' to score it with the out-of-vocabulary bucket)")
             for name, values in u.items():
                 unknown[name] = list(dict.fromkeys(unknown.get(name, []) + values))[:MAX_REPORTED]
-        return np.stack([row for _, row, _ in cached]), unknown
+        return X, unknown
 
 
 _ROWS: "weakref.WeakKeyDictionary[ScoringEngine, dict[StoreLayout, ItemRows]]" = weakref.WeakKeyDictionary()

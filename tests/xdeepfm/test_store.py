@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.serving_factory import tiny_ranking
-from xdeepfm.catalog import build_store, item_record, open_store, rank_by_id, record_events, store_layout
+from xdeepfm.catalog import ItemRows, build_store, item_record, open_store, rank_by_id, record_events, store_layout
 from xdeepfm.history import HistoryConfig, build_history
 from xdeepfm.serving import RecordError, ScoringEngine
 from xdeepfm.store import EntityLayout, Event, HistoryLayout, Record, SQLiteStore, StoreError, StoreLayout, partition_columns
@@ -246,3 +246,25 @@ def test_an_event_of_a_new_user_adds_the_user_in_the_same_write(engine, frame, t
     assert record_events(engine, store, [Event("newcomer", "i1", 1.0, 1.0), Event("7", "i2", 1.0, 2.0)]) == 2
     assert store.count("user") == before + 1 and "newcomer" in store.get("user", ["newcomer"])
     assert store.seen("newcomer") == {"i1"}
+
+
+def test_the_item_row_matrix_evicts_the_least_recent_item_and_reencodes_an_upsert(engine, store):
+    """``ItemRows`` with room for 4 items, over 30: every gather equals encoding the records afresh,
+    the least recently used rows are the ones given up, and a new version of an item is re-encoded."""
+    rows = ItemRows(engine, store.layout, capacity=4)
+    fresh = ItemRows(engine, store.layout, capacity=100)
+    records = store.get("item", [f"i{k}" for k in range(1, 31)])
+    first, _ = ItemRows(engine, store.layout, capacity=2).gather([records["i1"], records["i2"], records["i3"]])
+    np.testing.assert_array_equal(first, fresh._encode([records["i1"], records["i2"], records["i3"]])[0])
+    for batch in (["i1", "i2", "i3"], ["i4", "i1"], ["i5", "i6"], ["i1", "i7", "i8", "i9"]):
+        got, _ = rows.gather([records[i] for i in batch])
+        want, _ = fresh._encode([records[i] for i in batch])
+        np.testing.assert_array_equal(got, want)
+        assert len(rows._slots) <= 4
+    assert list(rows._slots) == ["i1", "i7", "i8", "i9"]  # i1 was used again, so i5, i6 left first
+    upserted = Record("i7", {**records["i7"].columns, "genres": records["i30"].columns["genres"]}, records["i7"].vectors)
+    got, _ = rows.gather([upserted, records["i8"]])
+    np.testing.assert_array_equal(got, fresh._encode([upserted, records["i8"]])[0])
+    assert rows._slots["i7"][0] is upserted
+    too_many, _ = rows.gather([records[f"i{k}"] for k in range(10, 16)])  # more than its room: encoded, not kept
+    np.testing.assert_array_equal(too_many, fresh._encode([records[f"i{k}"] for k in range(10, 16)])[0])
