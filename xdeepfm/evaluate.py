@@ -23,8 +23,7 @@ from mmcore.files import write_bytes
 from mmcore.loop import checkpoint_file
 from xdeepfm.baseline import build_stock_model
 from xdeepfm.checkpoint import load_ranking_checkpoint
-from xdeepfm.data import load_splits
-from xdeepfm.experiment import RankingExperiment
+from xdeepfm.experiment import RankingExperiment, load_frames
 from xdeepfm.metrics import ranking_metrics
 from xdeepfm.model import XDeepFMRanker, stack_inputs
 from xdeepfm.train import predict
@@ -57,7 +56,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_config_path: str | Path | N
                 mapping[section] = override[section]
     cfg = build(RankingExperiment, mapping, f"{checkpoint}:config")
     pipeline = ckpt.features
-    frames = load_splits(cfg.data)
+    frames = load_frames(cfg)  # with the behaviour-history column when the run has a history section
     unknown = sorted(set(splits) - set(frames))
     if unknown:
         raise ValueError(f"splits {unknown}: expected some of {sorted(frames)}")
