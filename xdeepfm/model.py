@@ -191,11 +191,49 @@ class SequenceInterest(nn.Module):
         return self.represent(embedding_dict, ids, {c: getattr(self, f"table_{c}") for c in self.content})
 
     def forward(self, embedding_dict: nn.ModuleDict, codes: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """u (B, 1 + C, D) for history codes (B, L) (0 = padding) and the candidate's r (B, (1 + C) D)."""
+        """u (B, 1 + C, D) for history codes (B, L) (0 = padding) and the candidate's r (B, (1 + C) D).
+
+        The same function as deepctr's ``AttentionSequencePoolingLayer(candidate, keys, mask)`` (its
+        parameters, state-dict names and masking), computed without the (B, L, 4F) activation-unit
+        input: the first layer W [t; h; t - h; t * h] + b (4F inputs at each of the B L positions) is
+        split as t (W_t + W_d) + b (once per row) + r(i) (W_h - W_d) (once per vocabulary item, then
+        gathered) + (t * h) W_p, as ``xdeepfm.inference.FastRanker`` does. Values
+        and gradients equal the layer's to float rounding (tested); a training step of the ML-100K
+        history config is 1.1-1.6x faster (``bench/history_probe.py RUN --timing 5``; the CIN, not the
+        attention, is most of the step).
+        """
+        B, L = codes.shape
+        table = self.item_table(embedding_dict)  # (V, F)
+        flat = codes.long().reshape(-1)
+        keys = table.index_select(0, flat).view(B, L, -1)  # (B, L, F)
+        local = self.attention.local_att
+        first = local.dnn.linears[0]
+        w_t, w_h, w_diff, w_prod = first.weight.split(self.width, dim=1)  # (H1, F) each: t, h, t - h, t * h
+        h = (nn.functional.linear(candidate, w_t + w_diff, first.bias).unsqueeze(1)  # (B, 1, H1)
+             + (table @ (w_h - w_diff).T).index_select(0, flat).view(B, L, -1)  # (B, L, H1)
+             + nn.functional.linear(candidate.unsqueeze(1) * keys, w_prod))
+        for i, (fc, activation) in enumerate(zip(local.dnn.linears, local.dnn.activation_layers)):
+            if i:
+                h = fc(h)
+            if local.dnn.use_bn:
+                h = local.dnn.bn[i](h)
+            h = local.dnn.dropout(activation(h))
+        score = local.dense(h).squeeze(-1)  # (B, L)
+        mask = codes != 0  # (B, L)
+        if self.softmax:  # softmax over an all-padding row would average the padding: an empty history is 0
+            score = torch.softmax(torch.where(mask, score, torch.full_like(score, -2 ** 32 + 1)), dim=-1)
+            score = score * mask.any(1, keepdim=True).to(score.dtype)
+        else:
+            score = torch.where(mask, score, torch.zeros_like(score))
+        u = torch.bmm(score.unsqueeze(1), keys)  # (B, 1, F)
+        return u.view(B, 1 + len(self.content), -1)
+
+    def reference_forward(self, embedding_dict: nn.ModuleDict, codes: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """``forward`` through deepctr's layer itself (the (B, L, 4F) input): the reference the tests compare with."""
         keys = self.item_table(embedding_dict)[codes.long()]  # (B, L, F)
         mask = codes != 0  # (B, L)
         u = self.attention(candidate.unsqueeze(1), keys, None, mask)  # (B, 1, F)
-        if self.softmax:  # softmax over an all-padding row would average the padding: an empty history is 0
+        if self.softmax:
             u = u * mask.any(1).to(u.dtype)[:, None, None]
         return u.view(len(codes), 1 + len(self.content), -1)
 

@@ -14,9 +14,18 @@ The merge (``xdeepfm.recall.merge_candidates`` with ``merge.quotas``) gets Recal
 Recall@N. Trained channels (BPR, two-tower) and the merge run once per seed of ``eval.seeds``
 (their ``seed`` is overridden); the table gives mean ± std over seeds (std 0 for a single run).
 
+With ``ranker.run`` (``TwoStageConfig``) the second stage is measured too, per seed: the ranker alone
+(its probability over the whole catalogue), the merged candidates ordered by the RRF of the fused
+channels, and the two-stage system (the candidates by ``log p + alpha log RRF``, alpha chosen on the
+valid split's users, then the other items), all with the full-sort metrics; and ``ctr``: AUC/GAUC of
+every channel's, the RRF's and the two-stage score on the split's labelled impressions.
+``PairScorer`` scores every (user, item) pair from the user's and the item's encoded rows.
+
 Usage::
 
     python -m xdeepfm.recall_eval --config configs/recall_ml100k.yaml --out runs/recall/ml100k_temporal
+    python -m xdeepfm.recall_eval --config configs/recall_ml100k.yaml --set 'ranker.run=runs/ml100k_temporal/seed{seed}' \
+        --out runs/recall/ml100k_temporal   (the rankers: python train.py --config configs/ml100k_xdeepfm_temporal.yaml ...)
     python -m xdeepfm.recall_eval --config configs/recall_ml100k.yaml --set data.split=random --out runs/recall/ml100k_random
 """
 
@@ -32,13 +41,20 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
+from scipy.stats import rankdata
 
 from mmcore.config import apply_overrides, build, check_range, load_yaml, to_dict
 from mmcore.files import write_json, write_text
+from mmcore.loop import checkpoint_file
+from xdeepfm._deepctr import build_input_features
+from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.data import DataConfig, load_splits
 from xdeepfm.data.movielens import MovieLensConfig
 from xdeepfm.features import FeaturePipeline, FeatureSpec
-from xdeepfm.metrics import full_sort_topk, metrics_from_ranks, ranks_in_lists
+from xdeepfm.inference import FastRanker
+from xdeepfm.metrics import auc, full_sort_ranks, full_sort_topk, gauc, metrics_from_ranks, ranks_in_lists
+from xdeepfm.model import RankerConfig, XDeepFMRanker
 from xdeepfm.recall import (
     BPRChannel,
     BPRConfig,
@@ -75,6 +91,41 @@ class RecallEvalConfig:
 
 
 @dataclass
+class TwoStageConfig:
+    """The second stage: a trained ranker re-ranks the merged candidates (``ranker:`` of a recall YAML).
+
+    ``run``: the ranker's run directory (its ``best.safetensors``) or a checkpoint file, trained on the
+    same data and split; ``{seed}`` in it is replaced by the evaluation seed (a ranker per seed).
+    Candidates are ordered by ``log p + alpha * log RRF`` (p: the ranker's probability, RRF: the
+    reciprocal-rank fusion of the merge channels' full orders, ``sum_c 1 / (rrf_k + rank_c)``), the
+    other catalogue items after them by the RRF; ``alpha`` is chosen per seed among ``alphas``
+    on the valid split's users (``select``). ``user_fields``: the ranker's fields read from the user
+    (default: ``two_tower.user_fields``); every other field is read from the item.
+    """
+
+    run: str | None = None
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
+    rrf_k: float = 60.0
+    select: str = "ndcg@10"
+    user_fields: list[str] | None = None
+    fusion: list[str] | None = None  # the channels fused by the RRF; default: those with a merge quota
+    # a second two-stage variant: the RRF of these channels fitted on every training interaction (label ignored)
+    interaction_fusion: list[Literal["itemcf", "popularity"]] = field(default_factory=list)
+    batch_rows: int = 8192  # ranker rows per forward batch
+
+    def __post_init__(self) -> None:
+        if not self.alphas:
+            raise ValueError("ranker.alphas must name at least one value")
+        for a in self.alphas:
+            check_range("ranker.alphas", a, low=0.0)
+        check_range("ranker.rrf_k", self.rrf_k, low=0.0)
+        check_range("ranker.batch_rows", self.batch_rows, low=1)
+        name, _, k = self.select.partition("@")
+        if name not in ("recall", "ndcg", "hr", "mrr", "precision") or not k.isdigit():
+            raise ValueError(f"ranker.select {self.select!r}: expected e.g. ndcg@10 or recall@50")
+
+
+@dataclass
 class RecallExperiment:
     """A recall YAML (``task: recall``): data, the feature spec the two-tower encodes with, channels, merge."""
 
@@ -88,14 +139,17 @@ class RecallExperiment:
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     merge: MergeConfig = field(default_factory=lambda: MergeConfig(quotas={"two_tower": 100, "itemcf": 60, "popularity": 40}))
     eval: RecallEvalConfig = field(default_factory=RecallEvalConfig)
+    ranker: TwoStageConfig = field(default_factory=TwoStageConfig)
 
     def __post_init__(self) -> None:
+        if self.ranker.run is not None and int(self.ranker.select.partition("@")[2]) not in self.eval.ks:
+            raise ValueError(f"ranker.select {self.ranker.select!r}: its K must be one of eval.ks {self.eval.ks}")
         unknown = [c for c in self.channels if c not in CHANNELS]
         if unknown:
             raise ValueError(f"channels: {unknown} unknown (expected some of {list(CHANNELS)})")
-        outside = sorted(set(self.merge.quotas) - set(self.channels))
+        outside = sorted((set(self.merge.quotas) | set(self.ranker.fusion or ())) - set(self.channels))
         if outside:
-            raise ValueError(f"merge.quotas names {outside}, which are not in channels {self.channels}")
+            raise ValueError(f"merge.quotas or ranker.fusion names {outside}, which are not in channels {self.channels}")
         self.data.check()
 
 
@@ -131,7 +185,7 @@ def test_set(splits: dict[str, pd.DataFrame], c: Columns, exclude_valid: bool, t
     test = splits[target]
     positive = test[test[c.label].astype(float) == 1.0].groupby(c.user)[c.item].agg(lambda s: np.unique(s.to_numpy()))
     users = np.sort(test[c.user].unique())
-    empty = np.zeros(0, dtype=test[c.item].dtype)
+    empty = test[c.item].iloc[:0].to_numpy()
     positives, exclude, kept = [], [], []
     for user in users:
         ex = seen_by_user.get(user, empty)
@@ -150,7 +204,9 @@ def catalogue(splits: dict[str, pd.DataFrame], c: Columns) -> pd.DataFrame:
     return frame.sort_values(c.item, kind="stable").reset_index(drop=True)
 
 
-def evaluate_channel(channel: RecallChannel, data: TestSet, ks: list[int], n: int, batch_size: int) -> tuple[dict, list[np.ndarray]]:
+def evaluate_channel(
+    channel: RecallChannel, data: TestSet, ks: list[int], n: int, batch_size: int
+) -> tuple[dict, list[np.ndarray]]:
     """(metrics, top-n lists) of one fitted channel on the test set."""
     positions = [channel.item_positions(p) for p in data.positives]
     excluded = [channel.item_positions(e) for e in data.exclude]
@@ -168,8 +224,191 @@ def recall_at_n(lists: list[np.ndarray], data: TestSet, n: int) -> dict:
     overall = metrics_from_ranks(ranks_in_lists(lists, data.positives), (n,))
     cold_pos = [np.array([p for p in pos.tolist() if p in data.cold_items]) for pos in data.positives]
     cold = metrics_from_ranks(ranks_in_lists(lists, cold_pos), (n,))
-    return {f"list_recall@{n}": overall[f"recall@{n}"], f"cold_recall@{n}": cold[f"recall@{n}"], "cold_users": cold["users"],
-            "cold_positives": int(sum(len(p) for p in cold_pos))}
+    return {
+        f"list_recall@{n}": overall[f"recall@{n}"],
+        f"cold_recall@{n}": cold[f"recall@{n}"],
+        "cold_users": cold["users"],
+        "cold_positives": int(sum(len(p) for p in cold_pos)),
+    }
+
+
+# --------------------------------------------------------------------------- the second stage
+
+
+class PairScorer:
+    """A trained ranker (no history) scoring every (user, item) pair of a user batch against the catalogue.
+
+    The ranker's input row of a pair is its user fields' columns from the user's row and the other
+    fields' columns from the item's row (both encoded once by the ranker's fitted pipeline), so a
+    user batch costs one forward pass over ``B x n_items`` rows and no per-pair feature encoding.
+    """
+
+    def __init__(
+        self, path: str | Path, users: pd.DataFrame, items: pd.DataFrame, user_fields: list[str], data: dict | None = None
+    ) -> None:
+        path = checkpoint_file(path)
+        ckpt = load_ranking_checkpoint(path)
+        model_cfg = build(RankerConfig, dict(ckpt.config.get("model", {})), f"{path}:config.model")
+        if model_cfg.implementation != "ours":
+            raise ValueError(
+                f"{path}: a {model_cfg.implementation!r} checkpoint; the two-stage evaluation reads the project's ranker (ours)"
+            )
+        ranker_data = ckpt.config.get("data")
+        if data is not None and isinstance(ranker_data, dict):
+            differ = {k: (ranker_data[k], v) for k, v in data.items() if k in ranker_data and ranker_data[k] != v}
+            if differ:
+                raise ValueError(
+                    f"{path}: the ranker was trained on other data than this evaluation's (key: (ranker, here)): {differ}"
+                )
+        pipeline = ckpt.features
+        specs = pipeline.spec.fields
+        sequence = [f.name for f in specs if f.kind == "sequence"]
+        if sequence:
+            raise ValueError(f"{path}: history field(s) {sequence}; the full-sort evaluation scores rankers without history")
+        unknown = sorted(set(user_fields) - {f.name for f in specs})
+        if unknown:
+            raise ValueError(f"ranker.user_fields {unknown}: not fields of the ranker ({[f.name for f in specs]})")
+        seed = int(ckpt.config.get("train", {}).get("seed", 0))
+        self.model = XDeepFMRanker([pipeline.fitted[f.name] for f in specs], model_cfg, seed=seed)
+        self.model.load_state_dict(ckpt.model_state)
+        self.model.eval()
+        self.fast = FastRanker.from_model(self.model)  # the same logits to 1e-5 (tests/xdeepfm), faster on a CPU
+        self.path = path
+        index = build_input_features(self.model.columns)
+        width = max(end for _, end in index.values())
+        self.user_rows = self._encode(pipeline, users, index, width, set(user_fields))
+        self.item_rows = self._encode(pipeline, items, index, width, {f.name for f in specs} - set(user_fields))
+        self._user_index = pd.Index(users.index)
+
+    @staticmethod
+    def _encode(pipeline: FeaturePipeline, frame: pd.DataFrame, index: dict, width: int, keep: set) -> torch.Tensor:
+        """Rows of ``frame`` encoded, only the columns of the ``keep`` fields filled (others 0)."""
+        encoded = pipeline.transform(frame.reset_index(drop=True), "two-stage evaluation")
+        matrix = np.zeros((len(frame), width), np.float32)
+        for name, (start, end) in index.items():
+            if name in keep:
+                matrix[:, start:end] = encoded[name].reshape(len(frame), end - start)
+        return torch.from_numpy(matrix)
+
+    def _rows(self, user_ids: np.ndarray) -> np.ndarray:
+        rows = self._user_index.get_indexer(pd.Index(user_ids))
+        if (rows < 0).any():
+            raise KeyError(f"users without a feature row: {list(np.asarray(user_ids)[rows < 0][:5])}")
+        return rows
+
+    @torch.inference_mode()
+    def _forward(self, X: torch.Tensor, batch_rows: int) -> np.ndarray:
+        return np.concatenate(
+            [torch.sigmoid(self.fast(X[i : i + batch_rows])).reshape(-1).numpy() for i in range(0, len(X), batch_rows)]
+        )
+
+    def score(self, user_ids: np.ndarray, batch_rows: int = 8192) -> np.ndarray:
+        """(B, n_items) click probabilities of the users (ids of the ``users`` frame's index) for every catalogue item."""
+        rows = self._rows(user_ids)
+        n_items = len(self.item_rows)
+        out = np.empty((len(rows), n_items), np.float32)
+        per = max(1, batch_rows // n_items)
+        for start in range(0, len(rows), per):
+            block = rows[start : start + per]
+            X = (self.user_rows[block][:, None, :] + self.item_rows[None, :, :]).reshape(-1, self.item_rows.shape[1])
+            out[start : start + len(block)] = self._forward(X, batch_rows).reshape(len(block), n_items)
+        return out
+
+    def score_pairs(self, user_ids: np.ndarray, items: list[np.ndarray], batch_rows: int = 8192) -> list[np.ndarray]:
+        """Click probabilities of each user's ``items`` (catalogue positions), one array per user."""
+        rows = self._rows(user_ids)
+        lengths = [len(i) for i in items]
+        if not sum(lengths):
+            return [np.zeros(0, np.float32) for _ in items]
+        u = torch.from_numpy(np.repeat(rows, lengths))
+        i = torch.from_numpy(np.concatenate([np.asarray(x, dtype=np.int64) for x in items]))
+        p = self._forward(self.user_rows[u] + self.item_rows[i], batch_rows)
+        return np.split(p, np.cumsum(lengths)[:-1])
+
+
+def user_frame(splits: dict[str, pd.DataFrame], c: Columns) -> pd.DataFrame:
+    """One row per user (their first row in train, valid, test), indexed by user id."""
+    frame = pd.concat([splits["train"], splits["valid"], splits["test"]]).drop_duplicates(c.user)
+    return frame.set_index(c.user, drop=False)
+
+
+def channel_orders(scores: np.ndarray, exclude: list[np.ndarray]) -> np.ndarray:
+    """(B, n) 1-based rank of every item in each row's order (score descending, ties by position), excluded items last."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    for b, pos in enumerate(exclude):
+        scores[b, pos] = -np.inf
+    n = scores.shape[1]
+    order = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, n + 1)[None, :].repeat(len(scores), 0), axis=1)
+    return ranks
+
+
+def rrf(ranks: list[np.ndarray], k: float) -> np.ndarray:
+    """Reciprocal-rank fusion ``sum_c 1 / (k + rank_c)`` of channels' (B, n) rank arrays."""
+    return sum(1.0 / (k + r) for r in ranks)
+
+
+def two_stage_scores(candidates: np.ndarray, candidate_score: np.ndarray, rest_score: np.ndarray) -> np.ndarray:
+    """A dense (n_items,) score whose order is: the ``candidates`` (positions) by ``candidate_score``, then
+    every other item by ``rest_score`` (n_items,); ties stay ties (the full sort's pessimistic tie rule applies)."""
+    rest_score = np.asarray(rest_score, dtype=np.float64)
+    out = rankdata(rest_score, method="min") / (len(rest_score) + 1.0)  # in (0, 1), the order of rest_score
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if len(candidates):
+        if len(np.unique(candidates)) != len(candidates):
+            raise ValueError("candidates must be distinct")
+        out[candidates] = 2.0 + rankdata(np.asarray(candidate_score, dtype=np.float64), method="min") / (len(candidates) + 1.0)
+    return out
+
+
+def two_stage_ranks(
+    users: np.ndarray,
+    data: TestSet,
+    merged: list[np.ndarray],
+    fusions: dict[str, dict[str, RecallChannel]],
+    scorer: PairScorer,
+    catalogue_ids: np.ndarray,
+    cfg: TwoStageConfig,
+    ks: list[int],
+    batch_size: int,
+    ranker_alone: bool = True,
+) -> dict[str, list[np.ndarray]]:
+    """The positives' full-sort ranks of every second-stage variant. For each fusion ``f`` of ``fusions``
+    (a name -> the fitted channels it fuses): ``f/fusion`` (the merged candidates by their RRF alone),
+    ``f/alpha=<a>`` (by ``log p + a log RRF``; the other items after them by RRF) for each alpha and
+    ``f/channel=<c>`` (each fused channel alone over the catalogue); with ``ranker_alone`` also
+    ``ranker`` (the ranker's probability over the whole catalogue)."""
+    positions = {f: {name: ch.item_positions(catalogue_ids) for name, ch in chs.items()} for f, chs in fusions.items()}
+    index = pd.Index(catalogue_ids)
+    out: dict[str, list[np.ndarray]] = {"ranker": []} if ranker_alone else {}
+    max_rank = max(ks)
+    for start in range(0, len(users), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(users)))
+        pos = [index.get_indexer(data.positives[i]) for i in rows]
+        exc = [index.get_indexer(data.exclude[i]) for i in rows]
+        exc = [e[e >= 0] for e in exc]
+        cand = [index.get_indexer(merged[i]) for i in rows]
+        if any((c < 0).any() for c in cand):
+            raise ValueError("merged candidates outside the catalogue")
+        if ranker_alone:
+            prob = scorer.score(users[rows], cfg.batch_rows)
+            out["ranker"] += full_sort_ranks(prob, pos, exc, max_rank)[0]
+            cand_prob = [prob[b, c] for b, c in enumerate(cand)]
+        else:
+            cand_prob = scorer.score_pairs(users[rows], cand, cfg.batch_rows)
+        log_p = [np.log(np.clip(p.astype(np.float64), 1e-7, 1.0)) for p in cand_prob]
+        for f, chs in fusions.items():
+            dense = {name: ch.score(users[rows])[:, positions[f][name]] for name, ch in chs.items()}
+            for name, scores in dense.items():
+                out.setdefault(f"{f}/channel={name}", []).extend(full_sort_ranks(scores, pos, exc, max_rank)[0])
+            fused = np.log(rrf([channel_orders(scores, exc) for scores in dense.values()], cfg.rrf_k))
+            variants = {"fusion": [fused[b, c] for b, c in enumerate(cand)]}
+            variants.update({f"alpha={a:g}": [log_p[b] + a * fused[b, c] for b, c in enumerate(cand)] for a in cfg.alphas})
+            for name, scores in variants.items():
+                rows_dense = np.stack([two_stage_scores(c, sc, fused[b]) for b, (c, sc) in enumerate(zip(cand, scores))])
+                out.setdefault(f"{f}/{name}", []).extend(full_sort_ranks(rows_dense, pos, exc, max_rank)[0])
+    return out
 
 
 def run(cfg: RecallExperiment) -> dict:
@@ -177,10 +416,18 @@ def run(cfg: RecallExperiment) -> dict:
     splits = load_splits(cfg.data)
     items = catalogue(splits, c)
     data = test_set(splits, c, cfg.eval.exclude_valid, cfg.eval.split)
-    log.info("recall eval on %s: %d items, %d users with a positive (%d skipped), %d cold items", cfg.eval.split, len(items), len(data.users),
-             data.skipped_users, len(data.cold_items))
+    log.info(
+        "recall eval on %s: %d items, %d users with a positive (%d skipped), %d cold items",
+        cfg.eval.split,
+        len(items),
+        len(data.users),
+        data.skipped_users,
+        len(data.cold_items),
+    )
     pipeline = FeaturePipeline(cfg.features).fit(splits["train"]) if "two_tower" in cfg.channels else None
     runs: dict[str, list[dict]] = {}
+    fitted: dict[str, RecallChannel] = {}
+    ctr: dict[str, list[dict]] = {}
     for seed in cfg.eval.seeds:
         lists = {}
         for name in cfg.channels:
@@ -189,34 +436,197 @@ def run(cfg: RecallExperiment) -> dict:
                 continue
             started = time.perf_counter()
             channel = make_channel(name, cfg, pipeline, seed).fit(splits["train"], items)
+            fitted[name] = channel
             fit_s = time.perf_counter() - started
             metrics, lists[name] = evaluate_channel(channel, data, cfg.eval.ks, cfg.merge.n, cfg.eval.batch_size)
             metrics.update(seed=seed, fit_s=fit_s, _lists=lists[name])
             runs.setdefault(name, []).append(metrics)
             log.info("seed %d %s: %s", seed, name, {k: v for k, v in metrics.items() if k != "_lists"})
-        merged = [merge_candidates({name: lists[name][u] for name in cfg.channels}, cfg.merge.n, cfg.merge.quotas)
-                  for u in range(len(data.users))]
+        merged = [
+            merge_candidates({name: lists[name][u] for name in cfg.channels}, cfg.merge.n, cfg.merge.quotas)
+            for u in range(len(data.users))
+        ]
         merge_metrics = recall_at_n([m[0] for m in merged], data, cfg.merge.n)
         shares = pd.Series(np.concatenate([m[1] for m in merged])).value_counts(normalize=True).to_dict()
         merge_metrics.update(seed=seed, channel_share=shares)
         runs.setdefault("merge", []).append(merge_metrics)
+        if cfg.ranker.run is not None:
+            stage = second_stage(cfg, splits, items, data, [m[0] for m in merged], fitted, seed)
+            for name, metrics in stage.pop("ctr").items():
+                ctr.setdefault(name, []).append({**metrics, "seed": seed})
+            for name, metrics in stage.items():
+                runs.setdefault(name, []).append(metrics)
     for name in runs:
         for r in runs[name]:
             r.pop("_lists", None)
-    return {"config": to_dict(cfg), "items": len(items), "test_users": len(data.users), "skipped_users": data.skipped_users,
-            "cold_items": len(data.cold_items), "runs": runs}
+    return {
+        "config": to_dict(cfg),
+        "items": len(items),
+        "test_users": len(data.users),
+        "skipped_users": data.skipped_users,
+        "cold_items": len(data.cold_items),
+        "runs": runs,
+        "ctr": ctr,
+    }
+
+
+def fusion_channels(cfg: RecallExperiment) -> list[str]:
+    """The channels whose orders the second stage fuses: those with a merge quota (else every channel)."""
+    if cfg.ranker.fusion:
+        return list(cfg.ranker.fusion)
+    return [name for name, slots in cfg.merge.quotas.items() if slots > 0] or list(cfg.channels)
+
+
+def merged_lists(
+    channels: dict[str, RecallChannel], names: list[str], data: TestSet, merge: MergeConfig, batch_size: int
+) -> list[np.ndarray]:
+    """Each user's merged candidates (item ids) from the fitted ``channels`` (their top-``merge.n`` lists)."""
+    lists: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, len(data.users), batch_size):
+        rows = slice(start, start + batch_size)
+        for name in names:
+            lists[name] += [items for items, _ in channels[name].recall(data.users[rows], merge.n, data.exclude[rows])]
+    return [merge_candidates({name: lists[name][u] for name in names}, merge.n, merge.quotas)[0] for u in range(len(data.users))]
+
+
+def impression_ctr(
+    cfg: RecallExperiment,
+    splits: dict[str, pd.DataFrame],
+    channels: dict[str, RecallChannel],
+    scorer: PairScorer,
+    catalogue_ids: np.ndarray,
+    alpha: float,
+) -> dict[str, dict]:
+    """AUC and GAUC of every system's score on the labelled impressions of the evaluated split (all its rows):
+    each channel's score, the RRF of the fusion channels, and the two-stage score ``log p + alpha log RRF``
+    (the RRF over the user's catalogue without their excluded items, as in the full sort)."""
+    c, target = cfg.columns, cfg.eval.split
+    rows = splits[target]
+    seen = pd.concat([splits["train"], splits["valid"]] if cfg.eval.exclude_valid and target == "test" else [splits["train"]])
+    seen_by_user = seen.groupby(c.user)[c.item].agg(lambda s: np.unique(s.to_numpy()))
+    index = pd.Index(catalogue_ids)
+    fusion = fusion_channels(cfg)
+    positions = {name: ch.item_positions(catalogue_ids) for name, ch in channels.items()}
+    by_user = rows.groupby(c.user, sort=True)
+    users = np.array(list(by_user.groups.keys()))
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in [*channels, "fusion", "two_stage"]}
+    labels, groups = [], []
+    for start in range(0, len(users), cfg.eval.batch_size):
+        batch = users[start : start + cfg.eval.batch_size]
+        frames = [by_user.get_group(u) for u in batch]
+        items = [index.get_indexer(f[c.item]) for f in frames]
+        exc = [index.get_indexer(seen_by_user.get(u, np.zeros(0))) for u in batch]
+        exc = [e[e >= 0] for e in exc]
+        dense = {name: ch.score(batch)[:, positions[name]] for name, ch in channels.items()}
+        fused = np.log(rrf([channel_orders(dense[n], exc) for n in fusion], cfg.ranker.rrf_k))
+        probs = scorer.score_pairs(batch, items, cfg.ranker.batch_rows)
+        for b, it in enumerate(items):
+            for name in channels:
+                scores[name].append(dense[name][b, it])
+            scores["fusion"].append(fused[b, it])
+            scores["two_stage"].append(np.log(np.clip(probs[b].astype(np.float64), 1e-7, 1.0)) + alpha * fused[b, it])
+            labels.append(frames[b][c.label].to_numpy(np.float64))
+            groups.append(np.full(len(it), b + start))
+    y, g = np.concatenate(labels), np.concatenate(groups)
+    return {
+        name: {"auc": auc(y, np.concatenate(s)), "gauc": gauc(y, np.concatenate(s), g), "rows": len(y)}
+        for name, s in scores.items()
+    }
+
+
+def interaction_channels(cfg: RecallExperiment, train: pd.DataFrame, items: pd.DataFrame) -> dict[str, RecallChannel]:
+    """``ranker.interaction_fusion``'s channels fitted on every training interaction as a positive (label
+    ignored): an estimate of whether the user meets the item at all, which the ranker's P(like | met) completes."""
+    met = train.copy()
+    met[cfg.columns.label] = 1.0
+    out = {}
+    for name in cfg.ranker.interaction_fusion:
+        out[name] = (PopularityChannel(cfg.columns) if name == "popularity" else ItemCFChannel(cfg.itemcf, cfg.columns)).fit(
+            met, items
+        )
+    return out
+
+
+def second_stage(
+    cfg: RecallExperiment,
+    splits: dict[str, pd.DataFrame],
+    items: pd.DataFrame,
+    data: TestSet,
+    merged: list[np.ndarray],
+    channels: dict[str, RecallChannel],
+    seed: int,
+) -> dict[str, dict]:
+    """Full-sort metrics of the ranker alone, the RRF of the merged candidates, and the two-stage system
+    (alpha chosen on the valid split's users, see ``TwoStageConfig``) for one seed; ``ctr``: the CTR metrics."""
+    c, rk, ks = cfg.columns, cfg.ranker, tuple(cfg.eval.ks)
+    path = rk.run.replace("{seed}", str(seed))
+    started = time.perf_counter()
+    scorer = PairScorer(path, user_frame(splits, c), items, rk.user_fields or cfg.two_tower.user_fields, to_dict(cfg.data))
+    fusions = {"merge": {name: channels[name] for name in fusion_channels(cfg)}}
+    if rk.interaction_fusion:
+        fusions["met"] = interaction_channels(cfg, splits["train"], items)
+    ids = items[c.item].to_numpy()
+    valid = test_set(splits, c, False, "valid")
+    valid_merged = merged_lists(channels, list(cfg.channels), valid, cfg.merge, cfg.eval.batch_size)
+    valid_ranks = two_stage_ranks(
+        valid.users, valid, valid_merged, fusions, scorer, ids, rk, cfg.eval.ks, cfg.eval.batch_size, ranker_alone=False
+    )
+    test_ranks = two_stage_ranks(data.users, data, merged, fusions, scorer, ids, rk, cfg.eval.ks, cfg.eval.batch_size)
+    base = {"seed": seed, "ranker": str(scorer.path)}
+    out = {"ranker": {**metrics_from_ranks(test_ranks["ranker"], ks), **base}}
+    alphas = {}
+    for f in fusions:
+        suffix = "" if f == "merge" else f"_{f}"
+        on_valid = {a: metrics_from_ranks(valid_ranks[f"{f}/alpha={a:g}"], ks)[rk.select] for a in rk.alphas}
+        alpha = alphas[f] = max(rk.alphas, key=lambda a: (on_valid[a], -a))  # the smaller alpha on a tie
+        out[f"fusion{suffix}"] = {
+            **metrics_from_ranks(test_ranks[f"{f}/fusion"], ks),
+            **base,
+            f"valid_{rk.select}": metrics_from_ranks(valid_ranks[f"{f}/fusion"], ks)[rk.select],
+        }
+        out[f"two_stage{suffix}"] = {
+            **metrics_from_ranks(test_ranks[f"{f}/alpha={alpha:g}"], ks),
+            **base,
+            "alpha": alpha,
+            "fusion": list(fusions[f]),
+            f"valid_{rk.select}": on_valid,
+            "valid_users": len(valid.users),
+            "test_by_alpha": {f"{a:g}": metrics_from_ranks(test_ranks[f"{f}/alpha={a:g}"], ks) for a in rk.alphas},
+        }
+        if f != "merge":
+            for name in fusions[f]:
+                out[f"{name}{suffix}"] = {**metrics_from_ranks(test_ranks[f"{f}/channel={name}"], ks), "seed": seed}
+        log.info(
+            "seed %d two-stage, fusion %s %s: alpha %g chosen on valid (%s %s); test %s",
+            seed,
+            f,
+            list(fusions[f]),
+            alpha,
+            rk.select,
+            on_valid,
+            {k: v for k, v in out[f"two_stage{suffix}"].items() if k.startswith(("recall@", "ndcg@"))},
+        )
+    out["two_stage"]["seconds"] = time.perf_counter() - started
+    out["ctr"] = impression_ctr(cfg, splits, channels, scorer, ids, alphas["merge"])
+    return out
 
 
 def summary(result: dict, ks: list[int], n: int) -> str:
     """The Markdown table: mean ± std over seeds per channel."""
-    cols = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + [f"hr@{ks[0]}", f"mrr@{ks[0]}", f"list_recall@{n}", f"cold_recall@{n}"]
+    cols = (
+        [f"recall@{k}" for k in ks]
+        + [f"ndcg@{k}" for k in ks]
+        + [f"hr@{ks[0]}", f"mrr@{ks[0]}", f"list_recall@{n}", f"cold_recall@{n}"]
+    )
     head = ["channel", "seeds", *[c.replace("list_recall", "Recall").replace("cold_recall", "cold Recall") for c in cols]]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(cols)]
     for name, runs in result["runs"].items():
         cells = []
         for col in cols:
             values = [r[col] for r in runs if r.get(col) is not None]
-            cells.append("" if not values else f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}")
+            cells.append(
+                "" if not values else f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+            )
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -231,14 +641,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     cfg = load_recall_experiment(args.config, args.overrides)
     result = run(cfg)
     table = summary(result, cfg.eval.ks, cfg.merge.n)
-    header = (f"{cfg.eval.split} split: {result['items']} items, {result['test_users']} users with a positive ({result['skipped_users']} without), "
-              f"{result['cold_items']} cold items; seeds {cfg.eval.seeds}")
+    header = (
+        f"{cfg.eval.split} split: {result['items']} items, {result['test_users']} users with a positive ({result['skipped_users']} without), "
+        f"{result['cold_items']} cold items; seeds {cfg.eval.seeds}"
+    )
     print(header + "\n\n" + table)
     if args.out is not None:
         write_json(args.out / "recall_metrics.json", result)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mmcore.config import to_dict
 from xdeepfm.explain import attribute
 from xdeepfm.features import FeaturePipeline, load_spec
-from xdeepfm.history import HistoryConfig, add_history, build_history
+from xdeepfm.history import HistoryConfig, StatConfig, add_history, build_history
 from xdeepfm.inference import FastRanker
 from xdeepfm.model import RankerConfig, XDeepFMRanker, stack_inputs
 
@@ -320,3 +320,91 @@ def test_engine_rank_takes_the_history_from_the_user_record(fitted, tmp_path):
         expected = torch.sigmoid(model(inputs(pipeline, rows, model))).numpy()
     np.testing.assert_allclose(ranking.scores, expected[ranking.order], atol=1e-6)
     assert ranking.scores.tolist() != engine.rank({**user, "history": ""}, candidates).scores.tolist()
+
+
+# ------------------------------------------------------------------------------------------ as-of-time statistics
+
+
+def test_stats_hand_made_strictly_earlier_and_shrunk_to_the_training_mean():
+    frame = events([(1, "a", 10, 1), (1, "b", 20, 0), (1, "c", 20, 1), (1, "d", 30, 1), (2, "a", 40, 0)])
+    config = HistoryConfig(column=None, stats=[StatConfig(key="user_id", column="u", prior=0.0),
+                                               StatConfig(key="item_id", column="i", prior=1.0),
+                                               StatConfig(key="user_id", column="w", window=1, prior=0.0)])
+    out = add_history({"train": frame}, config)["train"]
+    m = 0.6  # the training split's positive rate
+    # (1, b, 20) and (1, c, 20) share a second: neither sees the other; (1, d, 30) sees a, b, c
+    np.testing.assert_allclose(out["u_mean"], [m, 1.0, 1.0, 2 / 3, m])
+    np.testing.assert_allclose(out["u_count"], np.log1p([0, 1, 1, 3, 0]))
+    np.testing.assert_allclose(out["i_mean"], [m, m, m, m, (1 + m) / 2])  # item a: one earlier positive
+    assert out["w_mean"].tolist()[:2] == [m, 1.0]
+    assert out["w_mean"].tolist()[3] in (0.0, 1.0)  # the newest one of b, c (same second: either)
+    np.testing.assert_allclose(out["w_count"], out["u_count"])  # the count is never windowed
+    assert "history" not in out.columns
+
+
+def test_stats_value_column_and_config_errors():
+    frame = events([(1, "a", 10, 1), (1, "b", 20, 0)]).assign(rating=[5.0, 2.0])
+    out = add_history({"train": frame}, HistoryConfig(column=None, stats=[
+        StatConfig(key="user_id", column="r", value_column="rating", prior=0.0)]))["train"]
+    assert out["r_mean"].tolist() == [3.5, 5.0]  # nothing earlier: the training mean rating
+    with pytest.raises(ValueError, match="repeat"):
+        HistoryConfig(stats=[StatConfig(key="user_id", column="u"), StatConfig(key="item_id", column="u")])
+    with pytest.raises(ValueError, match="window"):
+        StatConfig(key="user_id", column="u", window=0)
+    with pytest.raises(ValueError, match="already has a column 'r_mean'"):
+        add_history({"train": out}, HistoryConfig(column=None, stats=[StatConfig(key="user_id", column="r")]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(0, 8), st.integers(0, 5)),
+                min_size=1, max_size=40),
+       st.sampled_from(["user_id", "item_id"]), st.one_of(st.none(), st.integers(1, 3)),
+       st.sampled_from([0.0, 2.0]), st.booleans())
+def test_stats_no_leakage_property_equals_brute_force(rows, key, window, prior, split):
+    """Every statistic equals a brute force over the key's interactions with time < the row's (from
+    every split, streaming; the mean over the newest ``window`` of them, ties in source order)."""
+    frame = events([(u, f"i{i}", t, float(r >= 3)) for u, i, t, r in rows]).assign(rating=[float(r) for *_, r in rows])
+    splits = {"train": frame.iloc[::2].reset_index(drop=True), "test": frame.iloc[1::2].reset_index(drop=True)}
+    if split and len(splits["test"]) == 0:
+        return
+    stat = StatConfig(key=key, column="s", value_column="rating", window=window, prior=prior)
+    out = add_history(splits, HistoryConfig(column=None, stats=[stat]))
+    source = pd.concat(list(splits.values()), ignore_index=True)
+    m = splits["train"].rating.mean()
+    for name, frame_out in out.items():
+        for row in frame_out.itertuples(index=False):
+            earlier = source[(source[key] == getattr(row, key)) & (source.timestamp < row.timestamp)]
+            earlier = earlier.sort_values("timestamp", kind="stable")
+            assert row.s_count == pytest.approx(np.log1p(len(earlier)))
+            used = earlier.rating.to_numpy()[-window:] if window else earlier.rating.to_numpy()
+            times = earlier.timestamp.to_numpy()
+            if window and len(times) > window and times[-window - 1] == times[-window]:
+                continue  # the window's edge splits one second: which of its interactions are inside is not specified
+            expected = (used.sum() + prior * m) / (len(used) + prior) if len(used) else m
+            assert row.s_mean == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------------ the fast attention
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_fast_attention_equals_deepctrs_layer_values_and_gradients(fitted, softmax):
+    pipeline, frame = fitted
+    config = RankerConfig(**{**to_dict(CONFIG), "attention_softmax": softmax, "attention_activation": "relu"
+                             if softmax else "sigmoid"})
+    model = scaled_model(pipeline, config)
+    X = inputs(pipeline, frame, model)
+    X[:5, slice(*model.feature_index["history"])] = 0  # empty histories
+    module, codes = model.interest["history"], model._slice(X, "history")
+    results = []
+    for forward in (module.forward, module.reference_forward):
+        model.zero_grad()
+        u = forward(model.embedding_dict, codes, model.candidate(X, "history"))
+        (u * torch.linspace(-1, 1, u.numel()).view_as(u)).sum().backward()
+        results.append((u.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fast, fast_grads), (ref, ref_grads) = results
+    assert ref.abs().max() > 0.1 and torch.equal(fast[:5], torch.zeros_like(fast[:5]))
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert fast_grads.keys() == ref_grads.keys() and len(ref_grads) > 5
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
