@@ -11,8 +11,8 @@ from mmapp.catalogue import generate_catalogue, write_catalogue
 from mmapp.cli import evaluate_main
 from mmcore.config import build
 from tests.xdeepfm.test_compare import _config
+from tests.xdeepfm.test_history import tiny_history_experiment
 from xdeepfm.compare import main
-from xdeepfm.data.movielens import default_root
 from xdeepfm.evaluate import evaluate_checkpoint
 from xdeepfm.experiment import RankingExperiment
 from xdeepfm.train import train
@@ -33,18 +33,7 @@ def test_evaluate_accepts_compare_runs(tmp_path, capsys):
 
 
 def test_evaluate_scores_a_history_run_like_its_trainer(tmp_path):
-    raw = {
-        "task": "ranking",
-        "data": {"root": str(default_root()), "split": "random", "max_rows": 3000},
-        "features": {"fields": [
-            {"name": "user_id", "kind": "categorical"}, {"name": "item_id", "kind": "categorical"},
-            {"name": "genres", "kind": "multi_valued", "max_len": 4},
-            {"name": "history", "kind": "sequence", "target": "item_id", "content": ["genres"], "max_len": 5}],
-            "text_cache_dir": str(tmp_path / "cache")},
-        "history": {"max_len": 5},
-        "model": {"embedding_dim": 4, "cin_layer_sizes": [4, 4], "dnn_hidden_units": [8], "attention_hidden_units": [4]},
-        "train": {"epochs": 1, "batch_size": 256, "progress": False},
-    }
+    raw = tiny_history_experiment(tmp_path)
     trained = train(build(RankingExperiment, raw), tmp_path / "run")
     scored = evaluate_checkpoint(tmp_path / "run", splits=["test"])
     assert scored["test"]["auc"] == pytest.approx(trained["test"]["auc"], abs=1e-6)

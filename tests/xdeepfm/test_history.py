@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmcore.config import to_dict
+from xdeepfm.data.movielens import default_root
 from xdeepfm.explain import attribute
 from xdeepfm.features import FeaturePipeline, load_spec
 from xdeepfm.history import HistoryConfig, StatConfig, add_history, build_history
@@ -211,14 +212,20 @@ def test_empty_history_gives_zero_interest_and_padding_is_masked(fitted):
         assert not torch.allclose(model(one), model(two))  # the second item is used
 
 
-@pytest.mark.parametrize("softmax", [False, True])
-def test_fast_ranker_equals_the_model_with_a_sequence_field(fitted, softmax):
+def attention_model_and_inputs(fitted, softmax: bool):
+    """A scaled model with (softmax: True) or without softmax attention, and inputs whose first 5 histories are empty."""
     pipeline, frame = fitted
     config = RankerConfig(**{**to_dict(CONFIG), "attention_softmax": softmax, "attention_activation": "relu"
                              if softmax else "sigmoid"})
     model = scaled_model(pipeline, config)
     X = inputs(pipeline, frame, model)
     X[:5, slice(*model.feature_index["history"])] = 0  # empty histories
+    return model, X
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_fast_ranker_equals_the_model_with_a_sequence_field(fitted, softmax):
+    model, X = attention_model_and_inputs(fitted, softmax)
     with torch.no_grad():
         expected = model(X)
         got = FastRanker.from_model(model, chunk_rows=64)(X)
@@ -264,15 +271,9 @@ def test_exported_engine_encodes_a_history_string_or_list_like_the_model(fitted,
 # ------------------------------------------------------------------------------------------ the trainer
 
 
-@pytest.mark.slow  # ~10 s: reads all of ML-100K
-def test_trainer_adds_the_history_and_trains_a_sequence_field(tmp_path):
-    from mmcore.config import build
-    from xdeepfm.checkpoint import load_ranking_checkpoint
-    from xdeepfm.data.movielens import default_root
-    from xdeepfm.experiment import RankingExperiment
-    from xdeepfm.train import train
-
-    raw = {
+def tiny_history_experiment(tmp_path) -> dict:
+    """A ranking config with a DIN history over 3,000 ML-100K rows, small enough to train in seconds."""
+    return {
         "task": "ranking",
         "data": {"root": str(default_root()), "split": "random", "max_rows": 3000},
         "features": {"fields": [
@@ -284,6 +285,16 @@ def test_trainer_adds_the_history_and_trains_a_sequence_field(tmp_path):
         "model": {"embedding_dim": 4, "cin_layer_sizes": [4, 4], "dnn_hidden_units": [8], "attention_hidden_units": [4]},
         "train": {"epochs": 1, "batch_size": 256, "progress": False},
     }
+
+
+@pytest.mark.slow  # ~10 s: reads all of ML-100K
+def test_trainer_adds_the_history_and_trains_a_sequence_field(tmp_path):
+    from mmcore.config import build
+    from xdeepfm.checkpoint import load_ranking_checkpoint
+    from xdeepfm.experiment import RankingExperiment
+    from xdeepfm.train import train
+
+    raw = tiny_history_experiment(tmp_path)
     result = train(build(RankingExperiment, raw), tmp_path / "run")
     assert 0.0 <= result["test"]["auc"] <= 1.0
     ckpt = load_ranking_checkpoint(tmp_path / "run" / "best.safetensors")
@@ -389,12 +400,7 @@ def test_stats_no_leakage_property_equals_brute_force(rows, key, window, prior, 
 
 @pytest.mark.parametrize("softmax", [False, True])
 def test_fast_attention_equals_deepctrs_layer_values_and_gradients(fitted, softmax):
-    pipeline, frame = fitted
-    config = RankerConfig(**{**to_dict(CONFIG), "attention_softmax": softmax, "attention_activation": "relu"
-                             if softmax else "sigmoid"})
-    model = scaled_model(pipeline, config)
-    X = inputs(pipeline, frame, model)
-    X[:5, slice(*model.feature_index["history"])] = 0  # empty histories
+    model, X = attention_model_and_inputs(fitted, softmax)
     module, codes = model.interest["history"], model._slice(X, "history")
     results = []
     for forward in (module.forward, module.reference_forward):
