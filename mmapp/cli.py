@@ -33,7 +33,7 @@ from mmcore.checkpoint import checkpoint_kind
 from mmcore.config import ConfigError, apply_overrides, build, load_yaml
 from mmcore.loop import RunDir, checkpoint_file
 from mmcore.runtime import USER_ERRORS, setup_logging
-from mmfusion import ablate, predict, slgm_report
+from mmfusion import ablate, predict, slgm_report, worlds_study
 from mmfusion import evaluate as sentiment_evaluate
 from mmfusion import explain as sentiment_explain
 from mmfusion import export as sentiment_export
@@ -203,6 +203,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "recommender": ("fit the recall stage of a ranker's POST /v1/recommend (popularity, ItemCF, two-tower + FAISS)",
                     ranking_cli.add_recommender_arguments, ranking_cli.run_recommender),
     "ablate": ("the sentiment ablation study (variants x seeds)", ablate.add_arguments, ablate.run),
+    "worlds": ("the sentiment recipe study across SynthMOSI worlds (candidates x worlds x seeds)",
+               worlds_study.add_arguments, worlds_study.run),
     "compare": ("the ranking comparison study (ours vs stock deepctr-torch)", compare.add_arguments, compare.run),
     "synth": ("generate SynthMOSI (MMSA pickle format)", synthetic.add_arguments, synthetic.run),
     "synth-video": ("generate SynthVideo: SynthMOSI clips as mp4 files (spoken narration, rendered presenter)",

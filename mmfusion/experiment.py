@@ -55,9 +55,13 @@ class SentimentTrainConfig:
     lr_text: float = 5e-5  # the BERT-family text encoder when fine-tuned
     weight_decay: float = 1e-4
     # "cosine": linear warm-up over warmup_epochs, then cosine decay to 0 at the last step
-    # (mmfusion.train.lr_factor); "none": constant learning rates (as before)
-    lr_schedule: Literal["none", "cosine"] = "none"
-    warmup_epochs: float = 1.0  # only with lr_schedule: cosine
+    # (mmfusion.train.lr_factor); "plateau": the same warm-up, then the rates times plateau_factor
+    # after every plateau_patience epochs in a row without a new best early_stop_key;
+    # "none": constant learning rates (as before)
+    lr_schedule: Literal["none", "cosine", "plateau"] = "none"
+    warmup_epochs: float = 1.0  # only with lr_schedule: cosine or plateau
+    plateau_patience: int = 2  # only with lr_schedule: plateau
+    plateau_factor: float = 0.5  # only with lr_schedule: plateau
     grad_clip: float | None = 1.0
     early_stop_key: str = "MAE"  # any key of the MMSA metric set, on the valid split
     patience: int = 6
@@ -73,6 +77,10 @@ class SentimentTrainConfig:
         check_range("lr_text", self.lr_text, low=0.0)
         check_range("weight_decay", self.weight_decay, low=0.0)
         check_range("warmup_epochs", self.warmup_epochs, low=0.0)
+        check_range("plateau_patience", self.plateau_patience, low=1)
+        check_range("plateau_factor", self.plateau_factor, low=0.0, low_open=True)
+        if self.plateau_factor >= 1.0:
+            raise ConfigError(f"plateau_factor={self.plateau_factor}: must be < 1 (it lowers the learning rates)")
         check_range("grad_clip", self.grad_clip, low=0.0, low_open=True)
         check_range("patience", self.patience, low=1)
         check_range("slgm_start_epoch", self.slgm_start_epoch, low=1)

@@ -20,7 +20,9 @@ Temporal-evidence options of the audio/vision input path (all off by default, is
 ``x' = (x - mean_clip) / (std_clip + eps)``, over its real frames) on top of the train-set statistics;
 ``input_deltas`` appends first differences ``x_t - x_{t-1}`` as extra channels (0 at the first
 frame); ``modality_dropout`` drops a whole audio or vision modality of a training clip with that
-probability (zeroed frames and an all-False mask, as a missing modality reads; never at eval).
+probability (zeroed frames and an all-False mask, as a missing modality reads; never at eval);
+``conv_dilations`` with more than one dilation makes the conv encoders multi-scale (parallel
+dilated convolutions per layer, averaged: ``mmfusion.sequence_encoder``).
 
 Ablation switches: ``use_lgt`` (text-guided cross-attention vs plain self-attention),
 ``use_soft_mapping`` (SM vs a learned softmax-weighted average of the pooled streams), ``fusion``
@@ -82,6 +84,9 @@ class SentimentModelConfig:
     vision_encoder: EncoderKind = "conv"
     encoder_layers: int = 1  # layers of each audio/vision encoder
     conv_kernel: int = 5
+    # conv encoders: dilations of the parallel convolutions of each layer; [1] = one scale (as before),
+    # e.g. [1, 4, 16] for a multi-scale encoder that sees short segments and clip-long changes
+    conv_dilations: list[int] = field(default_factory=lambda: [1])
     frame_stride: int = 1  # average-pool audio/vision encoder outputs over windows of this many frames
     use_lgt: bool = True  # False → plain self-attention per modality (no text-guided queries)
     use_soft_mapping: bool = True  # False → learned softmax-weighted average of the pooled streams
@@ -126,6 +131,8 @@ class SentimentModelConfig:
             raise ValueError(f"model.modality_dropout={self.modality_dropout}: must be a probability in [0, 1)")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"model.conv_kernel={self.conv_kernel}: must be a positive odd integer")
+        if not self.conv_dilations or any(not isinstance(r, int) or r < 1 for r in self.conv_dilations):
+            raise ValueError(f"model.conv_dilations={self.conv_dilations!r}: expected a non-empty list of positive integers")
         if self.sm_hidden is not None and self.sm_hidden < 1:
             raise ValueError(f"model.sm_hidden={self.sm_hidden}: must be >= 1")
         if not self.modalities:
@@ -204,7 +211,7 @@ class MultimodalSentimentModel(nn.Module):
             in_dim = 2 * in_dim if cfg.input_deltas else in_dim
             self.encoders[m] = SequenceEncoder(in_dim=in_dim, d_model=d, kind=kind, n_layers=cfg.encoder_layers,
                                                kernel_size=cfg.conv_kernel, n_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
-                                               dropout=cfg.dropout)
+                                               dropout=cfg.dropout, dilations=tuple(cfg.conv_dilations))
         guided = cfg.use_lgt and "text" in self.modalities
         if cfg.use_lgt and not guided:
             logger.info("use_lgt=True without the text modality: LGT falls back to self-attention per modality")

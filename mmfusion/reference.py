@@ -197,6 +197,24 @@ def _fmt(value: float | None, key: str) -> str:
     return f"{value:.3f}" if key in ("MAE", "Corr") else f"{100 * value:.2f}"
 
 
+def read_reference_markdown(path: str | Path) -> dict[str, dict[str, float | None]]:
+    """The main table of a report :func:`render_markdown` wrote, back as ``{predictor: {metric: value}}``
+    (accuracies and F1 as fractions again, ``n/a`` as None), e.g. for ``mmfusion.worlds_study``."""
+    lines = Path(path).read_text().splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith("| predictor | ")), None)
+    if header is None:
+        raise ValueError(f"{path}: no '| predictor | ...' table (expected a report of python -m mmfusion.reference)")
+    keys = [cell.strip() for cell in lines[header].strip("|").split("|")][1:]
+    rows: dict[str, dict[str, float | None]] = {}
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        name, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[name] = {key: None if text == "n/a" else float(text) / (1.0 if key in ("MAE", "Corr") else 100.0)
+                      for key, text in zip(keys, cells) if key in METRIC_KEYS}
+    return rows
+
+
 def render_markdown(results: dict[str, dict], command: str, data_path: str, seed: int) -> str:
     """The reference table plus how it was produced."""
     header = "| predictor | " + " | ".join(METRIC_KEYS) + " | chosen on valid |"

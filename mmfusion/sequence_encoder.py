@@ -5,7 +5,10 @@ a (bidirectional) LSTM or a Transformer encoder. Masks come from the true length
 frame, right padding). Padding never changes the output at real positions:
 
 * conv: padded frames are zeroed before every convolution, which is exactly what the
-  convolution's own zero padding sees past the end of a shorter tensor;
+  convolution's own zero padding sees past the end of a shorter tensor; with several
+  ``dilations`` (multi-scale) each layer averages parallel convolutions of those dilations (kernel
+  k, dilation r: a receptive field of r (k - 1) + 1 frames), so one layer sees both a short
+  segment and a slow change over the clip;
 * LSTM: the sequence is packed by its lengths;
 * Transformer: padded keys are masked out (``src_key_padding_mask``).
 
@@ -47,16 +50,26 @@ class SequenceEncoder(nn.Module):
         n_heads: int = 4,
         ffn_dim: int = 128,
         dropout: float = 0.1,
+        dilations: tuple[int, ...] = (1,),
     ):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"conv_kernel={kernel_size}: must be odd so the output keeps the input length")
+        if not dilations or any(r < 1 for r in dilations):
+            raise ValueError(f"conv_dilations={list(dilations)}: expected positive integers")
         self.kind = kind
         self.proj = nn.Linear(in_dim, d_model)
         self.dropout = nn.Dropout(dropout)
-        if kind == "conv":
+        if kind == "conv" and tuple(dilations) == (1,):  # one scale: the encoder of before (same weights' names)
             self.convs = nn.ModuleList(
                 nn.Conv1d(d_model, d_model, kernel_size, padding=kernel_size // 2) for _ in range(n_layers)
+            )
+            self.norm = nn.LayerNorm(d_model)
+        elif kind == "conv":  # multi-scale: per layer, parallel dilated convolutions, averaged
+            self.scales = nn.ModuleList(
+                nn.ModuleList(nn.Conv1d(d_model, d_model, kernel_size, padding=r * (kernel_size // 2), dilation=r)
+                              for r in dilations)
+                for _ in range(n_layers)
             )
             self.norm = nn.LayerNorm(d_model)
         elif kind == "lstm":
@@ -80,10 +93,16 @@ class SequenceEncoder(nn.Module):
         mask = mask.bool()
         keep = mask.unsqueeze(-1).to(x.dtype)
         h = self.proj(x) * keep
-        if self.kind == "conv":
+        if self.kind == "conv" and hasattr(self, "convs"):
             for conv in self.convs:
                 # residual conv block; re-zero padding so it cannot leak into the next layer
                 h = (h + self.dropout(torch.relu(conv(h.transpose(1, 2)).transpose(1, 2)))) * keep
+            h = self.norm(h)
+        elif self.kind == "conv":
+            for branches in self.scales:
+                x_t = h.transpose(1, 2)  # (B, d, L)
+                mixed = torch.stack([branch(x_t) for branch in branches]).mean(0).transpose(1, 2)  # (B, L, d)
+                h = (h + self.dropout(torch.relu(mixed))) * keep
             h = self.norm(h)
         elif self.kind == "lstm":
             lengths = mask.sum(1).clamp(min=1).cpu()

@@ -86,10 +86,24 @@ def schedule_lr(state: "TrainingRun") -> None:
     if train_cfg.lr_schedule == "none":
         return
     per_epoch = -(-len(state.train_split.labels) // state.cfg.data.batch_size)  # global steps per epoch
-    total = per_epoch * train_cfg.epochs
-    factor = lr_factor(state.step + 1, total, round(train_cfg.warmup_epochs * per_epoch))
+    total, warmup, step = per_epoch * train_cfg.epochs, round(train_cfg.warmup_epochs * per_epoch), state.step + 1
+    if train_cfg.lr_schedule == "cosine":
+        factor = lr_factor(step, total, warmup)
+    else:  # plateau: the warm-up, then the scale the validation plateaus have set (plateau_step)
+        factor = min(step / max(warmup, 1), 1.0) * state.lr_scale
     for group in state.optimizer.param_groups:
         group["lr"] = group.setdefault("base_lr", group["lr"]) * factor  # a pre-schedule checkpoint has no base_lr
+
+
+def plateau_step(state: "TrainingRun", improved: bool) -> None:
+    """``lr_schedule: plateau``: after ``plateau_patience`` epochs in a row without a new best, lower
+    the learning rates by ``plateau_factor`` (and again after as many more)."""
+    train_cfg = state.cfg.train
+    bad = state.stopper.bad_epochs
+    if train_cfg.lr_schedule == "plateau" and not improved and bad % train_cfg.plateau_patience == 0:
+        state.lr_scale *= train_cfg.plateau_factor
+        log.info("valid %s flat for %d epochs: learning rates x %g (now x %g of the base)", state.stopper.key, bad,
+                 train_cfg.plateau_factor, state.lr_scale)
 
 
 def data_dims(data: MMSAData) -> dict[str, int | None]:
@@ -200,6 +214,7 @@ class TrainingRun:
     attention_batch: object = None  # the fixed validation clips whose attention maps go to TensorBoard
     start_epoch: int = 1
     step: int = 0
+    lr_scale: float = 1.0  # lr_schedule plateau: the product of the reductions so far
 
     @property
     def train_split(self) -> MMSASplit:
@@ -270,6 +285,7 @@ def _restore(state: TrainingRun) -> None:
     same_world = ctx.enabled and "ranks" in rng and len(rng["ranks"]) == ctx.world_size
     torch.set_rng_state(rng["ranks"][ctx.rank].clone() if same_world else rng["cpu"])  # a row of its own storage
     state.start_epoch, state.step = checkpoint.meta["epoch"] + 1, checkpoint.meta["step"]
+    state.lr_scale = checkpoint.meta.get("lr_scale", 1.0)  # a checkpoint from before lr_schedule plateau: 1
     log.info("resuming %s after epoch %d", state.run.path, checkpoint.meta["epoch"])
 
 
@@ -318,6 +334,7 @@ def validate_and_checkpoint(state: TrainingRun, epoch: int, throughput: float) -
     valid = predict_split(model, state.data.splits["valid"], state.norm, cfg.data.eval_batch_size, ctx)
     metrics = distributed.broadcast_object(mmsa_metrics(valid.outputs["M"], valid.label))
     improved = state.stopper.step(metrics[state.stopper.key], epoch)
+    plateau_step(state, improved)
     rng_ranks = distributed.gather_objects(torch.get_rng_state()) if ctx.enabled else None
     if ctx.is_rank0:
         log.info("epoch %d  %.1f clips/s  valid %s%s", epoch, throughput, format_metrics(metrics), "  *best*" if improved else "")
@@ -331,7 +348,7 @@ def validate_and_checkpoint(state: TrainingRun, epoch: int, throughput: float) -
         groups = {"rng": {"cpu": torch.get_rng_state(), **({"ranks": torch.stack(rng_ranks)} if rng_ranks else {})}}
         if slgm is not None:
             groups["slgm"] = slgm.state_dict()
-        loop_state = {"early_stopping": dataclasses.asdict(state.stopper), "step": state.step}
+        loop_state = {"early_stopping": dataclasses.asdict(state.stopper), "step": state.step, "lr_scale": state.lr_scale}
         save_sentiment_checkpoint(state.run.last, {**state.meta, "epoch": epoch, **loop_state}, model.state_dict(), groups,
                                   optimizer=state.optimizer)
     distributed.barrier()  # every rank sees this epoch's checkpoints before going on

@@ -9,6 +9,7 @@ import pytest
 from mmapp.cli import load_experiment
 from mmcore.config import ConfigError, load_yaml
 from mmfusion.experiment import SentimentExperiment
+from mmfusion.worlds_study import WorldsStudy, load_study
 from xdeepfm.experiment import RankingExperiment
 from xdeepfm.recall_eval import RecallExperiment, load_recall_experiment
 
@@ -19,7 +20,7 @@ SCHEMA = {"sentiment": SentimentExperiment, "ranking": RankingExperiment}
 
 def test_there_are_configs_of_every_task():
     tasks = {load_yaml(path).get("task", "sentiment") for path in CONFIGS}
-    assert len(CONFIGS) >= 10 and tasks == {"sentiment", "ranking", "recall"}
+    assert len(CONFIGS) >= 10 and tasks == {"sentiment", "ranking", "recall", "worlds_study"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -27,6 +28,10 @@ def test_shipped_config_builds(path):
     if load_yaml(path).get("task") == "recall":  # the recall channels (python -m xdeepfm.recall_eval, mmfusion recommender)
         cfg = load_recall_experiment(path, ["merge.n=50"])
         assert isinstance(cfg, RecallExperiment) and cfg.merge.n == 50
+        return
+    if load_yaml(path).get("task") == "worlds_study":  # a study over sentiment recipes (python -m mmfusion.worlds_study)
+        study, _ = load_study(path)  # builds every candidate x world x variant
+        assert isinstance(study, WorldsStudy) and study.candidates
         return
     task, cfg = load_experiment(path, [])
     assert isinstance(cfg, SCHEMA[task])

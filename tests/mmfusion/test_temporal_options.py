@@ -4,16 +4,20 @@ the learning-rate schedule. Off by default, and then the model and loop are the 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from mmcore.config import ConfigError, build
+from mmcore.loop import EarlyStopping
+from mmfusion.checkpoint import load_sentiment_checkpoint as load_checkpoint
 from mmfusion.data.mmsa import load_mmsa, make_loader
 from mmfusion.experiment import SentimentTrainConfig
 from mmfusion.model import MultimodalSentimentModel, first_differences, instance_normalise
-from mmfusion.train import lr_factor, train
+from mmfusion.sequence_encoder import SequenceEncoder
+from mmfusion.train import lr_factor, plateau_step, train
 from tests.mmfusion.test_model import make_batch, tiny_cfg
 from tests.mmfusion.test_training import tiny_config
 
@@ -141,3 +145,64 @@ def test_a_clip_without_its_vision_keeps_a_finite_prediction_of_the_same_sign(dr
         assert torch.isfinite(pred).all()
         assert np.mean(np.sign(pred.numpy()[strong]) == np.sign(t[strong])) >= 0.8
         assert (pred - full).abs()[strong].mean() < 1.0
+
+
+def test_plateau_lowers_the_rates_after_each_run_of_flat_epochs():
+    """plateau_patience 2, factor 0.5: the scale halves after the 2nd and 4th flat epoch in a row,
+    and a new best resets the count, not the scale."""
+    cfg = SimpleNamespace(train=build(SentimentTrainConfig, {"lr_schedule": "plateau", "plateau_patience": 2,
+                                                             "plateau_factor": 0.5, "patience": 10}))
+    state = SimpleNamespace(cfg=cfg, stopper=EarlyStopping("MAE", 10, "min"), lr_scale=1.0)
+    scales = []
+    for epoch, mae in enumerate([1.0, 1.1, 1.2, 1.3, 1.4, 0.9, 1.0, 1.0], start=1):
+        plateau_step(state, state.stopper.step(mae, epoch))
+        scales.append(state.lr_scale)
+    assert scales == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
+    for bad in ({"plateau_factor": 1.0}, {"plateau_factor": 0.0}, {"plateau_patience": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build(SentimentTrainConfig, {"lr_schedule": "plateau", **bad})
+
+
+def test_plateau_schedule_resumes_like_an_uninterrupted_run(tiny_synthmosi, tmp_path):
+    cfg = tiny_config(tiny_synthmosi, epochs=5, patience=10, lr_schedule="plateau", plateau_patience=1,
+                      warmup_epochs=1, attention_clips=0)
+    full = train(cfg, tmp_path / "full")
+    assert train(cfg, tmp_path / "cut", stop_after=3) == {"stopped_after_epoch": 3}
+    assert train(cfg, tmp_path / "cut", resume=True) == full
+    a, b = (load_checkpoint(tmp_path / run / "last.safetensors") for run in ("full", "cut"))
+    assert a.meta["lr_scale"] == b.meta["lr_scale"] <= 1.0
+    groups = a.optimizer_state()["param_groups"]
+    assert all(0 < g["lr"] <= g["base_lr"] for g in groups)
+
+
+def test_multiscale_conv_encoder_sees_far_frames_and_keeps_padding_out():
+    torch.manual_seed(0)
+    one = SequenceEncoder(4, 8, "conv", n_layers=1, kernel_size=3, dropout=0.0).eval()
+    multi = SequenceEncoder(4, 8, "conv", n_layers=1, kernel_size=3, dropout=0.0, dilations=(1, 8)).eval()
+    assert "convs.0.weight" in one.state_dict() and not any(k.startswith("convs") for k in multi.state_dict())
+    x, mask = torch.randn(2, 12, 4), torch.arange(12)[None, :] < torch.tensor([[12], [5]])
+    bumped = x.clone()
+    bumped[0, 0] += 5.0  # frame 0 reaches frame 8 only through the dilation-8 branch (kernel 3)
+    with torch.no_grad():
+        assert torch.allclose(one(bumped, mask)[0, 8], one(x, mask)[0, 8])
+        assert not torch.allclose(multi(bumped, mask)[0, 8], multi(x, mask)[0, 8])
+        h = multi(x, mask)
+        dirty = x.clone()
+        dirty[1, 5:] = 1e3  # garbage after clip 1's length
+        longer = torch.cat([x, torch.randn(2, 6, 4) * 100], 1)
+        long_mask = torch.arange(18)[None, :] < torch.tensor([[12], [5]])
+        torch.testing.assert_close(multi(dirty, mask), h, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(multi(longer, long_mask)[:, :12], h, atol=1e-5, rtol=1e-5)
+    assert torch.all(h[1, 5:] == 0)
+
+
+def test_multiscale_option_in_the_model_config():
+    torch.manual_seed(0)
+    model = MultimodalSentimentModel(tiny_cfg(conv_dilations=[1, 4, 16])).eval()
+    assert len(model.encoders["audio"].scales[0]) == 3
+    with torch.no_grad():
+        out, padded = model(make_batch()).preds["M"], model(make_batch(extra_pad=3)).preds["M"]
+    assert torch.isfinite(out).all() and torch.allclose(out, padded, atol=1e-5)
+    for bad in ([], [0], [1, -2]):
+        with pytest.raises(ValueError, match="conv_dilations"):
+            tiny_cfg(conv_dilations=bad)
