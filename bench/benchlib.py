@@ -69,15 +69,52 @@ def write_section(doc: Path, heading: str, name: str, section: str) -> None:
     write_text(doc, text)
 
 
-def run_wrk(url: str, script: Path, connections: int, duration: float, timeout: str = "60s") -> dict:
-    """``wrk -t1`` on ``url/v1/rank`` with a Lua ``script`` whose ``done`` prints one ``WRKJSON {...}`` line;
-    returns that object plus ``command`` (the wrk command line, with the script and port generalised)."""
+BODIES_LUA = r"""
+local bodies = {}
+for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
+local threads = {}
+local i = 0
+function setup(thread) table.insert(threads, thread) end
+function init(args) ok, bad = 0, 0 end
+function request()
+  i = i %% #bodies + 1
+  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, bodies[i])
+end
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 else bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local tok, tbad = 0, 0
+  for _, t in ipairs(threads) do tok = tok + t:get("ok"); tbad = tbad + t:get("bad") end
+  io.write(string.format('WRKJSON {"requests": %%.0f, "duration_us": %%.0f, "ok": %%.0f, "bad": %%.0f, ' ..
+    '"errors": %%.0f, "p50_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\n', summary.requests, summary.duration,
+    tok, tbad, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def write_bodies_script(folder: Path, name: str, bodies: list[dict], path: str = "/v1/rank") -> Path:
+    """``folder/name.lua``: wrk POSTs the JSON ``bodies`` (kept in ``folder/name.jsonl``) to ``path`` in turn,
+    counts 200s against the rest and prints the ``WRKJSON`` line ``run_wrk`` reads."""
+    lines = folder / f"{name}.jsonl"
+    lines.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    script = folder / f"{name}.lua"
+    script.write_text(BODIES_LUA % {"bodies": lines, "path": path})
+    return script
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float, timeout: str = "60s",
+            path: str = "/v1/rank") -> dict:
+    """``wrk -t1`` on ``url + path`` with a Lua ``script`` whose ``done`` prints one ``WRKJSON {...}`` line;
+    returns that object plus ``rps`` and ``command`` (the wrk command line, with the script and port generalised)."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:.0f}s", "--timeout", timeout, "-s", str(script),
-               f"{url}/v1/rank"]
+               f"{url}{path}"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
     match = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
     if out.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
     result = json.loads(match.group(1))
-    result["command"] = shlex.join(command[:-3] + ["-s", "rank.lua", "http://127.0.0.1:PORT/v1/rank"])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["command"] = shlex.join(command[:-3] + ["-s", f"{path.rsplit('/', 1)[-1]}.lua", f"http://127.0.0.1:PORT{path}"])
     return result

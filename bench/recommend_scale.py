@@ -63,7 +63,7 @@ import pandas as pd
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, cpu_model, git_revision, loadavg, run_wrk, setup, write_section  # noqa: E402
+from benchlib import REPO, cpu_model, git_revision, loadavg, run_wrk, setup, write_bodies_script, write_section  # noqa: E402
 
 from xdeepfm.catalog import build_store, rank_by_id  # noqa: E402
 from xdeepfm.data import load_splits  # noqa: E402
@@ -81,29 +81,6 @@ SECTION = "recommend_scale"
 TEMPLATE_COLUMNS = ("category", "product")  # copied with the real item's title, so the three agree
 TARGET_P99_MS, TARGET_ITEMS = 20.0, 1_000_000
 
-LUA = r"""
-local bodies = {}
-for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
-local threads = {}
-local i = 0
-function setup(thread) table.insert(threads, thread) end
-function init(args) ok, bad = 0, 0 end
-function request()
-  i = i %% #bodies + 1
-  return wrk.format("POST", "/v1/recommend", {["Content-Type"] = "application/json"}, bodies[i])
-end
-function response(status, headers, body)
-  if status == 200 then ok = ok + 1 else bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local tok, tbad = 0, 0
-  for _, t in ipairs(threads) do tok = tok + t:get("ok"); tbad = tbad + t:get("bad") end
-  io.write(string.format('WRKJSON {"requests": %%.0f, "duration_us": %%.0f, "ok": %%.0f, "bad": %%.0f, ' ..
-    '"errors": %%.0f, "p50_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\n', summary.requests, summary.duration,
-    tok, tbad, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
-end
-"""
 
 
 # --------------------------------------------------------------------------- measuring
@@ -148,11 +125,8 @@ def file_mb(*paths: Path) -> float:
 
 
 def wrk_rates(url: str, script: Path, connections: int, duration: float) -> dict:
-    """``benchlib.run_wrk`` (its Lua script posts to /v1/recommend) plus requests/s."""
-    result = run_wrk(url, script, connections, duration, timeout="60s")
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    result["command"] = result["command"].replace("rank.lua", "recommend.lua").replace("/v1/rank", "/v1/recommend")
-    return result
+    """``benchlib.run_wrk`` on /v1/recommend."""
+    return run_wrk(url, script, connections, duration, timeout="60s", path="/v1/recommend")
 
 
 def history_of(store: SQLiteStore, user_id: str) -> list[str]:
@@ -331,11 +305,7 @@ def in_process(engine: ScoringEngine, store: SQLiteStore, recommender: Recommend
 
 
 def write_script(folder: Path, users: list[str]) -> Path:
-    lines = folder / "recommend.jsonl"
-    lines.write_text("".join(json.dumps({"user_id": u, "k": 10}) + "\n" for u in users))
-    script = folder / "recommend.lua"
-    script.write_text(LUA % {"bodies": lines})
-    return script
+    return write_bodies_script(folder, "recommend", [{"user_id": u, "k": 10} for u in users], path="/v1/recommend")
 
 
 def load(ranker: Path, store_path: Path, recall_dir: Path, script: Path, args: argparse.Namespace) -> list[dict]:

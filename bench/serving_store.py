@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -52,7 +51,7 @@ import pandas as pd
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, cpu_model, git_revision, loadavg, run_wrk, setup, write_section  # noqa: E402
+from benchlib import REPO, cpu_model, git_revision, loadavg, run_wrk, setup, write_bodies_script, write_section  # noqa: E402
 
 from xdeepfm.catalog import rank_by_id  # noqa: E402
 from xdeepfm.server import RankingServer  # noqa: E402
@@ -62,36 +61,11 @@ from xdeepfm.store import SQLiteStore  # noqa: E402
 log = logging.getLogger("bench.serving_store")
 HEADING = "## Ranking by id: the item store under load, and ingestion"
 
-LUA = r"""
-local bodies = {}
-for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
-local threads = {}
-local i = 0
-function setup(thread) table.insert(threads, thread) end
-function init(args) ok, bad = 0, 0 end
-function request()
-  i = i %% #bodies + 1
-  return wrk.format("POST", "/v1/rank", {["Content-Type"] = "application/json"}, bodies[i])
-end
-function response(status, headers, body)
-  if status == 200 then ok = ok + 1 else bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local tok, tbad = 0, 0
-  for _, t in ipairs(threads) do tok = tok + t:get("ok"); tbad = tbad + t:get("bad") end
-  io.write(string.format('WRKJSON {"requests": %%.0f, "duration_us": %%.0f, "ok": %%.0f, "bad": %%.0f, ' ..
-    '"errors": %%.0f, "p50_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\n', summary.requests, summary.duration,
-    tok, tbad, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
-end
-"""
 
 
 def wrk_rates(url: str, script: Path, connections: int, duration: float) -> dict:
-    """``benchlib.run_wrk`` plus requests/s."""
-    result = run_wrk(url, script, connections, duration, timeout="30s")
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
+    """``benchlib.run_wrk`` on /v1/rank with a 30 s request timeout."""
+    return run_wrk(url, script, connections, duration, timeout="30s")
 
 
 def build_bodies(store: SQLiteStore, engine: ScoringEngine, n: int, candidates: int, seed: int,
@@ -116,11 +90,8 @@ def build_bodies(store: SQLiteStore, engine: ScoringEngine, n: int, candidates: 
 
 
 def write_script(folder: Path, name: str, bodies: list[dict]) -> Path:
-    lines = folder / f"{name}.jsonl"
-    lines.write_text("".join(json.dumps(b) + "\n" for b in bodies))
-    script = folder / f"{name}.lua"
-    script.write_text(LUA % {"bodies": lines})
-    return script
+    """``benchlib.write_bodies_script`` for /v1/rank."""
+    return write_bodies_script(folder, name, bodies)
 
 
 def in_process(engine: ScoringEngine, store: SQLiteStore, by_id: list[dict], full: list[dict], rounds: int) -> dict:
