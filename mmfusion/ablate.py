@@ -126,11 +126,16 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def late_average(out: Path, seed: int) -> dict:
     """Test metrics of the mean of the three single-modality models' predictions."""
-    parts = [read_predictions(out / v / f"seed{seed}" / "predictions_test.csv") for v in ("text_only", "audio_only", "vision_only")]
+    return late_average_of([out / v / f"seed{seed}" for v in ("text_only", "audio_only", "vision_only")])
+
+
+def late_average_of(run_dirs: list[Path]) -> dict:
+    """Test metrics of the mean of the predictions of the runs in ``run_dirs`` (same clips in each)."""
+    parts = [read_predictions(path / "predictions_test.csv") for path in run_dirs]
     ids, label, _ = parts[0]
-    for other_ids, _, _ in parts[1:]:
+    for path, (other_ids, _, _) in zip(run_dirs[1:], parts[1:]):
         if other_ids != ids:
-            raise ValueError(f"{out}: single-modality predictions of seed {seed} cover different clips")
+            raise ValueError(f"{path}: its test predictions cover other clips than {run_dirs[0]}'s")
     return {"test": mmsa_metrics(np.mean([p[2] for p in parts], axis=0), label)}
 
 

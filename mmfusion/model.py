@@ -17,7 +17,9 @@ stage). Every sub-module is built with named arguments.
 
 Temporal-evidence options of the audio/vision input path (all off by default, issue 18):
 ``input_norm="instance"`` standardises each clip's frames by its own mean and std (eq.
-``x' = (x - mean_clip) / (std_clip + eps)``, over its real frames) on top of the train-set statistics;
+``x' = (x - mean_clip) / (std_clip + eps)``, over its real frames) on top of the train-set statistics,
+and ``input_norm="both"`` appends those per-clip channels beside the train-set-normalised ones (a level
+that is the whole cue survives, a per-speaker offset is removed in the new channels);
 ``input_deltas`` appends first differences ``x_t - x_{t-1}`` as extra channels (0 at the first
 frame); ``modality_dropout`` drops a whole audio or vision modality of a training clip with that
 probability (zeroed frames and an all-False mask, as a missing modality reads; never at eval);
@@ -110,7 +112,8 @@ class SentimentModelConfig:
     modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     head_hidden: int = 64
     # temporal evidence in the audio/vision input path (off by default: the model as before)
-    input_norm: Literal["none", "instance"] = "none"  # "instance": per-clip standardisation over real frames
+    # "instance": per-clip standardisation over real frames; "both": those channels beside the raw ones
+    input_norm: Literal["none", "instance", "both"] = "none"
     input_deltas: bool = False  # append first differences x_t - x_{t-1} as extra channels
     modality_dropout: float = 0.0  # P(drop audio), P(drop vision) per training clip; 0 = off
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -208,7 +211,7 @@ class MultimodalSentimentModel(nn.Module):
                 continue
             if in_dim is None:
                 raise ValueError(f"model.{m}_dim is None: set it from the data (batch.{m}.shape[-1]) before building the model")
-            in_dim = 2 * in_dim if cfg.input_deltas else in_dim
+            in_dim *= (2 if cfg.input_norm == "both" else 1) * (2 if cfg.input_deltas else 1)
             self.encoders[m] = SequenceEncoder(in_dim=in_dim, d_model=d, kind=kind, n_layers=cfg.encoder_layers,
                                                kernel_size=cfg.conv_kernel, n_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
                                                dropout=cfg.dropout, dilations=tuple(cfg.conv_dilations))
@@ -279,6 +282,8 @@ class MultimodalSentimentModel(nn.Module):
             x, mask = x * keep[:, None, None].to(x.dtype), mask & keep[:, None]
         if cfg.input_norm == "instance":
             x = instance_normalise(x, mask)
+        elif cfg.input_norm == "both":
+            x = torch.cat([x, instance_normalise(x, mask)], dim=-1)  # (B, L, 2D)
         if cfg.input_deltas:
             x = torch.cat([x, first_differences(x, mask)], dim=-1)
         return x, mask

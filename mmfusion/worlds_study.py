@@ -9,7 +9,9 @@ same overrides (no world gets defaults of its own), as its full model and as the
 ``mmfusion.ablate.VARIANTS`` the study lists (``text_only`` always: the gap is measured from it).
 Runs live in ``<out>/<world>/<candidate>/<variant>/seed<k>`` and are trained with
 ``mmfusion.ablate.train_once``: a finished run (``metrics.json``) is read back, not retrained, and
-refused when its stored config no longer matches the candidate's.
+refused when its stored config no longer matches the candidate's. A text-only run is one model for
+every world with the same text and labels and every candidate whose overrides differ only in the
+audio/vision-only keys, so it is trained once, in the first such cell (``run_home``).
 
 Per world the references come from ``mmfusion.reference`` reports (markdown, one per world;
 computed into ``<out>/references/<world>.md`` when missing and ``compute_references`` is on): the
@@ -51,11 +53,11 @@ from mmfusion.ablate import (
     check_output_paths,
     finished_result,
     git_revision,
-    late_average,
+    late_average_of,
     train_once,
 )
 from mmfusion.data.synthetic import generate, write_pickle
-from mmfusion.data.worlds import WORLDS
+from mmfusion.data.worlds import WORLDS, get_world
 from mmfusion.experiment import SentimentDataConfig, SentimentExperiment
 from mmfusion.reference import read_reference_markdown, render_markdown, run_reference
 
@@ -67,6 +69,9 @@ OBJECTIVE_KEY = "Non0_acc_2"
 # the reference report's predictors the study reads (``mmfusion.reference``), by their label's prefix
 REFERENCE_ROWS = {"text_ridge": "(a)", "late_average": "(d)", "oracle": "(f)"}
 UNIMODAL = ("text_only", "audio_only", "vision_only")
+# model keys only the audio / vision branches read: a text-only model is the same whatever they are
+AUDIO_VISION_KEYS = ("audio_encoder", "vision_encoder", "encoder_layers", "conv_kernel", "conv_dilations",
+                     "frame_stride", "input_norm", "input_deltas", "modality_dropout")
 
 
 @dataclass
@@ -76,6 +81,7 @@ class WorldsStudy:
     recipe: str  # the sentiment YAML every candidate overrides (relative to the study file)
     candidates: dict[str, dict[str, Any]]  # name -> overrides of the recipe (nested, e.g. {model: {...}})
     previous: str = "previous"  # the candidate that is the shipped default before the study (compared with)
+    shipped: str | None = None  # the candidate the study chose, shipped as the default recipe (None: not yet)
     worlds: list[str] = field(default_factory=lambda: list(WORLDS))
     seeds: list[int] = field(default_factory=lambda: [0])
     variants: list[str] = field(default_factory=lambda: ["full", "text_only"])  # mmfusion.ablate.VARIANTS
@@ -91,8 +97,10 @@ class WorldsStudy:
             raise ConfigError(f"task: {self.task!r} is not 'worlds_study'")
         if not self.candidates:
             raise ConfigError("candidates: expected at least one named candidate")
-        if self.previous not in self.candidates:
-            raise ConfigError(f"previous: {self.previous!r} is not one of the candidates {list(self.candidates)}")
+        for key in ("previous", "shipped"):
+            name = getattr(self, key)
+            if name is not None and name not in self.candidates:
+                raise ConfigError(f"{key}: {name!r} is not one of the candidates {list(self.candidates)}")
         for i, world in enumerate(self.worlds):
             if world not in WORLDS:
                 raise ConfigError(f"worlds[{i}]: {world!r} is not one of {list(WORLDS)}")
@@ -157,10 +165,30 @@ def run_dir(out: Path, world: str, candidate: str, variant: str, seed: int) -> P
     return out / world / candidate / variant / f"seed{seed}"
 
 
+def _text_only_identity(raw: dict) -> str:
+    model = {k: v for k, v in raw.get("model", {}).items() if k not in AUDIO_VISION_KEYS}
+    return json.dumps({**raw, "model": model}, sort_keys=True, default=str)
+
+
+def run_home(study: WorldsStudy, recipe: dict, candidate: str, world: str, variant: str) -> tuple[str, str]:
+    """(world, candidate) of the directory a run lives in: its own, except for a text-only run, which is
+    trained once where it is first met: in the world whose text and labels it reads
+    (``World.text_world``), under the first candidate (config order) whose text-only config is the
+    same up to the audio/vision-only keys (``AUDIO_VISION_KEYS``)."""
+    if variant != "text_only":
+        return world, candidate
+    home = get_world(world).text_world
+    mine = _text_only_identity(run_config(study, recipe, candidate, home, variant, 0))
+    owner = next(c for c in study.candidates
+                 if _text_only_identity(run_config(study, recipe, c, home, variant, 0)) == mine)
+    return home, owner
+
+
 def run_one(study: WorldsStudy, recipe: dict, out: Path, candidate: str, world: str, variant: str,
             seed: int) -> dict | None:
     """Train one run (or read its finished result); its wall time goes to ``study_run.json`` beside it.
     A run that another live process is training is skipped (None): two studies can share ``out``."""
+    world, candidate = run_home(study, recipe, candidate, world, variant)
     path = run_dir(out, world, candidate, variant, seed)
     finished = (path / "metrics.json").exists()
     state = RunDir(path).read_state()
@@ -181,6 +209,7 @@ def study_result(study: WorldsStudy, recipe: dict, out: Path, candidate: str, wo
                  seed: int) -> dict | None:
     """A finished run's ``metrics.json`` (plus its wall time when the study trained it), else None;
     a run of another config than the candidate's is refused (``mmfusion.ablate.finished_result``)."""
+    world, candidate = run_home(study, recipe, candidate, world, variant)
     path = run_dir(out, world, candidate, variant, seed)
     result = finished_result(run_config(study, recipe, candidate, world, variant, seed), path,
                              where=f"worlds study {world}/{candidate}/{variant}/seed{seed}")
@@ -251,8 +280,9 @@ class Cell:
     def metric(self, variant: str, key: str, split: str = "test") -> list[float]:
         return [r[split][key] for r in self.runs.get(variant, []) if r[split].get(key) is not None]
 
-    def gap(self, key: str) -> float | None:
-        return _mean(self.gaps[key])
+    def gap(self, key: str, seeds: list[int] | None = None) -> float | None:
+        """The gap on ``key`` averaged over its seeds (or over those of ``seeds`` it has)."""
+        return _mean([g for s, g in zip(self.seeds, self.gaps[key]) if seeds is None or s in seeds])
 
 
 def collect(study: WorldsStudy, recipe: dict, out: Path, references: dict[str, dict | None]) -> dict[str, dict[str, Cell]]:
@@ -275,7 +305,9 @@ def collect(study: WorldsStudy, recipe: dict, out: Path, references: dict[str, d
             cell = Cell(runs=runs, seeds=seeds, gaps=gaps)
             if set(UNIMODAL) <= set(study.variants):
                 both = [s for s in study.seeds if all(by_seed[v][s] is not None for v in UNIMODAL)]
-                cell.model_late_average = [late_average(out / world / candidate, s) for s in both]
+                cell.model_late_average = [
+                    late_average_of([run_dir(out, *run_home(study, recipe, candidate, world, v), v, s) for v in UNIMODAL])
+                    for s in both]
             table[world][candidate] = cell
     return table
 
@@ -289,18 +321,25 @@ def objective(table: dict[str, dict[str, Cell]], candidate: str, key: str = OBJE
     return (float(np.mean(defined)) if defined else None), len(defined)
 
 
+def against_previous(study: WorldsStudy, table: dict[str, dict[str, Cell]], candidate: str,
+                     key: str = OBJECTIVE_KEY) -> tuple[float | None, float | None, list[str]]:
+    """The candidate's objective and the previous default's over the same runs: the worlds where both
+    have a defined gap, each on the seeds the candidate has there (like with like in a partial study)."""
+    ours, theirs, worlds = [], [], []
+    for world, cells in table.items():
+        mine, previous = cells[candidate], cells[study.previous]
+        gap, previous_gap = mine.gap(key), previous.gap(key, seeds=mine.seeds)
+        if gap is not None and previous_gap is not None:
+            ours.append(gap)
+            theirs.append(previous_gap)
+            worlds.append(world)
+    return (float(np.mean(ours)) if ours else None), (float(np.mean(theirs)) if theirs else None), worlds
+
+
 def started(table: dict[str, dict[str, Cell]]) -> list[str]:
     """The candidates with at least one finished full + text-only pair (in any world)."""
     candidates = next(iter(table.values()), {})
     return [c for c in candidates if any(cells[c].seeds for cells in table.values())]
-
-
-def common_worlds(table: dict[str, dict[str, Cell]], key: str = OBJECTIVE_KEY) -> list[str]:
-    """The worlds in which every started candidate has a defined gap: where a partial study compares
-    like with like."""
-    candidates = started(table)
-    return [world for world, cells in table.items() if candidates and all(cells[c].gap(key) is not None
-                                                                           for c in candidates)]
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -333,25 +372,33 @@ def reference_table(study: WorldsStudy, references: dict[str, dict | None]) -> s
 
 
 def objective_table(study: WorldsStudy, table: dict[str, dict[str, Cell]]) -> str:
-    """Per candidate: the objective over the worlds every candidate has finished (like with like), then
-    over all the worlds it has finished, the MAE analogue, and its mean full-model metrics."""
-    common, begun = common_worlds(table), started(table)
+    """Per candidate: the objective over all the worlds it has finished, then next to the previous
+    default on the same worlds and seeds (``against_previous``), the MAE analogue, its mean full-model
+    metrics and how many seeds each world has."""
+    begun = started(table)
     waiting = [c for c in study.candidates if c not in begun]
-    lines = [f"Worlds every started candidate has finished: {', '.join(common) if common else 'none'}."
-             + (f" Not started yet: {', '.join(waiting)}." if waiting else ""), "",
-             "| candidate | overrides of the recipe | objective: mean gap recovered, Non0_acc_2 %, common worlds | "
-             "same, all its worlds (n) | mean gap recovered, MAE %, common worlds | mean full Non0_acc_2, common "
-             "worlds | mean full MAE, common worlds |", "|---" * 7 + "|"]
+    lines = [(f"Not started yet: {', '.join(waiting)}. " if waiting else "")
+             + f"The previous default is `{study.previous}`"
+             + (f"; the shipped default is `{study.shipped}`." if study.shipped else "."), "",
+             "| candidate | overrides of the recipe | objective: mean gap recovered, Non0_acc_2 %, all its worlds (n) | "
+             "seeds per world | same worlds and seeds: this candidate | the previous default | mean gap recovered, "
+             "MAE %: this candidate | the previous default | mean full Non0_acc_2, its worlds | mean full MAE |",
+             "|---" * 10 + "|"]
     for candidate, overrides in study.candidates.items():
         if candidate not in begun:
             continue
-        score, _ = objective(table, candidate, worlds=common)
         score_all, n_all = objective(table, candidate)
-        score_mae, _ = objective(table, candidate, "MAE", worlds=common)
-        means = {key: [m for m in (_mean(table[w][candidate].metric("full", key)) for w in common) if m is not None]
+        ours, theirs, _ = against_previous(study, table, candidate)
+        ours_mae, theirs_mae, _ = against_previous(study, table, candidate, "MAE")
+        worlds = [w for w, cells in table.items() if cells[candidate].seeds]
+        counts = sorted({len(table[w][candidate].seeds) for w in worlds})
+        means = {key: [m for m in (_mean(table[w][candidate].metric("full", key)) for w in worlds) if m is not None]
                  for key in GAP_KEYS}
         where = json.dumps(overrides, separators=(", ", ": ")) if overrides else "(the recipe as it is)"
-        lines.append(f"| {candidate} | `{where}` | {_pct(score)} | {_pct(score_all)} ({n_all}) | {_pct(score_mae)} | "
+        name = f"**{candidate}** (shipped)" if candidate == study.shipped else candidate
+        seeds = f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else str(counts[0])
+        lines.append(f"| {name} | `{where}` | {_pct(score_all)} ({n_all}) | {seeds} | "
+                     f"{_pct(ours)} | {_pct(theirs)} | {_pct(ours_mae)} | {_pct(theirs_mae)} | "
                      f"{_value([float(np.mean(means['Non0_acc_2']))] if means['Non0_acc_2'] else [], 'Non0_acc_2')} | "
                      f"{_value([float(np.mean(means['MAE']))] if means['MAE'] else [], 'MAE')} |")
     return "\n".join(lines)
@@ -383,6 +430,36 @@ def world_table(study: WorldsStudy, table: dict[str, dict[str, Cell]], reference
             walls = [r["wall_s"] for r in cell.runs.get("full", []) if "wall_s" in r]
             row.append(f"{np.mean(walls):.0f}" if walls else "n/a")
             lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def shipped_table(study: WorldsStudy, table: dict[str, dict[str, Cell]], references: dict[str, dict | None]) -> str:
+    """Per world, the shipped default against what it must beat: its own text-only model, its own late
+    average (when trained) and the reference late average (margins in points / MAE), and the previous
+    default, on Non0_acc_2 and MAE (mean over the seeds each has)."""
+    if study.shipped is None:
+        return "(no candidate is shipped yet: `shipped:` in the study config)"
+    head = ["world", "seeds"]
+    for key in GAP_KEYS:
+        head += [f"shipped {key}", "- own text-only", "- own late avg", "- ref late avg", "previous default",
+                 "- previous"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for world, cells in table.items():
+        cell, previous, ref = cells[study.shipped], cells[study.previous], references.get(world)
+        if not cell.seeds:
+            continue
+        row = [world, str(len(cell.seeds))]
+        for key in GAP_KEYS:
+            scale, digits = (1.0, 3) if key in LOWER_IS_BETTER else (100.0, 2)
+            full = _mean(cell.metric("full", key))
+            others = [_mean(cell.metric("text_only", key)),
+                      _mean([r["test"][key] for r in cell.model_late_average]),
+                      None if ref is None else ref["late_average"].get(key)]
+            prev = _mean(previous.metric("full", key))
+            diff = lambda other: "n/a" if other is None else f"{scale * (full - other):+.{digits}f}"  # noqa: E731
+            row += [_value(cell.metric("full", key), key), *(diff(o) for o in others),
+                    _value(previous.metric("full", key), key), diff(prev)]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -430,6 +507,13 @@ OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, Python {platform.p
 ## Candidates: the objective
 
 {objective_table(study, table)}
+
+## The shipped default per world
+
+Differences are the shipped default's value minus the other's (Non0_acc_2 in points: higher is
+better; MAE: lower is better), each a mean over the seeds that model has.
+
+{shipped_table(study, table, references)}
 
 ## Per world
 

@@ -62,6 +62,14 @@ class World:
     def is_default(self) -> bool:
         return self.name == "default"
 
+    @property
+    def text_world(self) -> str:
+        """The world whose text, labels and splits this one has: ``"default"`` for the worlds that change
+        only how the audio / vision frames show the evidence (expression, speakers), itself otherwise
+        (the label or the evidence itself changes). A text-only model is the same in both."""
+        changes_label = self.p_absent > 0 or self.clip_types or self.irony_from_audio or bool(self.params)
+        return self.name if changes_label else "default"
+
 
 WORLDS: dict[str, World] = {w.name: w for w in (
     World("default", "expressive segment of 25-50% of the clip at a random place (SynthMOSI as designed)"),

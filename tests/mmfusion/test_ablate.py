@@ -4,8 +4,9 @@ from pathlib import Path
 
 import yaml
 
-from mmcore.config import load_yaml
+from mmcore.config import load_yaml, merge
 from mmfusion import ablate
+from mmfusion.worlds_study import load_study
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +41,13 @@ def test_ablation_table_and_late_average(tmp_path, tiny_synthmosi):
 def test_ablation_base_is_the_default_model():
     load = lambda name: load_yaml(ROOT / "configs" / name)  # noqa: E731
     assert load("synthmosi_ablation.yaml") == load("synthmosi_default.yaml")
+
+
+def test_the_default_recipe_is_the_recipe_of_before_plus_the_worlds_study_winner():
+    study, recipe = load_study(ROOT / "configs" / "worlds_study.yaml")
+    assert study.recipe == "synthmosi_v1.yaml" and study.shipped is not None
+    assert load_yaml(ROOT / "configs" / "synthmosi_default.yaml") == merge(recipe, study.candidates[study.shipped])
+    assert study.candidates[study.previous] == {}  # the previous default is the recipe itself
 
 
 def test_ablation_touches_docs_only_with_doc(tmp_path, monkeypatch):

@@ -87,6 +87,17 @@ def test_options_on_build_and_keep_padding_out():
     assert torch.isfinite(out).all() and torch.allclose(out, padded, atol=1e-5)
 
 
+def test_both_norms_keep_the_raw_channels_beside_the_per_clip_ones():
+    torch.manual_seed(0)
+    model = MultimodalSentimentModel(tiny_cfg(input_norm="both", input_deltas=True)).eval()
+    assert model.encoders["audio"].proj.in_features == 4 * 5  # [x, inst(x)] and their differences
+    batch = make_batch()
+    x, mask = model.prepare_input(batch.audio.float(), batch.audio_mask.bool())
+    assert torch.equal(x[..., :5], batch.audio.float())  # the level stays
+    assert torch.allclose(x[..., 5:10], instance_normalise(batch.audio.float(), batch.audio_mask.bool()))
+    assert torch.allclose(x[..., 10:], first_differences(x[..., :10], mask))
+
+
 def test_lr_factor_warms_up_then_decays_to_zero():
     assert lr_factor(1, 100, 10) == pytest.approx(0.1)
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)

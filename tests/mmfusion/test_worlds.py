@@ -186,3 +186,14 @@ def test_reference_oracle_beats_text_only_per_world(name, tmp_path):
     oracle = next(v for k, v in table.items() if k.startswith("(f) oracle"))
     assert f"World: `{name}`" in out.read_text()
     assert float(oracle) > float(table["(a) text-only ridge"]) + 5  # Non0_acc_2 in %
+
+
+def test_text_world_names_the_world_whose_text_and_labels_are_the_same(worlds):
+    """What lets the worlds study train one text-only model per text world (World.text_world)."""
+    keys = ("id", "raw_text", "text_bert", "regression_labels")
+    shared = sorted(w for w in WORLDS if get_world(w).text_world == "default")
+    assert shared == ["burst", "default", "level", "segment", "speaker", "trend"]
+    for name, data in worlds.items():
+        same = all(np.array_equal(data[s][k], worlds["default"][s][k]) for s in SPLITS for k in keys)
+        assert same == (get_world(name).text_world == "default"), name
+        assert not same or not np.array_equal(data["train"]["audio"], worlds["default"]["train"]["audio"]) or name == "default"

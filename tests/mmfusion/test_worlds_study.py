@@ -5,13 +5,16 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mmcore.config import ConfigError
 from mmfusion import worlds_study
 from mmfusion.metrics import METRIC_KEYS
+from mmfusion.model import MultimodalSentimentModel
 from mmfusion.reference import read_reference_markdown, render_markdown
 from mmfusion.worlds_study import gap_recovered
+from tests.mmfusion.test_model import make_batch, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +34,7 @@ def write_study(tmp_path: Path, recipe: dict, candidates: dict, worlds: list[str
     study = {"task": "worlds_study", "recipe": "recipe.yaml", "candidates": candidates, "worlds": worlds,
              "references": str(tmp_path / "refs" / "{world}.md"), "compute_references": False, **extra}
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study, sort_keys=False))  # candidates in the order given
     return path
 
 
@@ -56,7 +59,7 @@ def test_objective_is_the_mean_over_worlds_of_the_gap(tmp_path):
     """Finished runs written by hand: per world (full - text) / (oracle - text), averaged over seeds, then worlds."""
     recipe = {"data": {"path": "x.pkl", "synthetic": {"size": "tiny"}}}  # no run.json: nothing to check it against
     path = write_study(tmp_path, recipe, {"previous": {}, "other": {"train": {"lr": 0.01}}}, ["default", "trend"],
-                       seeds=[0, 1])
+                       seeds=[0, 1], shipped="other")
     oracle = {"default": (1.0, 0.2), "trend": (0.9, 0.4)}  # Non0_acc_2, MAE
     runs = {  # world -> seed -> (full, text_only) as (Non0_acc_2, MAE)
         "default": {0: ((0.9, 0.5), (0.8, 0.8)), 1: ((0.95, 0.4), (0.8, 0.8))},
@@ -86,11 +89,45 @@ def test_objective_is_the_mean_over_worlds_of_the_gap(tmp_path):
     assert mae_score == pytest.approx(((0.5 + 4 / 6) / 2 + (0.5 + 0.0) / 2) / 2)
     doc = tmp_path / "doc.md"
     worlds_study.write_doc(doc, "cmd", path, study, table, references)
-    # compared like with like: over the worlds both candidates have (default), and over all their own
-    assert worlds_study.common_worlds(table) == ["default"]
-    assert "| previous | `(the recipe as it is)` | 62.50 | 43.75 (2) |" in doc.read_text()
-    assert '| other | `{"train": {"lr": 0.01}}` | 90.00 | 90.00 (1) |' in doc.read_text()
+    # over all its own worlds, then like with like: the previous default on the other's world and seed
+    assert worlds_study.against_previous(study, table, "other") == (pytest.approx(0.9), pytest.approx(0.5), ["default"])
+    assert "| previous | `(the recipe as it is)` | 43.75 (2) | 2 | 43.75 | 43.75 |" in doc.read_text()
+    assert '| **other** (shipped) | `{"train": {"lr": 0.01}}` | 90.00 (1) | 1 | 90.00 | 50.00 |' in doc.read_text()
+    # the shipped default against its own text-only model, the reference late average and the previous default
+    assert ("| default | 1 | 98.00 | +18.00 | n/a | +13.00 | 92.50 ± 2.50 | +5.50 | 0.500 | +0.000 | n/a | n/a | "
+            "0.450 ± 0.050 | +0.050 |") in doc.read_text()
     assert worlds_study.objective(table, "previous", worlds=["trend"]) == (pytest.approx(0.25), 1)
+
+
+def test_a_text_only_run_is_shared_by_worlds_and_candidates_it_cannot_tell_apart(tmp_path):
+    recipe = yaml.safe_load((ROOT / "configs" / "synthmosi_tiny.yaml").read_text())
+    candidates = {"previous": {}, "longer": {"train": {"epochs": 4}},
+                  "inputs": {"train": {"epochs": 4}, "model": {"input_norm": "both", "modality_dropout": 0.2}}}
+    study, raw = worlds_study.load_study(write_study(tmp_path, recipe, candidates, ["default", "segment", "sarcasm"]))
+    home = lambda c, w, v="text_only": worlds_study.run_home(study, raw, c, w, v)  # noqa: E731
+    assert home("previous", "segment") == ("default", "previous")  # same text and labels as the default world
+    assert home("previous", "sarcasm") == ("sarcasm", "previous")  # its labels differ
+    assert home("inputs", "segment") == ("default", "longer")  # differs from "longer" only in audio/vision keys
+    assert home("longer", "default") == ("default", "longer")  # other training: a model of its own
+    assert home("inputs", "segment", "full") == ("segment", "inputs")  # only text-only runs are shared
+
+
+def test_the_audio_vision_keys_do_not_change_a_text_only_model():
+    """What makes sharing a text-only run sound: every key of AUDIO_VISION_KEYS set away from its default
+    gives the same parameters and the same training-mode predictions."""
+    changed = {"audio_encoder": "lstm", "vision_encoder": "transformer", "encoder_layers": 2, "conv_kernel": 3,
+               "conv_dilations": [1, 4], "frame_stride": 2, "input_norm": "both", "input_deltas": True,
+               "modality_dropout": 0.5}
+    assert set(changed) == set(worlds_study.AUDIO_VISION_KEYS)
+    outputs = []
+    for overrides in ({}, changed):
+        torch.manual_seed(0)
+        model = MultimodalSentimentModel(tiny_cfg(modalities=["text"], use_slgm=False, **overrides)).train()
+        torch.manual_seed(1)
+        outputs.append((model.state_dict(), model(make_batch()).preds["M"].detach()))
+    (before, pred_before), (after, pred_after) = outputs
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(pred_before, pred_after)
 
 
 def test_a_bad_candidate_fails_before_any_training(tmp_path):
@@ -119,13 +156,13 @@ def test_tiny_study_runs_and_resumes(tmp_path, tiny_synthmosi):
     args = ["--config", str(path), "--out", str(out), "--doc", str(doc)]
     assert worlds_study.main(args) == 0
     assert (tmp_path / "data" / "tiny_level_s0.pkl").exists()  # the non-default world was generated
-    for world in ("default", "level"):
-        for variant in ("full", "text_only"):
-            run = out / world / "previous" / variant / "seed0"
-            assert (run / "metrics.json").exists() and json.loads((run / "study_run.json").read_text())["wall_s"] > 0
-            stored = json.loads((run / "run.json").read_text())["config"]
-            assert stored["model"]["modalities"] == (["text", "audio", "vision"] if variant == "full" else ["text"])
-            assert stored["data"]["synthetic"]["world"] == world
+    for world, variant in (("default", "full"), ("default", "text_only"), ("level", "full")):
+        run = out / world / "previous" / variant / "seed0"
+        assert (run / "metrics.json").exists() and json.loads((run / "study_run.json").read_text())["wall_s"] > 0
+        stored = json.loads((run / "run.json").read_text())["config"]
+        assert stored["model"]["modalities"] == (["text", "audio", "vision"] if variant == "full" else ["text"])
+        assert stored["data"]["synthetic"]["world"] == world
+    assert not (out / "level" / "previous" / "text_only").exists()  # level reads the default world's text model
     text = doc.read_text()
     assert "| default | previous | 1 |" in text and "| level | previous | 1 |" in text
     assert (out / "results.md").read_text() == text
