@@ -472,7 +472,7 @@ def variants_table(study: WorldsStudy, table: dict[str, dict[str, Cell]]) -> str
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for world, cells in table.items():
         for candidate, cell in cells.items():
-            if not any(cell.runs.values()):
+            if not any(cell.runs.get(v) for v in others):  # none of the other variants finished here
                 continue
             lines.append(f"| {world} | {candidate} | " + " | ".join(
                 _value(cell.metric(v, key), key) for v in ["full", *others] for key in GAP_KEYS) + " |")
