@@ -348,11 +348,16 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def _units(key: str) -> tuple[float, int]:
+    """(scale, decimals) of ``key`` in the reference reports' units: accuracies in %, MAE and Corr raw."""
+    return (1.0, 3) if key in LOWER_IS_BETTER or key == "Corr" else (100.0, 2)
+
+
 def _value(values: list[float], key: str) -> str:
     """Mean (± std over seeds when there are several) in the reference reports' units."""
     if not values:
         return "n/a"
-    scale, digits = (1.0, 3) if key in LOWER_IS_BETTER or key == "Corr" else (100.0, 2)
+    scale, digits = _units(key)
     mean = f"{scale * np.mean(values):.{digits}f}"
     return mean if len(values) == 1 else f"{mean} ± {scale * np.std(values):.{digits}f}"
 
@@ -450,7 +455,7 @@ def shipped_table(study: WorldsStudy, table: dict[str, dict[str, Cell]], referen
             continue
         row = [world, str(len(cell.seeds))]
         for key in GAP_KEYS:
-            scale, digits = (1.0, 3) if key in LOWER_IS_BETTER else (100.0, 2)
+            scale, digits = _units(key)
             full = _mean(cell.metric("full", key))
             others = [_mean(cell.metric("text_only", key)),
                       _mean([r["test"][key] for r in cell.model_late_average]),
