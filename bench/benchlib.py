@@ -75,28 +75,37 @@ for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
 local threads = {}
 local i = 0
 function setup(thread) table.insert(threads, thread) end
-function init(args) ok, bad = 0, 0 end
+function init(args) ok, s2, s4, s5, other = 0, 0, 0, 0, 0 end
 function request()
   i = i %% #bodies + 1
   return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, bodies[i])
 end
 function response(status, headers, body)
-  if status == 200 then ok = ok + 1 else bad = bad + 1 end
+  if status == 200 then ok = ok + 1 end
+  if status >= 500 then s5 = s5 + 1 elseif status >= 400 then s4 = s4 + 1
+  elseif status >= 200 and status < 300 then s2 = s2 + 1 else other = other + 1 end
 end
 function done(summary, latency, requests)
-  local tok, tbad = 0, 0
-  for _, t in ipairs(threads) do tok = tok + t:get("ok"); tbad = tbad + t:get("bad") end
+  local tok, t2, t4, t5, to = 0, 0, 0, 0, 0
+  for _, t in ipairs(threads) do
+    tok = tok + t:get("ok"); t2 = t2 + t:get("s2"); t4 = t4 + t:get("s4"); t5 = t5 + t:get("s5")
+    to = to + t:get("other")
+  end
+  local e = summary.errors
   io.write(string.format('WRKJSON {"requests": %%.0f, "duration_us": %%.0f, "ok": %%.0f, "bad": %%.0f, ' ..
-    '"errors": %%.0f, "p50_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\n', summary.requests, summary.duration,
-    tok, tbad, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
+    '"s2xx": %%.0f, "s4xx": %%.0f, "s5xx": %%.0f, "other": %%.0f, "errors": %%.0f, "connect_errors": %%.0f, ' ..
+    '"read_errors": %%.0f, "write_errors": %%.0f, "timeouts": %%.0f, "p50_us": %%.0f, "p90_us": %%.0f, ' ..
+    '"p99_us": %%.0f, "max_us": %%.0f}\n', summary.requests, summary.duration, tok, t2 + t4 + t5 + to - tok,
+    t2, t4, t5, to, e.connect + e.read + e.write + e.timeout, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
 
 
 def write_bodies_script(folder: Path, name: str, bodies: list[dict], path: str = "/v1/rank") -> Path:
     """``folder/name.lua``: wrk POSTs the JSON ``bodies`` (kept in ``folder/name.jsonl``) to ``path`` in turn,
-    counts 200s against the rest and prints the ``WRKJSON`` line ``run_wrk`` reads."""
+    counts 200s against the rest (``ok`` / ``bad``) and each status class (``s2xx`` ``s4xx`` ``s5xx`` ``other``), and prints
+    the ``WRKJSON`` line ``run_wrk`` reads (socket errors in total and by kind; p50 / p90 / p99 / max latency)."""
     lines = folder / f"{name}.jsonl"
     lines.write_text("".join(json.dumps(b) + "\n" for b in bodies))
     script = folder / f"{name}.lua"

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cpu_model, git_revision, loadavg, run_wrk, setup, write_section  # noqa: E402
+from benchlib import cpu_model, git_revision, loadavg, run_wrk, setup, write_bodies_script, write_section  # noqa: E402
 from serving_load import CONFIG, build_requests, train_and_export  # noqa: E402
 
 from xdeepfm.server import RankingServer  # noqa: E402
@@ -61,36 +61,6 @@ log = logging.getLogger("bench.serving_mixed")
 
 HEADING = "## Ranking service under mixed load (wrk + huge requests + slow clients)"
 JSON = {"Content-Type": "application/json"}
-
-LUA = r"""
-local bodies = {}
-for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
-local threads = {}
-local i = 0
-function setup(thread) table.insert(threads, thread) end
-function init(args) s2, s4, s5, other = 0, 0, 0, 0 end
-function request()
-  i = i %% #bodies + 1
-  return wrk.format("POST", "/v1/rank", {["Content-Type"] = "application/json"}, bodies[i])
-end
-function response(status, headers, body)
-  if status >= 500 then s5 = s5 + 1 elseif status >= 400 then s4 = s4 + 1
-  elseif status >= 200 and status < 300 then s2 = s2 + 1 else other = other + 1 end
-end
-function done(summary, latency, requests)
-  local t2, t4, t5, to = 0, 0, 0, 0
-  for _, t in ipairs(threads) do
-    t2 = t2 + t:get("s2"); t4 = t4 + t:get("s4"); t5 = t5 + t:get("s5"); to = to + t:get("other")
-  end
-  io.write(string.format('WRKJSON {"requests": %%.0f, "duration_us": %%.0f, "s2xx": %%.0f, "s4xx": %%.0f, ' ..
-    '"s5xx": %%.0f, "other": %%.0f, "connect_errors": %%.0f, "read_errors": %%.0f, "write_errors": %%.0f, ' ..
-    '"timeouts": %%.0f, "p50_us": %%.0f, "p90_us": %%.0f, "p99_us": %%.0f, "max_us": %%.0f}\n',
-    summary.requests, summary.duration, t2, t4, t5, to, summary.errors.connect, summary.errors.read,
-    summary.errors.write, summary.errors.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max))
-end
-"""
-
 
 # --------------------------------------------------------------------------------------------
 # Load generators
@@ -341,9 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             artifact, note = args.artifact, f"artifact `{args.artifact}`"
         engine = ScoringEngine.load(artifact)
         good = build_requests(engine, args.bodies, args.candidates, args.seed)
-        (tmp / "bodies.jsonl").write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in good))
-        script = tmp / "rank.lua"
-        script.write_text(LUA % {"bodies": str(tmp / "bodies.jsonl")})
+        script = write_bodies_script(tmp, "rank", good)
         catalogue = build_requests(engine, 1, min(args.huge_candidates, 1682), args.seed + 1)[0]
         item_rows, user = catalogue["candidates"], good[0]["user"]
         good_body = json.dumps(good[0]).encode()
