@@ -82,6 +82,10 @@ class DataSet:
     recall_out: str
     rankers: list[Ranker] = field(default_factory=list)
     note: str = ""
+    history_run: str = ""  # ranker.run of a ranker with history: the two-stage system again with it (recall_out + "_history")
+
+    def history_out(self) -> str:
+        return f"{self.recall_out}_history"
 
 
 ECOM_DATA = "datasets/ecommerce_video_t"  # the main job's catalogue with the impressions' timestamps (ensure_catalogue)
@@ -93,7 +97,8 @@ DATASETS = {
         "configs/recall_ml100k.yaml",
         ("ranker.run=runs/ml100k_temporal/seed{seed}",),
         "runs/recall/ml100k_temporal",
-        [
+        history_run="runs/issue14/din8_temporal/seed{seed}",
+        rankers=[
             Ranker(
                 "ranker without history (`ml100k_xdeepfm_temporal.yaml`)",
                 "configs/ml100k_xdeepfm_temporal.yaml",
@@ -105,20 +110,52 @@ DATASETS = {
                 "runs/ml100k_deepctr_stock_temporal",
                 ("data.split=temporal", "data.leave_last=10"),
             ),
+            Ranker(
+                "ranker with history (DIN, `ml100k_xdeepfm_history_temporal.yaml`; section 2)",
+                "configs/ml100k_xdeepfm_history_temporal.yaml",
+                "runs/issue14/din8_temporal",
+            ),
+            Ranker(
+                "ranker without history, regularised (`ml100k_xdeepfm_reg_temporal.yaml`; section 2)",
+                "configs/ml100k_xdeepfm_reg_temporal.yaml",
+                "runs/issue14/none_reg_temporal",
+            ),
+            Ranker(
+                "ranker with history (DIN), regularised (`ml100k_xdeepfm_history_reg_temporal.yaml`; section 2)",
+                "configs/ml100k_xdeepfm_history_reg_temporal.yaml",
+                "runs/issue14/din_reg_temporal",
+            ),
         ],
     ),
     "ml100k_random": DataSet(
         "ml100k_random",
         "MovieLens-100K, random split (80/10/10 rows, split_seed 2024)",
         "configs/recall_ml100k.yaml",
-        ("data.split=random", "ranker.run=runs/ml100k_random/seed{seed}"),
+        ("data.split=random", "ranker.run=runs/issue14/none8/seed{seed}"),
         "runs/recall/ml100k_random",
-        [
-            Ranker("ranker without history (`ml100k_xdeepfm.yaml`)", "configs/ml100k_xdeepfm.yaml", "runs/ml100k_random"),
+        history_run="runs/issue14/din8/seed{seed}",
+        rankers=[
+            # the same runs as section 2's "none" arm (runs/issue14/none8: the same config, seeds 0-2)
+            Ranker("ranker without history (`ml100k_xdeepfm.yaml`)", "configs/ml100k_xdeepfm.yaml", "runs/issue14/none8"),
             Ranker(
                 "stock deepctr-torch xDeepFM (`ml100k_deepctr_stock.yaml`)",
                 "configs/ml100k_deepctr_stock.yaml",
                 "runs/ml100k_deepctr_stock",
+            ),
+            Ranker(
+                "ranker with history (DIN, `ml100k_xdeepfm_history.yaml`; section 2)",
+                "configs/ml100k_xdeepfm_history.yaml",
+                "runs/issue14/din8",
+            ),
+            Ranker(
+                "ranker without history, regularised (`ml100k_xdeepfm_reg.yaml`; section 2)",
+                "configs/ml100k_xdeepfm_reg.yaml",
+                "runs/issue14/none_reg",
+            ),
+            Ranker(
+                "ranker with history (DIN), regularised (`ml100k_xdeepfm_history_reg.yaml`; section 2)",
+                "configs/ml100k_xdeepfm_history_reg.yaml",
+                "runs/issue14/din_reg",
             ),
         ],
     ),
@@ -128,7 +165,8 @@ DATASETS = {
         "configs/recall_ecommerce_video_eval.yaml",
         ("ranker.run=runs/ecommerce_video_t_random/seed{seed}",),
         "runs/recall/ecommerce_video_random",
-        [
+        history_run="runs/ecommerce_video_t_history_random/seed{seed}",
+        rankers=[
             Ranker(
                 "ranker without history (`ecommerce_video_xdeepfm.yaml`, random split)",
                 "configs/ecommerce_video_xdeepfm.yaml",
@@ -140,6 +178,12 @@ DATASETS = {
                 "configs/ecommerce_video_xdeepfm.yaml",
                 "runs/ecommerce_video_t_deepctr_stock_random",
                 ("model.implementation=deepctr", "train.oov_dropout={}", *ECOM_RANDOM),
+            ),
+            Ranker(
+                "ranker with history (DIN, `ecommerce_video_xdeepfm_history.yaml`, random split)",
+                "configs/ecommerce_video_xdeepfm_history.yaml",
+                "runs/ecommerce_video_t_history_random",
+                ECOM_RANDOM,
             ),
         ],
     ),
@@ -165,6 +209,8 @@ LABELS = {
     "itemcf_met": "ItemCF on every interaction (label ignored)",
     "fusion_met": "merge -> ItemCF-on-interactions order (no ranker)",
     "two_stage_met": "**two-stage: merge -> ranker x ItemCF-on-interactions**",
+    "ranker_history": "ranker with history (DIN), alone (whole catalogue)",
+    "two_stage_history": "**two-stage: merge -> ranker with history (DIN) x RRF of the merge channels**",
 }
 SYSTEMS = (
     "popularity",
@@ -178,6 +224,8 @@ SYSTEMS = (
     "two_stage",
     "fusion_met",
     "two_stage_met",
+    "ranker_history",
+    "two_stage_history",
 )
 BASELINES = ("popularity", "itemcf", "bpr", "two_tower", "ranker", "itemcf_met")
 ISSUE_PEERS = ("popularity", "itemcf", "bpr", "two_tower", "ranker")  # issue 14's peers, and the channels of the merge
@@ -204,10 +252,16 @@ def shell(command: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({done.returncode}): {shlex.join(command)}; see {log}")
 
 
-def recall_command(ds: DataSet, seeds: tuple[int, ...] = SEEDS) -> list[str]:
+def recall_command(ds: DataSet, seeds: tuple[int, ...] = SEEDS, history: bool = False) -> list[str]:
+    """``xdeepfm.recall_eval`` for the data set; ``history``: with the history ranker as the second stage
+    (and no ItemCF-on-interactions variant), into ``ds.history_out()``."""
     overrides = [*ds.recall_overrides, *([f"eval.seeds=[{','.join(map(str, seeds))}]"] if tuple(seeds) != SEEDS else [])]
+    if history:
+        overrides = [o for o in overrides if not o.startswith("ranker.run=")]
+        overrides += [f"ranker.run={ds.history_run}", "ranker.interaction_fusion=[]"]
     sets = [a for o in overrides for a in ("--set", o)]
-    return [PY, "-m", "xdeepfm.recall_eval", "--config", ds.recall_config, *sets, "--threads", "1", "--out", ds.recall_out]
+    out = ds.history_out() if history else ds.recall_out
+    return [PY, "-m", "xdeepfm.recall_eval", "--config", ds.recall_config, *sets, "--threads", "1", "--out", out]
 
 
 def cell(values: list, digits: int = 4) -> str:
@@ -227,8 +281,10 @@ def ranker_runs(r: Ranker) -> list[dict]:
     ]
 
 
-def summary_section(ds: DataSet, result: dict) -> str:
-    runs = result["runs"]
+def summary_section(ds: DataSet, result: dict, history: dict | None = None) -> str:
+    runs = dict(result["runs"])
+    if history is not None:  # the same channels and seeds; its second stage read the history ranker
+        runs.update({f"{k}_history": v for k, v in history["runs"].items() if k in ("ranker", "two_stage")})
     cfg = result["config"]
     lines = [
         f"### {ds.title}",
@@ -237,7 +293,10 @@ def summary_section(ds: DataSet, result: dict) -> str:
         f"`python bench/results_recommender.py --only {ds.name}` runs both)",
         "",
         f"Test users with a positive: {result['test_users']} ({result['skipped_users']} without); catalogue {result['items']} items; "
-        f"seeds {cfg['eval']['seeds']}; merge {cfg['merge']['n']} candidates, quotas {cfg['merge']['quotas']}.",
+        f"seeds {cfg['eval']['seeds']}; merge {cfg['merge']['n']} candidates, "
+        + (f"quotas chosen per seed on valid among {len(cfg['ranker']['quota_options'])} options (`ranker.quota_options`; "
+           f"the chosen ones below), the \"merge (recall stage)\" row with the two-stage system's choice."
+           if cfg["ranker"].get("quota_options") else f"quotas {cfg['merge']['quotas']}."),
         "",
         "**Full catalogue (RecBole full sort), test split**",
         "",
@@ -254,15 +313,16 @@ def summary_section(ds: DataSet, result: dict) -> str:
             + " | ".join(cell([r.get(m) for r in rs]) for m in TOPK)
             + f" | {cell([r.get(f'list_recall@{n}') for r in rs])} |"
         )
-    for system in ("two_stage", "two_stage_met"):
+    for system in ("two_stage", "two_stage_met", "two_stage_history"):
         if system not in runs:
             continue
         ts = runs[system]
         alphas = ", ".join(f"seed {r['seed']}: {r['alpha']:g}" for r in ts)
+        quotas = ", ".join(f"seed {r['seed']}: {r['quotas']}" for r in ts if "quotas" in r)
         lines += [
             "",
             f"{LABELS[system]}: alpha (the weight of log RRF) chosen per seed on the valid split's users by "
-            f"{cfg['ranker']['select']}: {alphas}.",
+            f"{cfg['ranker']['select']}: {alphas}" + (f"; with the merge quotas (chosen with it): {quotas}." if quotas else "."),
         ]
         verdict = []
         for m in ("ndcg@10", "recall@50"):
@@ -296,16 +356,13 @@ def summary_section(ds: DataSet, result: dict) -> str:
             f"| {r.label} | {len(rs)} | {cell([x['test']['auc'] for x in rs])} | {cell([x['test']['logloss'] for x in rs])} | "
             f"{cell([x['test']['gauc'] for x in rs])} | `{r.out}/seed{{{seeds}}}` |"
         )
-    if ds.name.startswith("ml100k"):
-        lines.append(
-            "| ranker with history (DIN) | | *to come* | *to come* | *to come* | produced in section 2 (another engineer) |"
-        )
-    if "two_stage" in ctr:
-        rs = ctr["two_stage"]
-        lines.append(
-            f"| {LABELS['two_stage']} (log p + alpha log RRF) | {len(rs)} | {cell([r['auc'] for r in rs])} | — | "
-            f"{cell([r['gauc'] for r in rs])} | recall_eval |"
-        )
+    for label, source in ((LABELS["two_stage"], ctr), (LABELS["two_stage_history"], (history or {}).get("ctr", {}))):
+        if "two_stage" in source:
+            rs = source["two_stage"]
+            lines.append(
+                f"| {label} (log p + alpha log RRF) | {len(rs)} | {cell([r['auc'] for r in rs])} | — | "
+                f"{cell([r['gauc'] for r in rs])} | recall_eval |"
+            )
     lines += ["", "logloss only for probabilities (the rankers); a recall channel's or the fused score is not one."]
     return "\n".join(lines)
 
@@ -347,13 +404,17 @@ def main(argv: list[str] | None = None) -> None:
                     shell(r.command(seed) + (["--overwrite"] if args.retrain else []), REPO / r.out / f"seed{seed}.log")
             if args.rerun_recall or not (REPO / ds.recall_out / "recall_metrics.json").exists():
                 shell(recall_command(ds, tuple(args.seeds)), REPO / ds.recall_out / "recall_eval.log")
+            if ds.history_run and (args.rerun_recall or not (REPO / ds.history_out() / "recall_metrics.json").exists()):
+                shell(recall_command(ds, tuple(args.seeds), history=True), REPO / ds.history_out() / "recall_eval.log")
         if not (REPO / ds.recall_out / "recall_metrics.json").exists():
             print(f"{name}: no {ds.recall_out}/recall_metrics.json; its sections are left as they are", flush=True)
             continue
         result = json.loads((REPO / ds.recall_out / "recall_metrics.json").read_text())
         write_section(args.doc, f"## {ds.title}", f"recall_{name}", recall_section(ds, result))
+        history_file = REPO / ds.history_out() / "recall_metrics.json"
+        history = json.loads(history_file.read_text()) if ds.history_run and history_file.exists() else None
         if ds.rankers:
-            write_section(args.doc, f"## {ds.title}", f"summary_{name}", summary_section(ds, result))
+            write_section(args.doc, f"## {ds.title}", f"summary_{name}", summary_section(ds, result, history))
         print(f"{name}: sections written to {args.doc}", flush=True)
     print(f"done in {time.time() - started:.0f} s; machine: {cpu_model()}, load {loadavg()}, revision {git_revision()}")
 

@@ -5,7 +5,8 @@ every value against the field's annotation, and rejects unknown keys, so a typo 
 fails at load time with ``configs/x.yaml: model.n_layrs: unknown key (expected one of ...)``.
 
 ``load_yaml`` reads one file; a top-level ``base: other.yaml`` (relative to the file) is read
-first and the file's own keys are merged over it, so a variant states only what differs.
+first and the file's own keys are merged over it, so a variant states only what differs (an empty
+mapping, ``key: {}``, clears the base's mapping rather than keeping it).
 ``apply_overrides`` sets dotted keys from ``--set key=value`` (the value read as YAML:
 ``--set train.lr=3e-4 --set model.use_slgm=false``); ``build`` then checks them like any other key.
 """
@@ -177,10 +178,11 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def merge(base: dict, delta: dict) -> dict:
-    """``delta``'s keys over ``base``'s, recursively for mappings (neither is modified)."""
+    """``delta``'s keys over ``base``'s, recursively for mappings (neither is modified); an empty
+    mapping in ``delta`` replaces the base's (``oov_dropout: {}`` in a variant clears the base's rates)."""
     merged = dict(base)
     for key, value in delta.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
             merged[key] = merge(merged[key], value)
         else:
             merged[key] = value

@@ -39,6 +39,9 @@ class RankingTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    # "cosine": the learning rate of epoch e (0-based) is lr * 0.5 (1 + cos(pi e / epochs)), torch's
+    # CosineAnnealingLR stepped once per epoch (the first epoch at lr, the last near 0); "none": lr throughout
+    lr_schedule: Literal["none", "cosine"] = "none"
     patience: int = 2  # epochs without a better validation AUC before stopping
     seed: int = 0  # model initialisation, per-epoch shuffle and dropout (the data split has its own seed)
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N; checked when training starts

@@ -52,6 +52,7 @@ from xdeepfm.checkpoint import load_ranking_checkpoint
 from xdeepfm.data import DataConfig, load_splits
 from xdeepfm.data.movielens import MovieLensConfig
 from xdeepfm.features import FeaturePipeline, FeatureSpec
+from xdeepfm.history import HistoryConfig, build_history
 from xdeepfm.inference import FastRanker
 from xdeepfm.metrics import auc, full_sort_ranks, full_sort_topk, gauc, metrics_from_ranks, ranks_in_lists
 from xdeepfm.model import RankerConfig, XDeepFMRanker
@@ -99,8 +100,12 @@ class TwoStageConfig:
     Candidates are ordered by ``log p + alpha * log RRF`` (p: the ranker's probability, RRF: the
     reciprocal-rank fusion of the merge channels' full orders, ``sum_c 1 / (rrf_k + rank_c)``), the
     other catalogue items after them by the RRF; ``alpha`` is chosen per seed among ``alphas``
-    on the valid split's users (``select``). ``user_fields``: the ranker's fields read from the user
-    (default: ``two_tower.user_fields``); every other field is read from the item.
+    on the valid split's users (``select``). ``quota_options``: merge quotas tried on the valid split
+    too, each with its own fused channels (those with a quota, unless ``fusion`` names them); the pair
+    (quotas, alpha) with the best valid ``select`` is kept per seed (ties: the earlier option, the smaller
+    alpha), and the test merge, fusion and two-stage rows use it; empty: ``merge.quotas`` only.
+    ``user_fields``: the ranker's fields read from the user (default: ``two_tower.user_fields``); every
+    other field is read from the item.
     """
 
     run: str | None = None
@@ -109,6 +114,7 @@ class TwoStageConfig:
     select: str = "ndcg@10"
     user_fields: list[str] | None = None
     fusion: list[str] | None = None  # the channels fused by the RRF; default: those with a merge quota
+    quota_options: list[dict[str, int]] = field(default_factory=list)  # merge quotas chosen on valid (with alpha)
     # a second two-stage variant: the RRF of these channels fitted on every training interaction (label ignored)
     interaction_fusion: list[Literal["itemcf", "popularity"]] = field(default_factory=list)
     batch_rows: int = 8192  # ranker rows per forward batch
@@ -120,6 +126,9 @@ class TwoStageConfig:
             check_range("ranker.alphas", a, low=0.0)
         check_range("ranker.rrf_k", self.rrf_k, low=0.0)
         check_range("ranker.batch_rows", self.batch_rows, low=1)
+        for i, option in enumerate(self.quota_options):
+            if not option or any(not isinstance(v, int) or v < 0 for v in option.values()) or not any(option.values()):
+                raise ValueError(f"ranker.quota_options[{i}] = {option!r}: expected channel -> slots (ints >= 0, one > 0)")
         name, _, k = self.select.partition("@")
         if name not in ("recall", "ndcg", "hr", "mrr", "precision") or not k.isdigit():
             raise ValueError(f"ranker.select {self.select!r}: expected e.g. ndcg@10 or recall@50")
@@ -147,9 +156,13 @@ class RecallExperiment:
         unknown = [c for c in self.channels if c not in CHANNELS]
         if unknown:
             raise ValueError(f"channels: {unknown} unknown (expected some of {list(CHANNELS)})")
-        outside = sorted((set(self.merge.quotas) | set(self.ranker.fusion or ())) - set(self.channels))
+        options = self.ranker.quota_options if self.ranker.run is not None else []  # only the second stage reads them
+        named = set(self.merge.quotas) | set(self.ranker.fusion or ()) | {c for o in options for c in o}
+        outside = sorted(named - set(self.channels))
         if outside:
-            raise ValueError(f"merge.quotas or ranker.fusion names {outside}, which are not in channels {self.channels}")
+            raise ValueError(
+                f"merge.quotas, ranker.fusion or ranker.quota_options names {outside}, which are not in channels {self.channels}"
+            )
         self.data.check()
 
 
@@ -236,11 +249,15 @@ def recall_at_n(lists: list[np.ndarray], data: TestSet, n: int) -> dict:
 
 
 class PairScorer:
-    """A trained ranker (no history) scoring every (user, item) pair of a user batch against the catalogue.
+    """A trained ranker scoring every (user, item) pair of a user batch against the catalogue.
 
     The ranker's input row of a pair is its user fields' columns from the user's row and the other
     fields' columns from the item's row (both encoded once by the ranker's fitted pipeline), so a
     user batch costs one forward pass over ``B x n_items`` rows and no per-pair feature encoding.
+    A ranker with a behaviour history (``sequence`` fields) reads it as a user field: the ``users``
+    frame must carry its columns, one history per user (``users_as_of``: as of their first row of the
+    evaluated split); a ranker with as-of-time statistics (``history.stats``) is refused, as those
+    differ per item and time.
     """
 
     def __init__(
@@ -262,9 +279,10 @@ class PairScorer:
                 )
         pipeline = ckpt.features
         specs = pipeline.spec.fields
-        sequence = [f.name for f in specs if f.kind == "sequence"]
-        if sequence:
-            raise ValueError(f"{path}: history field(s) {sequence}; the full-sort evaluation scores rankers without history")
+        self.history = self.history_of(path, ckpt)
+        if self.history is not None and self.history.stats:
+            raise ValueError(f"{path}: as-of-time statistics (history.stats); the full-sort evaluation scores rankers "
+                             "without them (a sequence history is read from the users frame)")
         unknown = sorted(set(user_fields) - {f.name for f in specs})
         if unknown:
             raise ValueError(f"ranker.user_fields {unknown}: not fields of the ranker ({[f.name for f in specs]})")
@@ -274,10 +292,34 @@ class PairScorer:
         self.model.eval()
         self.fast = FastRanker.from_model(self.model)  # the same logits to 1e-5 (tests/xdeepfm), faster on a CPU
         self.path = path
-        index = build_input_features(self.model.columns)
-        width = max(end for _, end in index.values())
-        self.user_rows = self._encode(pipeline, users, index, width, set(user_fields))
-        self.item_rows = self._encode(pipeline, items, index, width, {f.name for f in specs} - set(user_fields))
+        self._pipeline, self._index = pipeline, build_input_features(self.model.columns)
+        self._width = max(end for _, end in self._index.values())
+        self._user_fields = set(user_fields) | {f.name for f in specs if f.kind == "sequence"}  # a history is the user's
+        history_columns = {f.column: "" for f in specs if f.kind == "sequence" and f.column not in items.columns}
+        self.item_rows = self._encode(  # (the items carry no history: an empty one fills the column, which is not kept)
+            pipeline, items.assign(**history_columns), self._index, self._width, {f.name for f in specs} - self._user_fields
+        )
+        self.set_users(users)
+
+    @staticmethod
+    def history_of(path: str | Path, ckpt=None) -> HistoryConfig | None:
+        """The ranker's ``history:`` section when it has a ``sequence`` field, else None."""
+        ckpt = ckpt or load_ranking_checkpoint(checkpoint_file(path))
+        if not any(f.kind == "sequence" for f in ckpt.features.spec.fields):
+            return None
+        raw = ckpt.config.get("history")
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a sequence field but no history section in its config")
+        return build(HistoryConfig, dict(raw), f"{path}:config.history")
+
+    def set_users(self, users: pd.DataFrame) -> None:
+        """Encode the user rows (one per user, indexed by user id) the pairs read their user fields from."""
+        columns = [f.column for f in self._pipeline.spec.fields if f.kind == "sequence"]
+        missing = [col for col in columns if col not in users.columns]
+        if missing:
+            raise ValueError(f"{self.path}: the ranker reads a history; the users frame has no column {missing} "
+                             "(build it with users_as_of)")
+        self.user_rows = self._encode(self._pipeline, users, self._index, self._width, self._user_fields)
         self._user_index = pd.Index(users.index)
 
     @staticmethod
@@ -330,6 +372,27 @@ def user_frame(splits: dict[str, pd.DataFrame], c: Columns) -> pd.DataFrame:
     """One row per user (their first row in train, valid, test), indexed by user id."""
     frame = pd.concat([splits["train"], splits["valid"], splits["test"]]).drop_duplicates(c.user)
     return frame.set_index(c.user, drop=False)
+
+
+def users_as_of(splits: dict[str, pd.DataFrame], c: Columns, split: str, history: HistoryConfig | None) -> pd.DataFrame:
+    """``user_frame`` with the ranker's history columns: each user's last positives (and negatives, with
+    ``negative_column``) strictly before their first row of ``split`` (``xdeepfm.history.build_history``,
+    from every split or the train split as ``history_from`` says): what the ranker would see when the
+    user comes back at that time. Users without a row in ``split`` get their history after every event."""
+    frame = user_frame(splits, c)
+    if history is None:
+        return frame
+    first = splits[split].groupby(c.user)[history.time_column].min()
+    rows = pd.DataFrame(
+        {history.user_column: frame.index, history.time_column: first.reindex(frame.index).fillna(np.inf).to_numpy(np.float64)},
+        index=frame.index,
+    )
+    events = pd.concat(list(splits.values()), ignore_index=True) if history.history_from == "all" else splits["train"]
+    frame = frame.copy()
+    for column, negatives in ((history.column, False), (history.negative_column, True)):
+        if column:
+            frame[column] = build_history(rows, events, history, negatives=negatives).to_numpy()
+    return frame
 
 
 def channel_orders(scores: np.ndarray, exclude: list[np.ndarray]) -> np.ndarray:
@@ -442,20 +505,17 @@ def run(cfg: RecallExperiment) -> dict:
             metrics.update(seed=seed, fit_s=fit_s, _lists=lists[name])
             runs.setdefault(name, []).append(metrics)
             log.info("seed %d %s: %s", seed, name, {k: v for k, v in metrics.items() if k != "_lists"})
-        merged = [
-            merge_candidates({name: lists[name][u] for name in cfg.channels}, cfg.merge.n, cfg.merge.quotas)
-            for u in range(len(data.users))
-        ]
+        stage = second_stage(cfg, splits, items, data, lists, fitted, seed) if cfg.ranker.run is not None else {}
+        quotas = stage.pop("quotas", cfg.merge.quotas)  # the second stage's choice on valid, or merge.quotas
+        merged = merge_lists(lists, cfg.channels, len(data.users), cfg.merge.n, quotas)
         merge_metrics = recall_at_n([m[0] for m in merged], data, cfg.merge.n)
         shares = pd.Series(np.concatenate([m[1] for m in merged])).value_counts(normalize=True).to_dict()
-        merge_metrics.update(seed=seed, channel_share=shares)
+        merge_metrics.update(seed=seed, channel_share=shares, quotas=dict(quotas))
         runs.setdefault("merge", []).append(merge_metrics)
-        if cfg.ranker.run is not None:
-            stage = second_stage(cfg, splits, items, data, [m[0] for m in merged], fitted, seed)
-            for name, metrics in stage.pop("ctr").items():
-                ctr.setdefault(name, []).append({**metrics, "seed": seed})
-            for name, metrics in stage.items():
-                runs.setdefault(name, []).append(metrics)
+        for name, metrics in stage.pop("ctr", {}).items():
+            ctr.setdefault(name, []).append({**metrics, "seed": seed})
+        for name, metrics in stage.items():
+            runs.setdefault(name, []).append(metrics)
     for name in runs:
         for r in runs[name]:
             r.pop("_lists", None)
@@ -470,23 +530,37 @@ def run(cfg: RecallExperiment) -> dict:
     }
 
 
-def fusion_channels(cfg: RecallExperiment) -> list[str]:
-    """The channels whose orders the second stage fuses: those with a merge quota (else every channel)."""
+def fusion_channels(cfg: RecallExperiment, quotas: dict[str, int] | None = None) -> list[str]:
+    """The channels whose orders the second stage fuses: ``ranker.fusion``, else those with a quota in
+    ``quotas`` (default ``merge.quotas``), else every channel."""
     if cfg.ranker.fusion:
         return list(cfg.ranker.fusion)
-    return [name for name, slots in cfg.merge.quotas.items() if slots > 0] or list(cfg.channels)
+    quotas = cfg.merge.quotas if quotas is None else quotas
+    return [name for name, slots in quotas.items() if slots > 0] or list(cfg.channels)
 
 
-def merged_lists(
-    channels: dict[str, RecallChannel], names: list[str], data: TestSet, merge: MergeConfig, batch_size: int
-) -> list[np.ndarray]:
-    """Each user's merged candidates (item ids) from the fitted ``channels`` (their top-``merge.n`` lists)."""
+def channel_lists(
+    channels: dict[str, RecallChannel], names: list[str], data: TestSet, n: int, batch_size: int
+) -> dict[str, list[np.ndarray]]:
+    """Each fitted channel's top-``n`` list (item ids) for every user of ``data``."""
     lists: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for start in range(0, len(data.users), batch_size):
         rows = slice(start, start + batch_size)
         for name in names:
-            lists[name] += [items for items, _ in channels[name].recall(data.users[rows], merge.n, data.exclude[rows])]
-    return [merge_candidates({name: lists[name][u] for name in names}, merge.n, merge.quotas)[0] for u in range(len(data.users))]
+            lists[name] += [items for items, _ in channels[name].recall(data.users[rows], n, data.exclude[rows])]
+    return lists
+
+
+def merge_lists(
+    lists: dict[str, list[np.ndarray]], names: list[str], n_users: int, n: int, quotas: dict[str, int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each user's merge of the channels' lists: (item ids, the channel of each), ``merge_candidates``."""
+    return [merge_candidates({name: lists[name][u] for name in names}, n, quotas) for u in range(n_users)]
+
+
+def choose(on_valid: dict[tuple[int, float], float]) -> tuple[int, float]:
+    """The (quota option, alpha) with the best valid metric; ties: the earlier option, then the smaller alpha."""
+    return max(on_valid, key=lambda key: (on_valid[key], -key[0], -key[1]))
 
 
 def impression_ctr(
@@ -496,6 +570,7 @@ def impression_ctr(
     scorer: PairScorer,
     catalogue_ids: np.ndarray,
     alpha: float,
+    fusion: list[str],
 ) -> dict[str, dict]:
     """AUC and GAUC of every system's score on the labelled impressions of the evaluated split (all its rows):
     each channel's score, the RRF of the fusion channels, and the two-stage score ``log p + alpha log RRF``
@@ -505,7 +580,6 @@ def impression_ctr(
     seen = pd.concat([splits["train"], splits["valid"]] if cfg.eval.exclude_valid and target == "test" else [splits["train"]])
     seen_by_user = seen.groupby(c.user)[c.item].agg(lambda s: np.unique(s.to_numpy()))
     index = pd.Index(catalogue_ids)
-    fusion = fusion_channels(cfg)
     positions = {name: ch.item_positions(catalogue_ids) for name, ch in channels.items()}
     by_user = rows.groupby(c.user, sort=True)
     users = np.array(list(by_user.groups.keys()))
@@ -552,33 +626,56 @@ def second_stage(
     splits: dict[str, pd.DataFrame],
     items: pd.DataFrame,
     data: TestSet,
-    merged: list[np.ndarray],
+    lists: dict[str, list[np.ndarray]],
     channels: dict[str, RecallChannel],
     seed: int,
-) -> dict[str, dict]:
+) -> dict:
     """Full-sort metrics of the ranker alone, the RRF of the merged candidates, and the two-stage system
-    (alpha chosen on the valid split's users, see ``TwoStageConfig``) for one seed; ``ctr``: the CTR metrics."""
+    for one seed: the merge quotas (``ranker.quota_options``, else ``merge.quotas``) and alpha chosen on
+    the valid split's users (see ``TwoStageConfig``), then the test split read once with them. ``lists``:
+    the channels' top-``merge.n`` lists of the test users. Also ``quotas`` (the chosen ones) and ``ctr``
+    (the CTR metrics)."""
     c, rk, ks = cfg.columns, cfg.ranker, tuple(cfg.eval.ks)
     path = rk.run.replace("{seed}", str(seed))
     started = time.perf_counter()
-    scorer = PairScorer(path, user_frame(splits, c), items, rk.user_fields or cfg.two_tower.user_fields, to_dict(cfg.data))
-    fusions = {"merge": {name: channels[name] for name in fusion_channels(cfg)}}
-    if rk.interaction_fusion:
-        fusions["met"] = interaction_channels(cfg, splits["train"], items)
+    history = PairScorer.history_of(path)
+    scorer = PairScorer(path, users_as_of(splits, c, "valid", history), items, rk.user_fields or cfg.two_tower.user_fields,
+                        to_dict(cfg.data))
+    met = interaction_channels(cfg, splits["train"], items) if rk.interaction_fusion else {}
     ids = items[c.item].to_numpy()
+    n, names = cfg.merge.n, list(cfg.channels)
+    options = [dict(o) for o in rk.quota_options] or [dict(cfg.merge.quotas)]
+
+    # 1. on valid: every quota option (its merge, its fused channels) x every alpha
     valid = test_set(splits, c, False, "valid")
-    valid_merged = merged_lists(channels, list(cfg.channels), valid, cfg.merge, cfg.eval.batch_size)
-    valid_ranks = two_stage_ranks(
-        valid.users, valid, valid_merged, fusions, scorer, ids, rk, cfg.eval.ks, cfg.eval.batch_size, ranker_alone=False
-    )
+    valid_lists = channel_lists(channels, names, valid, n, cfg.eval.batch_size)
+    on_valid: dict[tuple[int, float], float] = {}
+    valid_ranks: list[dict[str, list[np.ndarray]]] = []
+    for i, quotas in enumerate(options):
+        merged = [m[0] for m in merge_lists(valid_lists, names, len(valid.users), n, quotas)]
+        fusions = {"merge": {name: channels[name] for name in fusion_channels(cfg, quotas)}, **({"met": met} if met else {})}
+        valid_ranks.append(
+            two_stage_ranks(valid.users, valid, merged, fusions, scorer, ids, rk, cfg.eval.ks, cfg.eval.batch_size, ranker_alone=False)
+        )
+        on_valid.update({(i, a): metrics_from_ranks(valid_ranks[i][f"merge/alpha={a:g}"], ks)[rk.select] for a in rk.alphas})
+    chosen, _ = choose(on_valid)
+    quotas, valid_ranks = options[chosen], valid_ranks[chosen]
+    log.info("seed %d: merge quotas %s chosen on valid (%s by option: %s)", seed, quotas, rk.select,
+             {i: max(v for (j, _), v in on_valid.items() if j == i) for i in range(len(options))})
+
+    # 2. on test, with the chosen quotas (a history ranker: the users' histories as of their first test row)
+    if history is not None:
+        scorer.set_users(users_as_of(splits, c, cfg.eval.split, history))
+    merged = [m[0] for m in merge_lists(lists, names, len(data.users), n, quotas)]
+    fusions = {"merge": {name: channels[name] for name in fusion_channels(cfg, quotas)}, **({"met": met} if met else {})}
     test_ranks = two_stage_ranks(data.users, data, merged, fusions, scorer, ids, rk, cfg.eval.ks, cfg.eval.batch_size)
     base = {"seed": seed, "ranker": str(scorer.path)}
-    out = {"ranker": {**metrics_from_ranks(test_ranks["ranker"], ks), **base}}
+    out: dict = {"ranker": {**metrics_from_ranks(test_ranks["ranker"], ks), **base}}
     alphas = {}
     for f in fusions:
         suffix = "" if f == "merge" else f"_{f}"
-        on_valid = {a: metrics_from_ranks(valid_ranks[f"{f}/alpha={a:g}"], ks)[rk.select] for a in rk.alphas}
-        alpha = alphas[f] = max(rk.alphas, key=lambda a: (on_valid[a], -a))  # the smaller alpha on a tie
+        by_alpha = {a: metrics_from_ranks(valid_ranks[f"{f}/alpha={a:g}"], ks)[rk.select] for a in rk.alphas}
+        alpha = alphas[f] = max(rk.alphas, key=lambda a: (by_alpha[a], -a))  # the smaller alpha on a tie
         out[f"fusion{suffix}"] = {
             **metrics_from_ranks(test_ranks[f"{f}/fusion"], ks),
             **base,
@@ -588,8 +685,9 @@ def second_stage(
             **metrics_from_ranks(test_ranks[f"{f}/alpha={alpha:g}"], ks),
             **base,
             "alpha": alpha,
+            "quotas": quotas,
             "fusion": list(fusions[f]),
-            f"valid_{rk.select}": on_valid,
+            f"valid_{rk.select}": by_alpha,
             "valid_users": len(valid.users),
             "test_by_alpha": {f"{a:g}": metrics_from_ranks(test_ranks[f"{f}/alpha={a:g}"], ks) for a in rk.alphas},
         }
@@ -603,11 +701,15 @@ def second_stage(
             list(fusions[f]),
             alpha,
             rk.select,
-            on_valid,
+            by_alpha,
             {k: v for k, v in out[f"two_stage{suffix}"].items() if k.startswith(("recall@", "ndcg@"))},
         )
     out["two_stage"]["seconds"] = time.perf_counter() - started
-    out["ctr"] = impression_ctr(cfg, splits, channels, scorer, ids, alphas["merge"])
+    out["two_stage"]["valid_by_option"] = [
+        {"quotas": o, f"best_valid_{rk.select}": max(v for (j, _), v in on_valid.items() if j == i)} for i, o in enumerate(options)
+    ]
+    out["ctr"] = impression_ctr(cfg, splits, channels, scorer, ids, alphas["merge"], list(fusions["merge"]))
+    out["quotas"] = quotas
     return out
 
 

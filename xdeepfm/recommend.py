@@ -1,7 +1,7 @@
 """Recommendation: recall over the whole catalogue, then the ranker (``POST /v1/recommend``).
 
 A :class:`Recommender` holds the recall channels of ``xdeepfm.recall`` fitted on the training
-interactions (popularity, ItemCF, the two-tower model over its FAISS index) and the merge of
+interactions (popularity, ItemCF, BPR-MF, the two-tower model over its FAISS index) and the merge of
 their lists (``MergeConfig``: ``n`` candidates, per-channel quotas). For one user,
 ``recommend(engine, store, recommender, user_id, k)``:
 
@@ -15,14 +15,15 @@ their lists (``MergeConfig``: ``n`` candidates, per-channel quotas). For one use
 
 The channels answer one user at a time in serving form: popularity walks its precomputed order,
 ItemCF sums the sparse similarity rows of the history (only the items they reach are sorted),
-and the two-tower model embeds the user and searches the index. ``add_items`` puts freshly
+BPR takes the user's factor against every item's (a user without training interactions gets no
+BPR list), and the two-tower model embeds the user and searches the index. ``add_items`` puts freshly
 ingested items into the two-tower index from their content, so a new item can be recalled at once.
 
 ``Recommender.fit(config, pipeline, interactions, items)`` fits the channels named in the recall
-config (``xdeepfm.recall_eval.RecallExperiment``; BPR is an evaluation peer, not a serving
-channel); ``save(directory)`` writes ``recommender.json`` (channels, merge, columns, ids),
-``popularity.safetensors``, ``itemcf.safetensors`` (the CSR arrays) and ``two_tower/`` -- no
-pickle -- and ``Recommender.load(directory, pipeline)`` reads them back.
+config (``xdeepfm.recall_eval.RecallExperiment``); ``save(directory)`` writes ``recommender.json``
+(channels, merge, columns, ids), ``popularity.safetensors``, ``itemcf.safetensors`` (the CSR
+arrays), ``bpr.safetensors`` (the factors) and ``two_tower/`` -- no pickle -- and
+``Recommender.load(directory, pipeline)`` reads them back.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ from mmcore.config import build, check_range
 from mmcore.files import write_bytes
 from xdeepfm.catalog import rank_by_id
 from xdeepfm.features import FeaturePipeline
-from xdeepfm.recall import Columns, ItemCFChannel, MergeConfig, PopularityChannel, RecallChannel, merge_candidates
+from xdeepfm.recall import (
+    BPRChannel,
+    BPRConfig,
+    Columns,
+    ItemCFChannel,
+    MergeConfig,
+    PopularityChannel,
+    RecallChannel,
+    merge_candidates,
+)
 from xdeepfm.recall_eval import catalogue
 from xdeepfm.serving import ScoringEngine
 from xdeepfm.store import SQLiteStore
@@ -53,7 +63,7 @@ from xdeepfm.two_tower import TwoTowerChannel, last_positions
 
 log = logging.getLogger(__name__)
 
-SERVING_CHANNELS = ("popularity", "itemcf", "two_tower")
+SERVING_CHANNELS = ("popularity", "itemcf", "bpr", "two_tower")
 META_FILE = "recommender.json"
 FORMAT_VERSION = 1
 
@@ -124,6 +134,8 @@ class Recommender:
                 channel: RecallChannel = PopularityChannel(c)
             elif name == "itemcf":
                 channel = ItemCFChannel(config.itemcf, c)
+            elif name == "bpr":
+                channel = BPRChannel(dataclasses.replace(config.bpr, seed=seed), c)
             else:
                 channel = TwoTowerChannel(pipeline, dataclasses.replace(config.two_tower, seed=seed), c)
             channels[name] = channel.fit(interactions, items)
@@ -147,6 +159,12 @@ class Recommender:
                     "indptr": sim.indptr.astype(np.int64), "indices": sim.indices.astype(np.int64),
                     "data": sim.data.astype(np.float32)}))
                 meta["itemcf"] = asdict(channel.config)
+            elif name == "bpr":
+                write_bytes(directory / "bpr.safetensors", save({
+                    "user_vectors": np.ascontiguousarray(channel.user_vectors, np.float32),
+                    "item_vectors": np.ascontiguousarray(channel.item_vectors, np.float32)}))
+                meta["ids"][name]["users"] = channel.user_ids.astype(str).tolist()
+                meta["bpr"] = asdict(channel.config)
             else:
                 channel.save(directory / "two_tower")
         write_bytes(directory / META_FILE, json.dumps(meta).encode())
@@ -174,6 +192,12 @@ class Recommender:
             if name == "popularity":
                 channel: RecallChannel = PopularityChannel(columns)
                 channel.counts = load_file(str(directory / "popularity.safetensors"))["counts"]
+            elif name == "bpr":
+                channel = BPRChannel(build(BPRConfig, meta["bpr"], f"{path}:bpr"), columns)
+                arrays = load_file(str(directory / "bpr.safetensors"))
+                channel.user_vectors, channel.item_vectors = arrays["user_vectors"], arrays["item_vectors"]
+                channel.user_ids = np.asarray(meta["ids"][name]["users"], dtype=object).astype(str)
+                channel._user_index = pd.Index(channel.user_ids)
             else:
                 channel = ItemCFChannel(columns=columns)
                 arrays = load_file(str(directory / "itemcf.safetensors"))
@@ -228,6 +252,16 @@ class Recommender:
         vectors = torch.from_numpy(np.ascontiguousarray(channel.item_vectors[tail]))
         return channel.model.users(channel._user_inputs([user_id]), rows, vectors).numpy()
 
+    def _bpr(self, user_id: str, n: int, seen: set[str]) -> np.ndarray:
+        channel = self.channels["bpr"]
+        row = channel._user_index.get_indexer([user_id])[0]
+        if row < 0:  # no training interactions: no factor
+            return np.zeros(0, dtype=object)
+        scores = channel.item_vectors @ channel.user_vectors[row]  # x_ui = p_u . q_i
+        order = np.lexsort((np.arange(len(scores)), -scores))  # best first, ties by catalogue position
+        ids = channel.item_ids[order[: n + len(seen)]].astype(str)
+        return np.array([i for i in ids if i not in seen][:n], dtype=object)
+
     def _two_tower(self, user_id: str, history: Sequence[str], n: int, seen: set[str]) -> np.ndarray:
         (items, _), = self.channels["two_tower"].index.search(self.user_vector(user_id, history), n, [list(seen)])
         return np.asarray(items, dtype=object).astype(str)
@@ -243,6 +277,8 @@ class Recommender:
                 lists[name] = self._popularity(n, seen)
             elif name == "itemcf":
                 lists[name] = self._itemcf(history, n, seen)
+            elif name == "bpr":
+                lists[name] = self._bpr(user_id, n, seen)
             else:
                 lists[name] = self._two_tower(user_id, history, n, seen)
         ids, channels = merge_candidates(lists, n, self.merge.quotas)

@@ -395,6 +395,14 @@ def _restore(state: TrainingRun, resumed: RankingCheckpoint) -> None:
     log.info("resumed from %s after epoch %d", state.run.last, state.epoch)
 
 
+def epoch_lr_factor(config: RankingTrainConfig, epoch: int) -> float:
+    """The multiplier of the base learning rate for epoch ``epoch`` (0-based): 1 without a schedule;
+    ``lr_schedule: cosine``: ``0.5 (1 + cos(pi epoch / epochs))`` (torch's CosineAnnealingLR, per epoch)."""
+    if config.lr_schedule == "none":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+
+
 def run_epoch(state: TrainingRun, epoch: int) -> float:
     """Phase 2: epoch ``epoch`` (0-based): its seeds, its batches, one pass; returns the mean train BCE."""
     cfg, tc = state.cfg, state.cfg.train
@@ -404,6 +412,8 @@ def run_epoch(state: TrainingRun, epoch: int) -> float:
     started = time.perf_counter()
     workers = cfg.data.num_workers if state.sharded else 0
     batches = epoch_batches(state.data["train"], tc, epoch, state.ctx, workers)
+    for group in state.optimizer.param_groups:  # base_lr: the configured lr, kept in the group (and its checkpoint)
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * epoch_lr_factor(tc, epoch)
     loss = train_epoch(state.model, state.optimizer, batches, tc, generator, f"epoch {epoch + 1}/{tc.epochs}",
                        forward=state.net, uneven=state.sharded and state.ctx.enabled)
     seconds = time.perf_counter() - started
@@ -484,6 +494,9 @@ def train(cfg: RankingExperiment, out_dir: str | Path, *, resume: bool = False, 
         if resume or stop_after is not None:
             raise ValueError("model.implementation: deepctr (the stock baseline) trains in one go; "
                              "--resume and --stop-after are for the 'ours' trainer")
+        if cfg.train.lr_schedule != "none":
+            raise ValueError(f"train.lr_schedule: {cfg.train.lr_schedule!r} is for the 'ours' trainer; the stock "
+                             "deepctr-torch baseline trains at a constant lr (set lr_schedule: none)")
         return train_baseline(cfg, out_dir, ctx.device, overwrite=overwrite)
     state = setup(cfg, out_dir, ctx, resume=resume, overwrite=overwrite)
     try:

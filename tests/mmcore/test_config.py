@@ -78,3 +78,12 @@ def test_merge_is_deep_and_pure():
     base = {"a": {"b": 1, "c": 2}, "d": [1]}
     assert merge(base, {"a": {"c": 3}, "d": [2]}) == {"a": {"b": 1, "c": 3}, "d": [2]}
     assert base == {"a": {"b": 1, "c": 2}, "d": [1]}
+    # an empty mapping clears the base's (a variant turning a per-field option off), at any depth
+    assert merge(base, {"a": {}}) == {"a": {}, "d": [1]}
+    assert merge({"t": {"oov": {"item": 0.3}, "lr": 1}}, {"t": {"oov": {}}}) == {"t": {"oov": {}, "lr": 1}}
+
+
+def test_a_variant_clears_a_mapping_of_its_base_with_an_empty_one(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {lr: 0.1, oov_dropout: {item_id: 0.3}}\n")
+    (tmp_path / "variant.yaml").write_text("base: base.yaml\ntrain: {oov_dropout: {}}\n")
+    assert load_yaml(tmp_path / "variant.yaml") == {"train": {"lr": 0.1, "oov_dropout": {}}}

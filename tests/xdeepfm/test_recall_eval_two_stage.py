@@ -10,18 +10,29 @@ import pandas as pd
 import pytest
 import torch
 
+from mmcore.config import to_dict
 from tests.serving_factory import USER_COLUMNS, tiny_ranking
-from xdeepfm.checkpoint import load_ranking_checkpoint
+from tests.xdeepfm.test_history import tiny_frame, tiny_spec
+from xdeepfm.checkpoint import load_ranking_checkpoint, save_ranking_checkpoint
+from xdeepfm.features import FeaturePipeline, load_spec
+from xdeepfm.history import HistoryConfig, add_history
 from xdeepfm.metrics import full_sort_ranks, metrics_from_ranks
 from xdeepfm.model import RankerConfig, XDeepFMRanker, stack_inputs
+from xdeepfm.recall import Columns
 from xdeepfm.recall_eval import (
     PairScorer,
     TwoStageConfig,
+    catalogue,
     channel_orders,
+    choose,
+    fusion_channels,
     load_recall_experiment,
+    merge_lists,
     rrf,
     two_stage_ranks,
     two_stage_scores,
+    user_frame,
+    users_as_of,
 )
 from xdeepfm.recall_eval import TestSet as EvalUsers
 
@@ -172,8 +183,78 @@ def test_two_stage_ranks_on_a_hand_made_case():
 
 
 def test_a_fusion_channel_outside_the_channels_is_refused():
-    with pytest.raises(ValueError, match="ranker.fusion names"):
+    with pytest.raises(ValueError, match=r"ranker.fusion or ranker.quota_options names \['bpr'\]"):
         load_recall_experiment(
             ROOT / "configs" / "recall_ml100k.yaml",
             ["channels=[popularity,itemcf]", "merge.quotas={itemcf: 10}", "ranker.fusion=[bpr]"],
         )
+
+
+def test_the_quota_option_and_alpha_are_chosen_on_valid_with_ties_to_the_earlier_and_smaller():
+    on_valid = {(0, 0.0): 0.20, (0, 1.0): 0.25, (1, 0.0): 0.25, (1, 2.0): 0.24, (2, 4.0): 0.25}
+    assert choose(on_valid) == (0, 1.0)  # three tie at 0.25: option 0 first
+    on_valid[(2, 8.0)] = 0.30
+    assert choose(on_valid) == (2, 8.0)
+    assert choose({(0, 2.0): 0.1, (0, 0.5): 0.1}) == (0, 0.5)
+
+
+def test_merge_lists_follows_each_options_quotas():
+    lists = {"a": [np.array([1, 2, 3, 4])], "b": [np.array([3, 5, 6, 7])]}
+    (items, names), = merge_lists(lists, ["a", "b"], 1, 4, {"b": 3, "a": 1})
+    assert items.tolist() == [3, 5, 6, 1] and names.tolist() == ["b", "b", "b", "a"]
+    (items, names), = merge_lists(lists, ["a", "b"], 1, 4, {"a": 4})
+    assert items.tolist() == [1, 2, 3, 4] and set(names) == {"a"}
+
+
+def test_quota_options_are_checked_against_the_channels_and_their_values():
+    path = ROOT / "configs" / "recall_ml100k.yaml"
+    cfg = load_recall_experiment(path, ["ranker.quota_options=[{two_tower: 150, bpr: 50}, {itemcf: 200}]"])
+    assert cfg.ranker.quota_options == [{"two_tower": 150, "bpr": 50}, {"itemcf": 200}]
+    assert fusion_channels(cfg, {"two_tower": 150, "bpr": 50, "itemcf": 0}) == ["two_tower", "bpr"]
+    assert fusion_channels(cfg) == ["two_tower", "itemcf", "popularity"]  # merge.quotas
+    with pytest.raises(ValueError, match=r"ranker.quota_options names \['nope'\]"):
+        load_recall_experiment(path, ["ranker.run=runs/x", "ranker.quota_options=[{nope: 10}]"])
+    # without a ranker the options are not read: a recall-only run with fewer channels loads
+    assert load_recall_experiment(path, ["channels=[popularity,itemcf]", "merge.quotas={itemcf: 10}"]).ranker.run is None
+    with pytest.raises(ValueError, match=r"quota_options\[0\].*ints >= 0, one > 0"):
+        load_recall_experiment(path, ["ranker.quota_options=[{itemcf: -1}]"])
+    with pytest.raises(ValueError, match=r"quota_options\[1\]"):
+        load_recall_experiment(path, ["ranker.quota_options=[{itemcf: 10}, {itemcf: 0}]"])
+
+
+def test_a_history_ranker_reads_each_users_history_as_of_their_first_row_of_the_split(tmp_path):
+    frame = tiny_frame(seed=3)
+    frame["brand"] = frame.groupby("item_id")["brand"].transform("first")  # one catalogue row per item
+    cut = frame["timestamp"] >= 40
+    splits = {"train": frame[~cut].reset_index(drop=True), "valid": frame.iloc[:0], "test": frame[cut].reset_index(drop=True)}
+    history = HistoryConfig(max_len=4)
+    spec = load_spec(tiny_spec(tmp_path))
+    pipeline = FeaturePipeline(spec).fit(add_history({"train": splits["train"]}, history)["train"])
+    config = RankerConfig(embedding_dim=4, cin_layer_sizes=[4], dnn_hidden_units=[8], attention_hidden_units=[4], init_std=0.3)
+    model = XDeepFMRanker([pipeline.fitted[f.name] for f in spec.fields], config, seed=0)
+    model.eval()
+    path = tmp_path / "best.safetensors"
+    save_ranking_checkpoint(path, config={"task": "ranking", "train": {"seed": 0}, "model": to_dict(config),
+                                          "history": to_dict(history)},
+                            features=pipeline, model=model, metrics={}, state={"epoch": 0})
+    columns = Columns(user="user_id", item="item_id", label="label", time="timestamp")
+    assert PairScorer.history_of(path) == history
+    users = users_as_of(splits, columns, "test", history)
+    # a user's history: their positives strictly before their first test row, newest first (ties by item id)
+    for user in users.index[:5]:
+        first = splits["test"].loc[splits["test"].user_id == user, "timestamp"].min()
+        earlier = frame[(frame.user_id == user) & (frame.timestamp < first) & (frame.label == 1)]
+        want = earlier.sort_values(["timestamp", "item_id"], ascending=False)["item_id"].tolist()[:4]
+        assert users.loc[user, "history"] == "|".join(want)
+    items = catalogue(splits, columns)
+    with pytest.raises(ValueError, match=r"no column \['history'\].*users_as_of"):
+        PairScorer(path, user_frame(splits, columns), items, ["user_id", "age"])
+    scorer = PairScorer(path, users, items, ["user_id", "age"])
+    some = users.index.to_numpy()[:3]
+    got = scorer.score(some)
+    # the reference: every (user, item) row written out with the user's history string, encoded by the pipeline
+    cross = pd.concat([items.assign(user_id=u, age=users.loc[u, "age"], history=users.loc[u, "history"]) for u in some])
+    with torch.no_grad():
+        want = torch.sigmoid(model(torch.from_numpy(stack_inputs(pipeline.transform(cross), model.columns)))).numpy()
+    np.testing.assert_allclose(got.reshape(-1), want, atol=1e-5)
+    assert np.ptp(got) > 1e-3  # the scores do differ between users and items

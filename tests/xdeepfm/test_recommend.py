@@ -1,7 +1,7 @@
 """Recall -> rank: the recommender's candidates, its files, and POST /v1/recommend with /v1/events.
 
 The tiny ranking artifact of ``tests.serving_factory`` (40 users x 30 items, every field kind)
-gets a recommender fitted on its impressions (popularity, ItemCF, a small two-tower model) and a
+gets a recommender fitted on its impressions (popularity, ItemCF, BPR, a small two-tower model) and a
 store holding its items, users and the impressions as events.
 """
 
@@ -14,7 +14,7 @@ import requests
 from tests.serving_factory import tiny_ranking
 from xdeepfm.catalog import build_store, rank_by_id, record_events
 from xdeepfm.index import IndexConfig
-from xdeepfm.recall import Columns, ItemCFConfig, MergeConfig
+from xdeepfm.recall import BPRConfig, Columns, ItemCFConfig, MergeConfig
 from xdeepfm.recommend import Recommender, recommend
 from xdeepfm.server import RankingServer
 from xdeepfm.serving import ScoringEngine
@@ -28,12 +28,13 @@ class RecallConfig:
     """The part of a recall YAML (``RecallExperiment``) that ``Recommender.fit`` reads."""
 
     columns = COLUMNS
-    channels = ["popularity", "itemcf", "bpr", "two_tower"]  # bpr: an evaluation peer, skipped
+    channels = ["popularity", "itemcf", "bpr", "two_tower"]
     itemcf = ItemCFConfig()
+    bpr = BPRConfig(dim=8, epochs=5, batch_size=64)
     two_tower = TwoTowerConfig(user_fields=["user_id", "gender", "age"], item_fields=["item_id", "genres", "title"],
                                item_id_field="item_id", history_len=5, embedding_dim=8, hidden_units=[16], out_dim=8,
                                epochs=2, batch_size=64, index=IndexConfig(kind="flat"))
-    merge = MergeConfig(n=12, quotas={"two_tower": 6, "itemcf": 4, "popularity": 2})
+    merge = MergeConfig(n=12, quotas={"two_tower": 5, "itemcf": 3, "bpr": 2, "popularity": 2})
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +53,13 @@ def setup(tmp_path_factory):
 
 def test_candidates_leave_out_the_seen_items_and_name_their_channel(setup):
     engine, frame, store, recommender, _ = setup
-    assert set(recommender.channels) == {"popularity", "itemcf", "two_tower"}
+    assert set(recommender.channels) == {"popularity", "itemcf", "bpr", "two_tower"}
     seen = store.seen("7")
     assert seen == set(frame.loc[frame["user_id"] == 7, "item_id"])
     ids, channels = recommender.candidates("7", store.history("7", limit=50, positive_min=1.0), seen)
     assert len(ids) == min(12, 30 - len(seen)) and len(set(ids)) == len(ids)
     assert not set(ids) & seen
-    assert set(channels) <= {"popularity", "itemcf", "two_tower"}
+    assert set(channels) <= {"popularity", "itemcf", "bpr", "two_tower"}
     # popularity's share is its quota's worth of the most-clicked unseen items
     popular = [i for i in recommender._popular if i not in seen]
     assert [i for i, c in zip(ids, channels) if c == "popularity"] == [i for i in popular if i in ids and
@@ -75,6 +76,19 @@ def test_itemcf_scores_are_the_summed_similarity_of_the_history(setup):
     order = [recommender._cf_position[i] for i in got]
     assert np.all(np.diff(want[order]) <= 1e-7) and np.all(want[order] > 0)  # best first, only items reached
     assert len(got) == int((want > 0).sum())
+
+
+def test_bprs_serving_list_is_its_recall_without_the_seen_items(setup):
+    engine, _, store, recommender, root = setup
+    bpr = recommender.channels["bpr"]
+    seen = store.seen("7")
+    (want, _), = bpr.recall(["7"], 10, [sorted(seen)])  # the evaluation's form: dense scores, exclusions
+    assert recommender._bpr("7", 10, seen).tolist() == [str(i) for i in want]
+    assert not set(recommender._bpr("7", 30, seen)) & seen
+    assert recommender._bpr("no such user", 10, set()).tolist() == []  # no factor without training rows
+    loaded = Recommender.load(root / "recall", engine.artifact.pipeline)
+    np.testing.assert_array_equal(loaded.channels["bpr"].user_vectors, bpr.user_vectors)
+    assert loaded._bpr("7", 10, seen).tolist() == recommender._bpr("7", 10, seen).tolist()
 
 
 def test_recommend_ranks_the_candidates_with_the_ranker(setup):

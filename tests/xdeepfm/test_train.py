@@ -344,3 +344,35 @@ def test_evaluate_refuses_what_is_not_a_ranking_checkpoint(tmp_path):
         evaluate_checkpoint(sentiment)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         evaluate_checkpoint(tmp_path)  # a directory without best.safetensors
+
+
+def test_cosine_schedule_sets_each_epochs_lr_and_survives_a_resume(tmp_path, monkeypatch):
+    import math
+
+    import xdeepfm.train as trainer
+
+    config = tiny_config(tmp_path, None)
+    config.train.epochs, config.train.patience, config.train.lr = 3, 5, 0.01
+    config.train.lr_schedule = "cosine"
+    seen = []
+    original = trainer.train_epoch
+
+    def spy(model, optimizer, *args, **kwargs):
+        seen.append({g["lr"] for g in optimizer.param_groups})
+        return original(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_epoch", spy)
+    full = train(config, tmp_path / "full")
+    want = [0.01 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]  # 0.01, 0.0075, 0.0025
+    assert [s.pop() for s in seen] == pytest.approx(want) and want[1] == pytest.approx(0.0075)
+    seen.clear()
+    train(config, tmp_path / "cut", stop_after=1)
+    resumed = train(config, tmp_path / "cut", resume=True)  # the lr of epochs 2-3 from the checkpoint's base lr
+    assert [s.pop() for s in seen] == pytest.approx(want)
+    assert resumed["history"] == full["history"]
+    config.model.implementation = "deepctr"
+    with pytest.raises(ValueError, match="lr_schedule: 'cosine' is for the 'ours' trainer"):
+        train(config, tmp_path / "stock")
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        build(RankingExperiment, {"task": "ranking", "features": {"fields": [{"name": "user_id", "kind": "categorical"}]},
+                                  "train": {"lr_schedule": "step"}})
