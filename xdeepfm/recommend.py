@@ -128,8 +128,7 @@ class Recommender:
         channels: dict[str, RecallChannel] = {}
         for name in config.channels:
             if name not in SERVING_CHANNELS:
-                log.info("recommender: channel %s is an evaluation peer, not served; skipped", name)
-                continue
+                raise ValueError(f"channels: {name!r} is not a serving channel ({list(SERVING_CHANNELS)})")
             if name == "popularity":
                 channel: RecallChannel = PopularityChannel(c)
             elif name == "itemcf":
