@@ -651,15 +651,18 @@ def second_stage(
     valid_lists = channel_lists(channels, names, valid, n, cfg.eval.batch_size)
     on_valid: dict[tuple[int, float], float] = {}
     valid_ranks: list[dict[str, list[np.ndarray]]] = []
+    valid_merged: list[list[np.ndarray]] = []
     for i, quotas in enumerate(options):
-        merged = [m[0] for m in merge_lists(valid_lists, names, len(valid.users), n, quotas)]
-        fusions = {"merge": {name: channels[name] for name in fusion_channels(cfg, quotas)}, **({"met": met} if met else {})}
-        valid_ranks.append(
-            two_stage_ranks(valid.users, valid, merged, fusions, scorer, ids, rk, cfg.eval.ks, cfg.eval.batch_size, ranker_alone=False)
-        )
+        valid_merged.append([m[0] for m in merge_lists(valid_lists, names, len(valid.users), n, quotas)])
+        fusions = {"merge": {name: channels[name] for name in fusion_channels(cfg, quotas)}}
+        valid_ranks.append(two_stage_ranks(valid.users, valid, valid_merged[i], fusions, scorer, ids, rk, cfg.eval.ks,
+                                           cfg.eval.batch_size, ranker_alone=False))
         on_valid.update({(i, a): metrics_from_ranks(valid_ranks[i][f"merge/alpha={a:g}"], ks)[rk.select] for a in rk.alphas})
     chosen, _ = choose(on_valid)
     quotas, valid_ranks = options[chosen], valid_ranks[chosen]
+    if met:  # the interaction fusion's alpha: on the chosen option's candidates only
+        valid_ranks.update(two_stage_ranks(valid.users, valid, valid_merged[chosen], {"met": met}, scorer, ids, rk,
+                                           cfg.eval.ks, cfg.eval.batch_size, ranker_alone=False))
     log.info("seed %d: merge quotas %s chosen on valid (%s by option: %s)", seed, quotas, rk.select,
              {i: max(v for (j, _), v in on_valid.items() if j == i) for i in range(len(options))})
 
