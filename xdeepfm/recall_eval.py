@@ -261,7 +261,7 @@ class PairScorer:
     """
 
     def __init__(
-        self, path: str | Path, users: pd.DataFrame, items: pd.DataFrame, user_fields: list[str], data: dict | None = None
+        self, path: str | Path, users: pd.DataFrame | None, items: pd.DataFrame, user_fields: list[str], data: dict | None = None
     ) -> None:
         path = checkpoint_file(path)
         ckpt = load_ranking_checkpoint(path)
@@ -299,7 +299,9 @@ class PairScorer:
         self.item_rows = self._encode(  # (the items carry no history: an empty one fills the column, which is not kept)
             pipeline, items.assign(**history_columns), self._index, self._width, {f.name for f in specs} - self._user_fields
         )
-        self.set_users(users)
+        self.user_rows, self._user_index = torch.zeros((0, self._width)), pd.Index([])  # no user scores until set_users
+        if users is not None:  # else set_users before scoring (e.g. with users_as_of(..., self.history))
+            self.set_users(users)
 
     @staticmethod
     def history_of(path: str | Path, ckpt=None) -> HistoryConfig | None:
@@ -638,9 +640,9 @@ def second_stage(
     c, rk, ks = cfg.columns, cfg.ranker, tuple(cfg.eval.ks)
     path = rk.run.replace("{seed}", str(seed))
     started = time.perf_counter()
-    history = PairScorer.history_of(path)
-    scorer = PairScorer(path, users_as_of(splits, c, "valid", history), items, rk.user_fields or cfg.two_tower.user_fields,
-                        to_dict(cfg.data))
+    scorer = PairScorer(path, None, items, rk.user_fields or cfg.two_tower.user_fields, to_dict(cfg.data))
+    history = scorer.history
+    scorer.set_users(users_as_of(splits, c, "valid", history))
     met = interaction_channels(cfg, splits["train"], items) if rk.interaction_fusion else {}
     ids = items[c.item].to_numpy()
     n, names = cfg.merge.n, list(cfg.channels)
@@ -660,11 +662,11 @@ def second_stage(
         on_valid.update({(i, a): metrics_from_ranks(valid_ranks[i][f"merge/alpha={a:g}"], ks)[rk.select] for a in rk.alphas})
     chosen, _ = choose(on_valid)
     quotas, valid_ranks = options[chosen], valid_ranks[chosen]
+    best_by_option = [max(v for (j, _), v in on_valid.items() if j == i) for i in range(len(options))]
     if met:  # the interaction fusion's alpha: on the chosen option's candidates only
         valid_ranks.update(two_stage_ranks(valid.users, valid, valid_merged[chosen], {"met": met}, scorer, ids, rk,
                                            cfg.eval.ks, cfg.eval.batch_size, ranker_alone=False))
-    log.info("seed %d: merge quotas %s chosen on valid (%s by option: %s)", seed, quotas, rk.select,
-             {i: max(v for (j, _), v in on_valid.items() if j == i) for i in range(len(options))})
+    log.info("seed %d: merge quotas %s chosen on valid (%s by option: %s)", seed, quotas, rk.select, dict(enumerate(best_by_option)))
 
     # 2. on test, with the chosen quotas (a history ranker: the users' histories as of their first test row)
     if history is not None:
@@ -709,7 +711,7 @@ def second_stage(
         )
     out["two_stage"]["seconds"] = time.perf_counter() - started
     out["two_stage"]["valid_by_option"] = [
-        {"quotas": o, f"best_valid_{rk.select}": max(v for (j, _), v in on_valid.items() if j == i)} for i, o in enumerate(options)
+        {"quotas": o, f"best_valid_{rk.select}": best} for o, best in zip(options, best_by_option)
     ]
     out["ctr"] = impression_ctr(cfg, splits, channels, scorer, ids, alphas["merge"], list(fusions["merge"]))
     out["quotas"] = quotas

@@ -55,6 +55,7 @@ from xdeepfm.recall import (
     PopularityChannel,
     RecallChannel,
     merge_candidates,
+    top_n,
 )
 from xdeepfm.recall_eval import catalogue
 from xdeepfm.serving import ScoringEngine
@@ -256,10 +257,9 @@ class Recommender:
         row = channel._user_index.get_indexer([user_id])[0]
         if row < 0:  # no training interactions: no factor
             return np.zeros(0, dtype=object)
-        scores = channel.item_vectors @ channel.user_vectors[row]  # x_ui = p_u . q_i
-        order = np.lexsort((np.arange(len(scores)), -scores))  # best first, ties by catalogue position
-        ids = channel.item_ids[order[: n + len(seen)]].astype(str)
-        return np.array([i for i in ids if i not in seen][:n], dtype=object)
+        scores = np.asarray(channel.score([user_id]), dtype=np.float64)  # x_ui = p_u . q_i, as the evaluation scores
+        (items, _), = top_n(scores, channel.item_ids, n, [channel.item_positions(np.array(sorted(seen), dtype=object))])
+        return np.asarray(items, dtype=object).astype(str)
 
     def _two_tower(self, user_id: str, history: Sequence[str], n: int, seen: set[str]) -> np.ndarray:
         (items, _), = self.channels["two_tower"].index.search(self.user_vector(user_id, history), n, [list(seen)])
